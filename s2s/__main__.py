@@ -1,0 +1,4 @@
+from s2s.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The `s2s` command line: thin wrappers over the library, and the one place errors become exits.
+
+Heavy modules (torch above all) are imported inside the commands, so `s2s --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from s2s.errors import S2SError, UsageError
+
+app = typer.Typer(help="Neural machine translation: prepare data, train, evaluate, translate.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a config value, e.g. --set train.lr=5e-4 (repeatable).")]
+
+
+def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print an S2SError as one line on stderr and exit with its code; no traceback."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except S2SError as error:
+            lines = str(error).splitlines() or [type(error).__name__]
+            for line in lines:
+                print(f"error: {line}", file=sys.stderr)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader of our stdout went away (`| head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+    return wrapper
+
+
+def _reporter(quiet: bool = False):
+    from rich.console import Console
+
+    from s2s.report import Reporter
+    return Reporter(None if quiet else Console(stderr=True))
+
+
+def _load(config: Path, overrides: Optional[list[str]]):
+    from s2s.config import load_config
+    return load_config(config, overrides or [])
+
+
+@app.command()
+@_handle_errors
+def prepare(config: ConfigArg, overrides: SetOption = None,
+            force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False
+            ) -> None:
+    """Clean the corpus, train sentencepiece vocabularies and encode all splits."""
+    from s2s.prepare import prepare as run_prepare
+    run_prepare(_load(config, overrides), force=force, reporter=_reporter())
+
+
+@app.command()
+@_handle_errors
+def train(config: ConfigArg, overrides: SetOption = None,
+          restart: Annotated[bool, typer.Option(help="Delete checkpoints and start over.")] = False,
+          yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --restart.")
+                         ] = False) -> None:
+    """Train (or resume training) the model of a prepared run."""
+    settings = _load(config, overrides)
+    if restart and not yes and not typer.confirm(
+            f"Delete the checkpoints in {settings.run_dir} and start over?", err=True):
+        raise typer.Exit(1)
+    from s2s.train import train as run_train
+    run_train(settings, restart=restart, reporter=_reporter())
+
+
+@app.command()
+@_handle_errors
+def evaluate(config: ConfigArg, overrides: SetOption = None,
+             split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+             checkpoint: Annotated[str, typer.Option(
+                 help="Comma-separated: best, last, avg or checkpoint paths.")] = "best",
+             src: Annotated[Optional[Path], typer.Option(help="Source file instead of a split.")
+                            ] = None,
+             ref: Annotated[Optional[Path], typer.Option(help="Reference file for --src.")] = None,
+             beam: Annotated[Optional[int], typer.Option(help="Beam size.")] = None,
+             device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+             ter: Annotated[bool, typer.Option(help="Also report TER.")] = False) -> None:
+    """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
+    from s2s.evaluate import evaluate as run_evaluate
+    decode = [f"decode.beam_size={beam}"] if beam is not None else []
+    run_evaluate(_load(config, overrides), split=split, checkpoints=checkpoint.split(","),
+                 src_file=src, ref_file=ref, overrides=decode, device=device, with_ter=ter,
+                 reporter=_reporter())
+
+
+@app.command()
+@_handle_errors
+def translate(config: Annotated[Optional[Path], typer.Argument(
+                  help="Config of the run (or use --run).", show_default=False)] = None,
+              run: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
+              checkpoint: Annotated[str, typer.Option(help="best, last, avg or a path.")
+                                    ] = "best",
+              input: Annotated[Optional[Path], typer.Option(help="Read this file, not stdin.")
+                               ] = None,
+              output: Annotated[Optional[Path], typer.Option(help="Write here, not stdout.")
+                                ] = None,
+              beam: Annotated[Optional[int], typer.Option(help="Beam size.")] = None,
+              nbest: Annotated[Optional[int], typer.Option(help="Hypotheses per line.")] = None,
+              batch_tokens: Annotated[Optional[int], typer.Option(
+                  help="Source tokens per batch.")] = None,
+              device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+              overrides: SetOption = None) -> None:
+    """Translate stdin (or --input) line by line to stdout (or --output)."""
+    from s2s.translate import Translator, checkpoint_path, translate_stream
+    run_dir = _run_dir(config, run)
+    settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
+    reporter = _reporter()
+    translator = Translator.from_checkpoint(checkpoint_path(run_dir, checkpoint),
+                                            overrides=tuple(settings), device=device,
+                                            reporter=reporter)
+    with _open_input(input) as source, _open_output(output) as target:
+        total = _count_lines(input) if input is not None else None
+        translate_stream(translator, source, target, progress_total=total)
+
+
+@app.command()
+@_handle_errors
+def average(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+            last: Annotated[int, typer.Option(min=1, help="How many newest checkpoints.")] = 3
+            ) -> None:
+    """Average the newest step checkpoints of a run into checkpoints/avg.pt."""
+    from s2s.checkpoint import average_checkpoints
+    path = average_checkpoints(run_dir, last)
+    _reporter().info(f"wrote {path}")
+
+
+@app.command("demo-data")
+@_handle_errors
+def demo_data(directory: Annotated[Path, typer.Argument(help="Where to write the corpus.")
+                                   ] = Path("data/demo-en-de")) -> None:
+    """Write the built-in English→German demo corpus (no download needed)."""
+    from s2s.demo import write_demo_corpus
+    counts = write_demo_corpus(directory)
+    _reporter().info(f"wrote {directory}/{{train,valid,test}}.{{en,de}}: " +
+                     ", ".join(f"{split} {count}" for split, count in counts.items()))
+
+
+def _run_dir(config: Optional[Path], run: Optional[Path]) -> Path:
+    if (config is None) == (run is None):
+        raise UsageError("give a CONFIG or --run RUN_DIR (one of them)")
+    if run is not None:
+        if not run.is_dir():
+            raise UsageError(f"--run {run}: not a directory")
+        return run
+    return _load(config, None).run_dir
+
+
+def _decode_overrides(beam: Optional[int], nbest: Optional[int],
+                      batch_tokens: Optional[int]) -> list[str]:
+    values = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens}
+    return [f"decode.{key}={value}" for key, value in values.items() if value is not None]
+
+
+def _open_input(path: Optional[Path]):
+    import contextlib
+    if path is None:
+        return contextlib.nullcontext(sys.stdin.buffer)
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        from s2s.errors import DataError
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _open_output(path: Optional[Path]):
+    import contextlib
+    if path is None:
+        return contextlib.nullcontext(sys.stdout)
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as error:
+        from s2s.errors import DataError
+        raise DataError(f"{path}: cannot write: {error.strerror}") from None
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as stream:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 20), b""))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,342 @@
+"""Typed, validated configuration: one frozen dataclass per YAML section.
+
+Every default lives here, as a dataclass field. The YAML file mirrors these classes; the loader
+checks every key and value, reports all problems at once (file, dotted key, what is allowed,
+a close match for misspellings) and returns frozen objects, so no raw dict leaks past it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from s2s.errors import ConfigError
+
+
+def _option(default: Any, *, minimum: float | None = None, maximum: float | None = None,
+            exclusive_minimum: bool = False) -> Any:
+    """A dataclass field with an allowed numeric range, checked by the loader."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum,
+                                            "exclusive_minimum": exclusive_minimum})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the parallel text is and how it is cleaned and filtered."""
+
+    src_lang: str
+    tgt_lang: str
+    train: Path  # path prefix: train.<src_lang> and train.<tgt_lang>
+    valid: Path
+    test: Path
+    normalization: Literal["nfkc", "nfc", "none"] = "nfkc"
+    invalid_utf8: Literal["error", "replace"] = "error"
+    max_chars: int = _option(1000, minimum=1)  # training pairs with a longer side are dropped
+    max_tokens: int = _option(128, minimum=1)  # same, in subword tokens (also the translate limit)
+    max_length_ratio: float = _option(3.0, minimum=1.0)  # longer/shorter side, in tokens
+    dedupe: bool = True  # drop exact duplicate training pairs
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """The sentencepiece models: one per language, or one joint model."""
+
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    joint: bool = False
+    src_size: int = _option(8000, minimum=8)
+    tgt_size: int = _option(8000, minimum=8)
+    character_coverage: float = _option(0.9995, minimum=0.9, maximum=1.0)
+    byte_fallback: bool = True  # unknown characters become bytes, so nothing is ever <unk>
+    max_sentences: int = _option(2_000_000, minimum=100)  # sentences sampled to train the model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The attentional LSTM encoder-decoder."""
+
+    embed_size: int = _option(256, minimum=1)
+    encoder_layers: int = _option(2, minimum=1)
+    encoder_hidden: int = _option(256, minimum=1)  # per direction
+    decoder_layers: int = _option(2, minimum=1)
+    decoder_hidden: int = _option(512, minimum=1)
+    attention: Literal["general", "dot", "bahdanau"] = "general"
+    input_feeding: bool = True
+    tie_embeddings: bool = True  # decoder input and output embeddings (and src too when joint)
+    dropout: float = _option(0.3, minimum=0.0, maximum=0.95)  # between layers and before output
+    embed_dropout: float = _option(0.1, minimum=0.0, maximum=0.95)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, batching, validation and checkpointing."""
+
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: int = _option(0, minimum=0)  # CPU threads; 0 = all cores
+    batch_tokens: int = _option(2000, minimum=16)  # padded target tokens per batch
+    accumulate: int = _option(1, minimum=1)  # batches per optimizer step
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)
+    weight_decay: float = _option(0.0, minimum=0.0)
+    lr_schedule: Literal["constant", "inverse_sqrt", "plateau"] = "plateau"
+    warmup_steps: int = _option(0, minimum=0)
+    plateau_factor: float = _option(0.5, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    plateau_patience: int = _option(1, minimum=0)  # validations without improvement
+    min_lr: float = _option(1e-5, minimum=0.0)
+    clip_norm: float = _option(1.0, minimum=0.0)  # 0 disables clipping
+    label_smoothing: float = _option(0.1, minimum=0.0, maximum=0.99)
+    max_steps: int = _option(0, minimum=0)  # 0 = no limit
+    max_epochs: int = _option(30, minimum=0)  # 0 = no limit
+    max_minutes: float = _option(0.0, minimum=0.0)  # wall-clock budget; 0 = no limit
+    log_every: int = _option(100, minimum=1)
+    valid_every: int = _option(1000, minimum=1)
+    valid_beam_size: int = _option(1, minimum=1)
+    early_stopping_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    patience: int = _option(0, minimum=0)  # validations without improvement; 0 = never stop early
+    keep_last: int = _option(3, minimum=1)  # step checkpoints kept besides best and last
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Search settings for evaluate and translate."""
+
+    beam_size: int = _option(5, minimum=1)
+    nbest: int = _option(1, minimum=1)
+    length_penalty: Literal["gnmt", "average", "none"] = "gnmt"
+    alpha: float = _option(0.6, minimum=0.0)  # GNMT length-penalty exponent
+    max_len_a: float = _option(1.5, minimum=0.0)  # output limit: a * source_length + b
+    max_len_b: int = _option(10, minimum=1)
+    no_repeat_ngram: int = _option(0, minimum=0)  # block repeated n-grams of this size; 0 = off
+    batch_tokens: int = _option(6000, minimum=16)  # source tokens per decoding batch
+    bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole s2s experiment, as read from one YAML file."""
+
+    run_dir: Path
+    data: DataConfig
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans, and 1e-3 is a float."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with s2s's scalar rules; syntax errors name the file, line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
+    """Read, override and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "not found"
+        raise ConfigError(f"{path}: config file {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file: {error}") from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, "
+                          f"not a {_yaml_type_name(raw)}")
+    return config_from_dict(raw, source=str(path), overrides=overrides)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
+                     overrides: Sequence[str] = ()) -> Config:
+    """Validate a plain mapping (as parsed from YAML) into a Config."""
+    raw = _apply_overrides(raw, overrides, source)
+    errors: list[str] = []
+    config = _build(Config, raw, "", errors)
+    if not errors:
+        errors.extend(_consistency_errors(config))
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {message}" for message in errors))
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain YAML-ready data for a config: paths become strings."""
+    result: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        result[item.name] = value
+    return result
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML text, in section order."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``section.key=value`` override set."""
+    result = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {override!r}: expected section.key=value")
+        value = parse_yaml(text, f"--set {key}")
+        *sections, leaf = key.split(".")
+        target = result
+        for section in sections:
+            child = target.setdefault(section, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {section} is not a section")
+            target = child
+        target[leaf] = value
+    return result
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
+    """Turn a mapping into dataclass ``cls``, appending every problem found to ``errors``."""
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, "
+                      f"got {_yaml_type_name(raw)}")
+        return None
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            errors.append(f"{prefix}{key}: unknown key{_suggestion(str(key), fields)}")
+    values: dict[str, Any] = {}
+    for name, item in fields.items():
+        dotted = f"{prefix}{name}"
+        if name not in raw:
+            if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                errors.append(f"{dotted}: required key is missing")
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], raw[name], dotted + ".", errors)
+        else:
+            values[name] = _convert(raw[name], hints[name], item.metadata, dotted, errors)
+    try:
+        return cls(**values)
+    except TypeError:  # a required key was missing; already reported
+        return None
+
+
+def _convert(value: Any, hint: Any, limits: Any, dotted: str, errors: list[str]) -> Any:
+    """Check one scalar against its declared type and range; return the typed value."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            choices = ", ".join(map(str, allowed))
+            hint_text = _suggestion(str(value), allowed)
+            errors.append(f"{dotted}: {value!r} is not allowed; choose one of {choices}{hint_text}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{dotted}: expected true or false, got {_describe(value)}")
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                hint is int and not isinstance(value, int)):
+            errors.append(f"{dotted}: expected {'an integer' if hint is int else 'a number'}, "
+                          f"got {_describe(value)}")
+            return value
+        _check_range(hint(value), limits, dotted, errors)
+        return hint(value)
+    if hint in (str, Path):
+        if not isinstance(value, str) or not value:
+            errors.append(f"{dotted}: expected a non-empty string, got {_describe(value)}")
+            return value
+        return Path(value).expanduser().absolute() if hint is Path else value
+    raise TypeError(f"unsupported config type {hint!r} for {dotted}")  # a bug in this module
+
+
+def _check_range(value: float, limits: Any, dotted: str, errors: list[str]) -> None:
+    minimum, maximum = limits.get("minimum"), limits.get("maximum")
+    if minimum is not None:
+        if limits.get("exclusive_minimum") and value <= minimum:
+            errors.append(f"{dotted}: must be greater than {minimum}, got {value}")
+        elif value < minimum:
+            errors.append(f"{dotted}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        errors.append(f"{dotted}: must be at most {maximum}, got {value}")
+
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def _consistency_errors(config: Config) -> list[str]:
+    """Values that are each valid but contradict one another."""
+    errors = []
+    if not _DEVICE_PATTERN.match(config.train.device):
+        errors.append(f"train.device: {config.train.device!r} is not allowed; "
+                      "choose auto, cpu, cuda or cuda:N")
+    if config.data.src_lang == config.data.tgt_lang:
+        errors.append(f"data.tgt_lang: must differ from data.src_lang ({config.data.src_lang!r}), "
+                      "or the source and target files would be the same")
+    if config.decode.nbest > config.decode.beam_size:
+        errors.append(f"decode.nbest: {config.decode.nbest} is larger than decode.beam_size "
+                      f"({config.decode.beam_size}); a beam cannot return more hypotheses than it keeps")
+    if config.vocab.joint and config.vocab.src_size != config.vocab.tgt_size:
+        errors.append(f"vocab.tgt_size: a joint vocabulary has one size, but src_size is "
+                      f"{config.vocab.src_size} and tgt_size is {config.vocab.tgt_size}")
+    model = config.model
+    if model.attention == "dot" and 2 * model.encoder_hidden != model.decoder_hidden:
+        errors.append(f"model.attention: dot attention needs decoder_hidden "
+                      f"({model.decoder_hidden}) = 2 x encoder_hidden ({2 * model.encoder_hidden}); "
+                      "use general or bahdanau, or change the sizes")
+    if config.train.min_lr > config.train.lr:
+        errors.append(f"train.min_lr: {config.train.min_lr} is above train.lr ({config.train.lr})")
+    return errors
+
+
+def _suggestion(word: str, choices: Any) -> str:
+    matches = difflib.get_close_matches(word, [str(choice) for choice in choices], n=1, cutoff=0.6)
+    return f" — did you mean {matches[0]}?" if matches else ""
+
+
+def _describe(value: Any) -> str:
+    return f"{_yaml_type_name(value)} {value!r}" if value is not None else "nothing (null)"
+
+
+def _yaml_type_name(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string",
+             list: "list", dict: "mapping", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+

@@ -1,0 +1,215 @@
+"""The attentional LSTM encoder-decoder.
+
+Shapes: B batch, S source length, T target length, E embedding size, He encoder hidden size per
+direction, M = 2 He (encoder states), H decoder hidden size, L decoder layers, O attentional
+vector size (E when embeddings are tied, else H), V target vocabulary.
+
+Search needs only ``encode`` and ``decode_step``; training uses ``forward``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from s2s.config import ModelConfig
+from s2s.vocab import PAD_ID
+
+
+class Encoded(NamedTuple):
+    """The encoder's output, everything attention needs, computed once per batch."""
+
+    states: Tensor  # (B, S, M)
+    keys: Tensor  # (B, S, H) states projected for scoring (the states themselves for dot)
+    mask: Tensor  # (B, S) bool, True on real tokens
+
+    def select(self, index: Tensor) -> "Encoded":
+        """Keep or repeat batch rows (finished sentences leave; beams expand)."""
+        return Encoded(*(tensor.index_select(0, index) for tensor in self))
+
+
+class DecoderState(NamedTuple):
+    hidden: Tensor  # (L, B, H)
+    cell: Tensor  # (L, B, H)
+    feed: Tensor  # (B, O) last attentional vector; (B, 0) without input feeding
+
+    def select(self, index: Tensor) -> "DecoderState":
+        return DecoderState(self.hidden.index_select(1, index), self.cell.index_select(1, index),
+                            self.feed.index_select(0, index))
+
+
+class Attention(nn.Module):
+    """Luong dot/general or Bahdanau additive attention; padding gets exactly zero weight."""
+
+    def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind != "dot":
+            self.key_projection = nn.Linear(memory_size, query_size, bias=False)
+        if kind == "bahdanau":
+            self.query_projection = nn.Linear(query_size, query_size)
+            self.energy = nn.Linear(query_size, 1, bias=False)
+
+    def keys(self, states: Tensor) -> Tensor:
+        return states if self.kind == "dot" else self.key_projection(states)  # (B, S, H)
+
+    def forward(self, query: Tensor, encoded: Encoded) -> tuple[Tensor, Tensor]:
+        """query (B, T, H) -> context (B, T, M), weights (B, T, S)."""
+        if self.kind == "bahdanau":
+            hidden = encoded.keys[:, None] + self.query_projection(query)[:, :, None]  # (B,T,S,H)
+            scores = self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, T, S)
+        else:
+            scores = torch.bmm(query, encoded.keys.transpose(1, 2))  # (B, T, S)
+        scores = scores.masked_fill(~encoded.mask[:, None, :], float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).to(encoded.states.dtype)
+        return torch.bmm(weights, encoded.states), weights  # (B, T, M), (B, T, S)
+
+
+class Encoder(nn.Module):
+    """Bidirectional multi-layer LSTM over packed sequences: no work is spent on padding."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.rnn = nn.LSTM(config.embed_size, config.encoder_hidden, config.encoder_layers,
+                           batch_first=True, bidirectional=True,
+                           dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.decoder_shape = (config.decoder_layers, config.decoder_hidden)
+        # the top layer's final forward/backward states initialise every decoder layer
+        self.bridge = nn.Linear(2 * config.encoder_hidden,
+                                2 * config.decoder_layers * config.decoder_hidden)
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """src_ids (B, S) -> states (B, S, M), initial decoder hidden and cell (L, B, H)."""
+        batch, length = src_ids.shape
+        embedded = self.embed_dropout(self.embedding(src_ids))  # (B, S, E)
+        packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        output, (final_hidden, _) = self.rnn(packed)
+        states, _ = pad_packed_sequence(output, batch_first=True, total_length=length)
+        final = torch.cat([final_hidden[-2], final_hidden[-1]], dim=1)  # (B, M)
+        layers, hidden_size = self.decoder_shape
+        init = torch.tanh(self.bridge(final)).view(batch, 2, layers, hidden_size)
+        hidden = init[:, 0].transpose(0, 1).contiguous()  # (L, B, H)
+        cell = init[:, 1].transpose(0, 1).contiguous()
+        return states, hidden, cell
+
+
+class Decoder(nn.Module):
+    """LSTM decoder with attention; input feeding runs step by step, otherwise one fused call."""
+
+    def __init__(self, config: ModelConfig, embedding: nn.Embedding, vocab_size: int) -> None:
+        super().__init__()
+        size, layers = config.decoder_hidden, config.decoder_layers
+        memory_size = 2 * config.encoder_hidden
+        self.out_size = config.embed_size if config.tie_embeddings else size
+        self.input_feeding = config.input_feeding
+        self.embedding = embedding
+        self.embed_dropout = nn.Dropout(config.embed_dropout)
+        self.dropout = nn.Dropout(config.dropout)
+        if self.input_feeding:
+            # layer 0's gates from the embeddings are computed for all steps in one matmul
+            self.embedding_gates = nn.Linear(config.embed_size, 4 * size)
+            self.recurrent = nn.ModuleList(
+                [nn.Linear(self.out_size + size, 4 * size, bias=False)]
+                + [nn.Linear(2 * size, 4 * size) for _ in range(layers - 1)])
+        else:
+            self.rnn = nn.LSTM(config.embed_size, size, layers, batch_first=True,
+                               dropout=config.dropout if layers > 1 else 0.0)
+        self.attention = Attention(config.attention, size, memory_size)
+        self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
+        self.output = nn.Linear(self.out_size, vocab_size)
+        if config.tie_embeddings:
+            self.output.weight = embedding.weight
+
+    def initial_feed(self, batch: int, like: Tensor) -> Tensor:
+        width = self.out_size if self.input_feeding else 0
+        return like.new_zeros(batch, width)
+
+    def forward(self, tgt_ids: Tensor, state: DecoderState, encoded: Encoded
+                ) -> tuple[Tensor, DecoderState]:
+        """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, and the new state."""
+        embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
+        if self.input_feeding:
+            return self._run_stepwise(embedded, state, encoded)
+        output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
+        context, _ = self.attention(output, encoded)  # (B, T, M)
+        vectors = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
+        return vectors, DecoderState(hidden, cell, state.feed)
+
+    def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
+                      ) -> tuple[Tensor, DecoderState]:
+        embedding_gates = self.embedding_gates(embedded)  # (B, T, 4H)
+        hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0))
+        feed, vectors = state.feed, []
+        for step in range(embedded.size(1)):
+            layer_input = feed
+            for layer, weights in enumerate(self.recurrent):
+                gates = weights(torch.cat([layer_input, hidden[layer]], dim=1))  # (B, 4H)
+                if layer == 0:
+                    gates = gates + embedding_gates[:, step]
+                hidden[layer], cell[layer] = _lstm_cell(gates, cell[layer])
+                layer_input = self.dropout(hidden[layer])
+            top = hidden[-1][:, None]  # (B, 1, H)
+            context, _ = self.attention(top, encoded)  # (B, 1, M)
+            feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=-1))[:, 0]))
+            vectors.append(feed)
+        new_state = DecoderState(torch.stack(hidden), torch.stack(cell), feed)
+        return torch.stack(vectors, dim=1), new_state
+
+
+def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """gates (B, 4H) in order input, forget, output, candidate -> hidden, cell (B, H)."""
+    size = cell.size(1)
+    input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, :3 * size]).chunk(3, dim=1)
+    candidate = torch.tanh(gates[:, 3 * size:])
+    cell = forget_gate * cell + input_gate * candidate
+    return output_gate * torch.tanh(cell), cell
+
+
+class Seq2Seq(nn.Module):
+    """Embeddings, encoder and decoder; rebuilt from (config, vocabulary sizes) alone."""
+
+    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
+                 joint_vocab: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        tgt_embedding = _embedding(tgt_vocab_size, config.embed_size)
+        share = joint_vocab and config.tie_embeddings and src_vocab_size == tgt_vocab_size
+        src_embedding = tgt_embedding if share else _embedding(src_vocab_size, config.embed_size)
+        self.encoder = Encoder(config, src_embedding)
+        self.decoder = Decoder(config, tgt_embedding, tgt_vocab_size)
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Encoded, DecoderState]:
+        """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state."""
+        states, hidden, cell = self.encoder(src_ids, src_lengths)
+        mask = src_ids != PAD_ID  # (B, S)
+        encoded = Encoded(states, self.decoder.attention.keys(states), mask)
+        return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
+
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
+                    ) -> tuple[Tensor, DecoderState]:
+        """prev_tokens (B,) -> logits (B, V) for the next token, and the new state."""
+        vectors, state = self.decoder(prev_tokens[:, None], state, encoded)
+        return self.decoder.output(vectors[:, 0]), state
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
+                positions: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V), or (N, V) for the N ``positions`` (B, T) selected."""
+        encoded, state = self.encode(src_ids, src_lengths)
+        vectors, _ = self.decoder(tgt_in, state, encoded)  # (B, T, O)
+        if positions is not None:
+            vectors = vectors[positions]  # (N, O): no output layer work on padding
+        return self.decoder.output(vectors)
+
+
+def _embedding(vocab_size: int, size: int) -> nn.Embedding:
+    embedding = nn.Embedding(vocab_size, size, padding_idx=PAD_ID)
+    nn.init.normal_(embedding.weight, std=size ** -0.5)
+    with torch.no_grad():
+        embedding.weight[PAD_ID].zero_()
+    return embedding

@@ -1,0 +1,219 @@
+"""Greedy and beam search: free functions over a model's ``encode`` and ``decode_step``.
+
+Both are batched with no Python loop over sentences or beams inside a step. The encoder runs
+once per batch; a sentence that is done leaves the active set, so the rest of the batch stops
+paying for it. Beam search keeps 2K candidates per step so that K hypotheses stay alive after
+some of them end (as fairseq does) and stops a sentence once K hypotheses have ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from s2s.batching import pad, token_batches
+from s2s.config import DecodeConfig
+from s2s.model import Seq2Seq
+from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # without BOS/EOS
+    score: float  # log-probability, length-penalised for beam search
+
+
+def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
+    """Most tokens (EOS excluded) each sentence may get: a * source length + b."""
+    source_tokens = (src_lengths - 1).clamp(min=0).double()  # minus the source EOS
+    return (config.max_len_a * source_tokens + config.max_len_b).floor().long()
+
+
+@torch.inference_mode()
+def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig
+                  ) -> list[list[Hypothesis]]:
+    """The most probable next token at every step; one hypothesis per sentence."""
+    encoded, state = model.encode(src, src_lengths)
+    limits = max_output_lengths(src_lengths, config).to(src.device)
+    batch = len(src)
+    steps = int(limits.max()) + 1
+    outputs = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=src.device)
+    scores = torch.zeros(batch, dtype=torch.float32, device=src.device)
+    active = torch.arange(batch, device=src.device)
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    for step in range(steps):
+        logits, state = model.decode_step(prev, state, encoded)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
+        _restrict(log_probs, outputs[active, :step], step >= limits[active], config)
+        best, tokens = log_probs.max(dim=-1)  # (n,)
+        outputs[active, step] = tokens
+        scores[active] += best
+        running = (tokens != EOS_ID).nonzero().squeeze(1)
+        if len(running) == 0:
+            break
+        if len(running) < len(active):
+            active, encoded, state = active[running], encoded.select(running), state.select(running)
+        prev = tokens[running]
+    return [[Hypothesis(_strip(row), float(score))] for row, score in
+            zip(outputs.tolist(), scores.tolist())]
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig
+                ) -> list[list[Hypothesis]]:
+    """The ``config.nbest`` best of ``config.beam_size`` beams for each sentence, best first."""
+    beam, device = config.beam_size, src.device
+    batch = len(src)
+    encoded, state = model.encode(src, src_lengths)
+    repeat = torch.arange(batch, device=device).repeat_interleave(beam)
+    encoded, state = encoded.select(repeat), state.select(repeat)
+    limits = max_output_lengths(src_lengths, config).to(device)
+    steps = int(limits.max()) + 1
+    finished = _Finished(batch, beam, steps, device)
+    sentences = torch.arange(batch, device=device)  # active sentences
+    scores = torch.full((batch, beam), float("-inf"), device=device)  # raw log-probabilities
+    scores[:, 0] = 0.0
+    history = torch.empty((batch * beam, 0), dtype=torch.long, device=device)
+    prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
+    for step in range(steps):
+        logits, state = model.decode_step(prev, state, encoded)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n K, V)
+        at_limit = (step >= limits[sentences]).repeat_interleave(beam)
+        _restrict(log_probs, history, at_limit, config)
+        vocab = log_probs.size(1)
+        candidates = (scores.view(-1, 1) + log_probs).view(len(sentences), beam * vocab)
+        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
+        origins, tokens = top_ids // vocab, top_ids % vocab  # (n, 2K)
+        rows = (torch.arange(len(sentences), device=device)[:, None] * beam + origins)
+        finished.add(sentences, top_scores, tokens == EOS_ID, history[rows.view(-1)].view(
+            *rows.shape, step), step + 1, config)
+        # the K best candidates that did not end continue
+        ended = (tokens == EOS_ID) | torch.isinf(top_scores)
+        position = torch.arange(top_scores.size(1), device=device)
+        keep = torch.argsort(position + ended * top_scores.size(1), dim=1)[:, :beam]  # (n, K)
+        scores = top_scores.gather(1, keep)
+        chosen_rows = rows.gather(1, keep).view(-1)
+        history = torch.cat([history[chosen_rows], tokens.gather(1, keep).view(-1, 1)], dim=1)
+        state = state.select(chosen_rows)
+        prev = history[:, -1]
+        done = finished.complete(sentences) | torch.isinf(scores).all(dim=1)
+        if done.all():
+            break
+        if done.any():
+            running = (~done).nonzero().squeeze(1)
+            beam_rows = (running[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+            sentences, scores = sentences[running], scores[running]
+            history, prev = history[beam_rows], prev[beam_rows]
+            encoded, state = encoded.select(beam_rows), state.select(beam_rows)
+    return finished.best(config.nbest)
+
+
+class _Finished:
+    """The K best ended hypotheses of every sentence, kept as tensors (no per-sentence loop)."""
+
+    def __init__(self, batch: int, beam: int, steps: int, device: torch.device) -> None:
+        self.beam = beam
+        self.scores = torch.full((batch, beam), float("-inf"), device=device)
+        self.tokens = torch.full((batch, beam, steps), PAD_ID, dtype=torch.long, device=device)
+
+    def add(self, sentences: Tensor, raw_scores: Tensor, is_eos: Tensor, prefixes: Tensor,
+            length: int, config: DecodeConfig) -> None:
+        """Merge candidates that chose EOS (among the first K) into each sentence's best K."""
+        in_beam = torch.arange(raw_scores.size(1), device=raw_scores.device) < self.beam
+        ending = is_eos & in_beam & ~torch.isinf(raw_scores)
+        if not bool(ending.any()):
+            return
+        normalized = raw_scores / _length_penalty(length, config)
+        new_scores = torch.where(ending, normalized, torch.full_like(normalized, float("-inf")))
+        new_tokens = torch.full((*prefixes.shape[:2], self.tokens.size(2)), PAD_ID,
+                                dtype=torch.long, device=prefixes.device)
+        new_tokens[:, :, :prefixes.size(2)] = prefixes
+        all_scores = torch.cat([self.scores[sentences], new_scores], dim=1)  # (n, 3K)
+        all_tokens = torch.cat([self.tokens[sentences], new_tokens], dim=1)
+        best_scores, best = all_scores.topk(self.beam, dim=1)
+        self.scores[sentences] = best_scores
+        self.tokens[sentences] = all_tokens.gather(
+            1, best[:, :, None].expand(-1, -1, all_tokens.size(2)))
+
+    def complete(self, sentences: Tensor) -> Tensor:
+        return ~torch.isinf(self.scores[sentences, -1])
+
+    def best(self, nbest: int) -> list[list[Hypothesis]]:
+        results = []
+        for scores, tokens in zip(self.scores.tolist(), self.tokens.tolist()):
+            results.append([Hypothesis(_strip(row), score) for score, row in
+                            zip(scores[:nbest], tokens[:nbest]) if score != float("-inf")])
+        return results
+
+
+def _length_penalty(length: int, config: DecodeConfig) -> float:
+    if config.length_penalty == "gnmt":
+        return ((5.0 + length) / 6.0) ** config.alpha
+    if config.length_penalty == "average":
+        return float(length)
+    return 1.0
+
+
+def _restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig) -> None:
+    """In place: force EOS where the length limit is reached; block repeated n-grams."""
+    if config.no_repeat_ngram:
+        _block_repeats(log_probs, history, config.no_repeat_ngram)
+    if bool(at_limit.any()):
+        eos_scores = log_probs[:, EOS_ID].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, EOS_ID] = torch.where(at_limit, eos_scores, log_probs[:, EOS_ID])
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
+
+
+def _block_repeats(log_probs: Tensor, history: Tensor, size: int) -> None:
+    """Forbid any token that would repeat an n-gram of ``size`` already in the history."""
+    length = history.size(1)
+    if length < size:
+        return
+    if size == 1:
+        log_probs.scatter_(1, history, float("-inf"))
+        return
+    windows = history.unfold(1, size, 1)  # (N, length - size + 1, size)
+    last = history[:, length - size + 1:]  # (N, size - 1)
+    matches = (windows[:, :, :-1] == last[:, None]).all(dim=-1)  # (N, windows)
+    banned = torch.zeros_like(log_probs)
+    banned.scatter_add_(1, windows[:, :, -1], matches.to(log_probs.dtype))
+    log_probs.masked_fill_(banned > 0, float("-inf"))
+
+
+def _strip(row: list[int]) -> list[int]:
+    """Tokens up to (not including) the first EOS or padding."""
+    for index, token in enumerate(row):
+        if token in (EOS_ID, PAD_ID):
+            return row[:index]
+    return row
+
+
+def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
+                  config: DecodeConfig, device: torch.device, *, beam_size: int | None = None,
+                  on_batch=None) -> list[list[Hypothesis]]:
+    """Translate id sequences in length-sorted token batches; results come back in input order."""
+    beam = config.beam_size if beam_size is None else beam_size
+    lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    if not len(sentences):
+        return results
+    search = greedy_search if beam == 1 and config.nbest == 1 else beam_search
+    settings = config if beam == config.beam_size else _with_beam(config, beam)
+    for indices in token_batches(lengths, max(config.batch_tokens // beam, 1)):
+        src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
+        hypotheses = search(model, src.to(device), src_lengths.to(device), settings)
+        for index, hypothesis in zip(indices, hypotheses):
+            results[index] = hypothesis
+        if on_batch is not None:
+            on_batch(len(indices))
+    return results
+
+
+def _with_beam(config: DecodeConfig, beam: int) -> DecodeConfig:
+    return replace(config, beam_size=beam, nbest=min(config.nbest, beam))

@@ -1,0 +1,79 @@
+"""Reading and cleaning raw text: UTF-8 checks with line numbers, Unicode and space normalisation.
+
+Lines are split on "\\n" only (never on Unicode line separators), so line N of a source file
+always stays aligned with line N of its target file.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+from typing import Literal
+
+from s2s.errors import DataError
+
+Normalization = Literal["nfkc", "nfc", "none"]
+
+
+def normalize(text: str, normalization: Normalization) -> str:
+    """Apply Unicode normalisation, then collapse all whitespace runs to one space."""
+    if normalization != "none":
+        text = unicodedata.normalize(normalization.upper(), text)
+    return " ".join(text.split())
+
+
+def read_lines(path: Path, *, invalid_utf8: Literal["error", "replace"] = "error",
+               normalization: Normalization = "nfkc") -> tuple[list[str], int]:
+    """Read a corpus file as normalised lines; return them and how many had invalid UTF-8.
+
+    Raises DataError naming the file (and line) when it is missing, a directory, unreadable,
+    empty, or holds invalid UTF-8 while ``invalid_utf8`` is "error".
+    """
+    data = _read_bytes(path)
+    if not data.strip():
+        raise DataError(f"{path}: data file is empty")
+    raw_lines = data.split(b"\n")
+    if raw_lines[-1] == b"":
+        raw_lines.pop()
+    lines: list[str] = []
+    replaced = 0
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if invalid_utf8 == "error":
+                raise DataError(f"{path}:{number}: invalid UTF-8 (byte {error.start + 1} of the "
+                                "line); fix the file or set data.invalid_utf8: replace") from None
+            text = raw.decode("utf-8", errors="replace")
+            replaced += 1
+        lines.append(normalize(text, normalization))
+    return lines, replaced
+
+
+def read_parallel(prefix: Path, src_lang: str, tgt_lang: str, **options) -> tuple[
+        list[str], list[str], int]:
+    """Read ``prefix.src_lang`` and ``prefix.tgt_lang``; check that they align line by line."""
+    src_path, tgt_path = parallel_paths(prefix, src_lang, tgt_lang)
+    src_lines, src_replaced = read_lines(src_path, **options)
+    tgt_lines, tgt_replaced = read_lines(tgt_path, **options)
+    if len(src_lines) != len(tgt_lines):
+        raise DataError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
+                        f"{len(tgt_lines)}; parallel files must align line by line")
+    return src_lines, tgt_lines, src_replaced + tgt_replaced
+
+
+def parallel_paths(prefix: Path, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:
+    return Path(f"{prefix}.{src_lang}"), Path(f"{prefix}.{tgt_lang}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {os.strerror(error.errno or 0) or error}") from None

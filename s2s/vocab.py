@@ -1,0 +1,81 @@
+"""Sentencepiece vocabularies and the special token ids the rest of s2s reads from here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+from s2s.config import VocabConfig
+from s2s.errors import DataError
+
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+
+
+class Tokenizer:
+    """A loaded sentencepiece model: text to ids and back, without BOS/EOS."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.model_proto = model_proto
+        self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        if (self._processor.pad_id(), self._processor.unk_id(), self._processor.bos_id(),
+                self._processor.eos_id()) != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise DataError("sentencepiece model has unexpected special token ids; "
+                            "it was not trained by s2s prepare")
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Tokenizer":
+        return cls(Path(path).read_bytes())
+
+    def __len__(self) -> int:
+        return self._processor.get_piece_size()
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._processor.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        return self._processor.decode([list(sentence) for sentence in ids])
+
+    def pieces(self, text: str) -> list[str]:
+        return self._processor.encode(text, out_type=str)
+
+
+def train_sentencepiece(lines: Iterable[str], model_path: Path, vocab_size: int,
+                        config: VocabConfig, threads: int) -> None:
+    """Train a sentencepiece model on ``lines`` and write it to ``model_path``."""
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_prefix=str(model_path.with_suffix("")),
+            vocab_size=vocab_size,
+            model_type=config.model_type,
+            character_coverage=config.character_coverage,
+            byte_fallback=config.byte_fallback,
+            input_sentence_size=config.max_sentences,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            num_threads=max(1, threads),
+            minloglevel=2,
+        )
+    except RuntimeError as error:
+        raise DataError(_explain_training_error(str(error), vocab_size, model_path)) from None
+
+
+def _explain_training_error(message: str, vocab_size: int, model_path: Path) -> str:
+    match = re.search(r"Vocabulary size (?:is )?too high \((\d+)\).*?<= (\d+)", message)
+    if match:
+        limit = int(match.group(2))
+        return (f"vocabulary size {vocab_size} is larger than the training data allows for "
+                f"{model_path.stem} (at most {limit}); set the vocab size to {limit} or less, "
+                f"for example {_round_down(limit)}")
+    return f"sentencepiece could not train {model_path.name}: {message.strip().splitlines()[-1]}"
+
+
+def _round_down(limit: int) -> int:
+    step = 1000 if limit >= 2000 else 100 if limit >= 200 else 1
+    return max(step, (limit // step) * step)
