@@ -68,6 +68,42 @@ class Attention(nn.Module):
         return torch.bmm(weights, encoded.states), weights  # (B, T, M), (B, T, S)
 
 
+class _StepLinear(torch.autograd.Function):
+    """``inputs @ weight.T`` for one decoder step, with the weight gradient deferred.
+
+    Per step, backward returns only the input gradient and records (inputs, grad). The first
+    step's backward runs last (every later step depends on it), so it computes the weight
+    gradient of all steps as one large matmul instead of T small ones plus T additions.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs: Tensor, weight: Tensor, record: list, first: bool) -> Tensor:
+        ctx.save_for_backward(inputs, weight)
+        ctx.record, ctx.first = record, first
+        return inputs @ weight.t().to(inputs.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None, None, None]:
+        inputs, weight = ctx.saved_tensors
+        ctx.record.append((inputs, grad))
+        grad_weight = None
+        if ctx.first:
+            dtype = grad.dtype
+            all_grads = torch.cat([g.to(dtype) for _, g in ctx.record])  # (T B, out)
+            all_inputs = torch.cat([x.to(dtype) for x, _ in ctx.record])  # (T B, in)
+            grad_weight = (all_grads.t() @ all_inputs).to(weight.dtype)
+            ctx.record.clear()
+        return grad @ weight.to(grad.dtype), grad_weight, None, None
+
+
+def _step_linear(inputs: Tensor, layer: nn.Linear, record: list | None, step: int) -> Tensor:
+    """A decoder step's linear layer; ``record`` is None when no gradient is needed."""
+    if record is None:
+        return layer(inputs)
+    output = _StepLinear.apply(inputs, layer.weight, record, step == 0)
+    return output if layer.bias is None else output + layer.bias
+
+
 class Encoder(nn.Module):
     """Bidirectional multi-layer LSTM over packed sequences: no work is spent on padding."""
 
@@ -143,15 +179,20 @@ class Decoder(nn.Module):
 
     def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
                       ) -> tuple[Tensor, DecoderState]:
-        embedding_gates = self.embedding_gates(embedded)  # (B, T, 4H)
+        # unbind once: slicing per step would make backward build a full-size zero tensor per step
+        embedding_gates = self.embedding_gates(embedded).unbind(1)  # T x (B, 4H)
         hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0))
         feed, vectors = state.feed, []
-        for step in range(embedded.size(1)):
+        # one record per layer for the deferred weight gradients (see _StepLinear)
+        records = [[] if torch.is_grad_enabled() and self.training else None
+                   for _ in self.recurrent]
+        for step, step_gates in enumerate(embedding_gates):
             layer_input = feed
             for layer, weights in enumerate(self.recurrent):
-                gates = weights(torch.cat([layer_input, hidden[layer]], dim=1))  # (B, 4H)
+                inputs = torch.cat([layer_input, hidden[layer]], dim=1)  # (B, in)
+                gates = _step_linear(inputs, weights, records[layer], step)  # (B, 4H)
                 if layer == 0:
-                    gates = gates + embedding_gates[:, step]
+                    gates = gates + step_gates
                 hidden[layer], cell[layer] = _lstm_cell(gates, cell[layer])
                 layer_input = self.dropout(hidden[layer])
             top = hidden[-1][:, None]  # (B, 1, H)

@@ -71,13 +71,13 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
 def smoothed_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed label-smoothed cross-entropy and summed NLL; logits (N, V), targets (N,)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, targets[:, None]).squeeze(1)
-    if smoothing:
-        loss = (1.0 - smoothing) * nll - smoothing * log_probs.mean(dim=-1)
-    else:
-        loss = nll
-    return loss.sum(), nll.sum().detach()
+    logits = logits.float()
+    loss = F.cross_entropy(logits, targets, label_smoothing=smoothing, reduction="sum")
+    if not smoothing:
+        return loss, loss.detach()
+    with torch.no_grad():  # the NLL is only reported: no second graph through the softmax
+        nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+    return loss, nll.sum()
 
 
 class Trainer:
@@ -117,7 +117,9 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         settings = self.train_config
         kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-        return kind(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        # the fused kernel updates all parameters in one pass (CPU and CUDA)
+        return kind(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                    fused=True)
 
     # ----------------------------------------------------------------- resume and checkpoints
 

@@ -1,0 +1,114 @@
+"""Training throughput (target tokens/s) and utilisation against this machine's matmul peak.
+
+Usage: python benchmarks/train_speed.py CONFIG [--steps 40] [--variant NAME=override,...]
+
+The run directory of CONFIG must be prepared (`s2s prepare CONFIG`). Each variant trains a
+fresh model for a few warm-up steps, then times ``--steps`` optimizer updates on the real
+batches. FLOPs per update come from torch's FlopCounterMode on one update, so utilisation is
+measured model work / time / measured peak, all in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from s2s.batching import collate, token_batches, training_lengths  # noqa: E402
+from s2s.config import load_config  # noqa: E402
+from s2s.train import Trainer  # noqa: E402
+
+DEFAULT_VARIANTS = {
+    "fp32, input feeding": [],
+    "bf16, input feeding": ["train.precision=bf16"],
+    "fp32, no input feeding": ["model.input_feeding=false"],
+    "bf16, no input feeding": ["train.precision=bf16", "model.input_feeding=false"],
+}
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-three GFLOP/s of a square matmul in ``dtype`` on the CPU."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        config = load_config(config_path, overrides)
+        trainer = Trainer(config)
+        # checkpoints and metrics of the measurement go to a scratch directory
+        trainer.config = dataclasses.replace(config, run_dir=Path(scratch))
+        settings = config.train
+        batches = token_batches(training_lengths(trainer.train_data), settings.batch_tokens,
+                                seed=settings.seed, epoch=1)
+        groups = [[collate(trainer.train_data, batch)] for batch in batches[:warmup + steps + 1]]
+        for group in groups[:warmup]:
+            trainer._update(group)
+        with FlopCounterMode(display=False) as counter:
+            trainer._update(groups[warmup])
+        flops_per_token = counter.get_total_flops() / groups[warmup][0].target_tokens
+        tokens, sentences = 0, 0
+        started = time.perf_counter()
+        for group in groups[warmup + 1:warmup + 1 + steps]:
+            tokens += trainer._update(group)[2]
+            sentences += len(group[0].indices)
+        seconds = time.perf_counter() - started
+    return {"tokens_per_second": tokens / seconds, "sentences_per_batch": sentences / steps,
+            "gflop_per_second": flops_per_token * tokens / seconds / 1e9,
+            "precision": settings.precision}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME=section.key=value,section.key=value (repeatable)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="override applied to every variant")
+    args = parser.parse_args()
+    variants = DEFAULT_VARIANTS
+    if args.variant:
+        variants = {}
+        for text in args.variant:
+            name, _, settings = text.partition("=")
+            variants[name] = [item for item in settings.split(",") if item]
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s")
+    print(f"{'variant':<28} {'tok/s':>8} {'sent/batch':>10} {'GFLOP/s':>8} {'util':>6}")
+    results = {}
+    for name, overrides in variants.items():
+        result = measure(args.config, args.overrides + overrides, args.steps, args.warmup)
+        result["utilisation"] = result["gflop_per_second"] / peaks[
+            "bf16" if result["precision"] == "bf16" else "fp32"]
+        results[name] = result
+        print(f"{name:<28} {result['tokens_per_second']:>8,.0f} "
+              f"{result['sentences_per_batch']:>10.1f} {result['gflop_per_second']:>8.1f} "
+              f"{result['utilisation']:>6.1%}", flush=True)
+    print(json.dumps({"peaks_gflops": peaks, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
