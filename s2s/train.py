@@ -177,7 +177,9 @@ class Trainer:
             self.model.train()
             while not self._limit_reached():
                 self._run_epoch()
-            if self.progress.step and self._last_validation_step != self.progress.step:
+            if self.progress.stop_reason == "stopped by caller":
+                self.save_checkpoint()  # an interruption: validating would change the schedule
+            elif self.progress.step and self._last_validation_step != self.progress.step:
                 self._validate_and_save()
         return self.progress
 

@@ -73,6 +73,12 @@ def _explain_training_error(message: str, vocab_size: int, model_path: Path) -> 
         return (f"vocabulary size {vocab_size} is larger than the training data allows for "
                 f"{model_path.stem} (at most {limit}); set the vocab size to {limit} or less, "
                 f"for example {_round_down(limit)}")
+    match = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if match:
+        needed = int(match.group(2))
+        return (f"vocabulary size {vocab_size} is too small for {model_path.stem}: its characters "
+                f"and special pieces alone need {needed}; set the vocab size to at least {needed} "
+                "or lower vocab.character_coverage")
     return f"sentencepiece could not train {model_path.name}: {message.strip().splitlines()[-1]}"
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny corpora and configs the tests generate themselves (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from s2s.demo import write_demo_corpus
+
+torch.set_num_threads(2)
+
+TINY_MODEL = {"embed_size": 32, "encoder_layers": 1, "encoder_hidden": 32,
+              "decoder_layers": 1, "decoder_hidden": 64, "dropout": 0.0, "embed_dropout": 0.0}
+
+
+def config_dict(corpus: Path, run_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A small valid config for a corpus written by ``write_demo_corpus``."""
+    config: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "data": {"src_lang": "en", "tgt_lang": "de", "train": str(corpus / "train"),
+                 "valid": str(corpus / "valid"), "test": str(corpus / "test")},
+        "vocab": {"src_size": 400, "tgt_size": 400, "character_coverage": 1.0},
+        "model": dict(TINY_MODEL),
+        "train": {"batch_tokens": 600, "lr": 0.005, "max_steps": 20, "log_every": 10,
+                  "valid_every": 10, "seed": 7, "device": "cpu"},
+        "decode": {"beam_size": 3, "batch_tokens": 2000},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    write_demo_corpus(directory, train=1500, valid=60, test=60, seed=5)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_corpus: Path) -> Path:
+    """Config path of a tiny run that has been prepared and trained for 150 steps."""
+    from s2s.config import load_config
+    from s2s.prepare import prepare
+    from s2s.train import train
+
+    directory = tmp_path_factory.mktemp("trained")
+    config_path = write_config(directory / "config.yaml", config_dict(
+        demo_corpus, directory / "run", train={"max_steps": 150, "valid_every": 75}))
+    config = load_config(config_path)
+    prepare(config)
+    train(config)
+    return config_path

@@ -1,0 +1,172 @@
+"""`s2s prepare`: alignment and UTF-8 checks, filtering, vocabularies, encoding, re-runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from s2s.config import config_from_dict
+from s2s.encoded import load_split
+from s2s.errors import DataError
+from s2s.prepare import data_dir, prepare, spm_paths
+from s2s.textio import normalize
+from s2s.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from tests.conftest import config_dict
+
+
+def _copy_corpus(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _config(corpus: Path, run: Path, **sections):
+    return config_from_dict(config_dict(corpus, run, **sections))
+
+
+def test_prepare_writes_encoded_splits_and_summary(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _config(demo_corpus, tmp_path / "run")
+    result = prepare(config)
+    assert not result.up_to_date
+    splits = result.manifest["splits"]
+    assert splits["valid"]["pairs"] == 60 and splits["test"]["pairs"] == 60
+    assert splits["train"]["pairs"] == 1500
+    assert all(stats["unknown_tokens"] == 0 for stats in splits.values())
+    train = load_split(result.data_dir, "train")
+    assert len(train) == 1500
+    assert train.src.ids.dtype == np.uint16
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_special_token_ids_are_fixed(demo_corpus: Path, tmp_path: Path) -> None:
+    directory = prepare(_config(demo_corpus, tmp_path / "run")).data_dir
+    for path in spm_paths(directory):
+        processor = spm.SentencePieceProcessor(model_file=str(path))
+        assert (processor.pad_id(), processor.unk_id(), processor.bos_id(),
+                processor.eos_id()) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+
+
+def test_valid_split_round_trips_through_the_vocabulary(demo_corpus: Path, tmp_path: Path) -> None:
+    directory = prepare(_config(demo_corpus, tmp_path / "run")).data_dir
+    valid = load_split(directory, "valid")
+    tokenizer = Tokenizer.from_file(spm_paths(directory)[1])
+    decoded = tokenizer.decode([valid.tgt.sentence(i).tolist() for i in range(len(valid))])
+    original = (demo_corpus / "valid.de").read_text(encoding="utf-8").splitlines()
+    assert decoded == [normalize(line, "nfkc") for line in original]
+
+
+def test_byte_fallback_leaves_no_unknown_characters(demo_corpus: Path, tmp_path: Path) -> None:
+    directory = prepare(_config(demo_corpus, tmp_path / "run")).data_dir
+    tokenizer = Tokenizer.from_file(spm_paths(directory)[0])
+    ids = tokenizer.encode(["日本語 ✓ ok"])[0]
+    assert UNK_ID not in ids
+    assert tokenizer.decode([ids]) == ["日本語 ✓ ok"]
+
+
+def test_filtering_counts_each_rule_on_training_pairs_only(demo_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    extra_src = ["", "Hello there.", "A dog.", "A dog.", "x " * 300,
+                 "One two three four five six seven eight nine ten eleven twelve."]
+    extra_tgt = ["Leer.", "", "Ein Hund.", "Ein Hund.", "lang", "Eins."]
+    for lang, lines in (("en", extra_src), ("de", extra_tgt)):
+        for split in ("train", "valid"):
+            with open(corpus / f"{split}.{lang}", "a", encoding="utf-8") as stream:
+                stream.write("".join(line + "\n" for line in lines))
+    config = _config(corpus, tmp_path / "run", data={"max_chars": 200, "max_length_ratio": 3.0})
+    manifest = prepare(config).manifest
+    assert manifest["dropped"] == {"empty side": 2, "too many characters": 1,
+                                   "duplicate pair": 1, "too many tokens": 0, "length ratio": 1}
+    assert manifest["splits"]["train"]["pairs"] == 1500 + 1
+    assert manifest["splits"]["valid"]["pairs"] == 60 + len(extra_src)  # never filtered
+
+
+def test_line_count_mismatch_names_both_files(demo_corpus: Path, tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    with open(corpus / "valid.de", "a", encoding="utf-8") as stream:
+        stream.write("Eine Zeile zu viel.\n")
+    with pytest.raises(DataError) as caught:
+        prepare(_config(corpus, tmp_path / "run"))
+    assert str(caught.value) == (f"{corpus / 'valid.en'} has 60 lines but {corpus / 'valid.de'} "
+                                 "has 61; parallel files must align line by line")
+
+
+def test_invalid_utf8_is_reported_with_line_number_or_replaced(demo_corpus: Path,
+                                                               tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    lines = (corpus / "test.en").read_bytes().split(b"\n")
+    lines[4] = b"caf\xe9 latin-1"
+    (corpus / "test.en").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"^{corpus / 'test.en'}:5: invalid UTF-8"):
+        prepare(_config(corpus, tmp_path / "run"))
+    result = prepare(_config(corpus, tmp_path / "run", data={"invalid_utf8": "replace"}))
+    test_src = (result.data_dir / "test.src.txt").read_text(encoding="utf-8").splitlines()
+    assert test_src[4] == "caf\ufffd latin-1"
+
+
+def test_rerun_is_up_to_date_until_inputs_or_settings_change(demo_corpus: Path,
+                                                            tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    config = _config(corpus, tmp_path / "run")
+    assert not prepare(config).up_to_date
+    assert prepare(config).up_to_date
+    assert not prepare(_config(corpus, tmp_path / "run", vocab={"src_size": 380})).up_to_date
+    config = _config(corpus, tmp_path / "run")
+    assert not prepare(config).up_to_date
+    with open(corpus / "train.en", "a", encoding="utf-8") as stream:
+        stream.write("A new sentence.\n")
+    with open(corpus / "train.de", "a", encoding="utf-8") as stream:
+        stream.write("Ein neuer Satz.\n")
+    result = prepare(config)
+    assert not result.up_to_date
+    assert result.manifest["splits"]["train"]["pairs"] == 1501
+
+
+def test_interrupted_prepare_leaves_no_trusted_data(demo_corpus: Path, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    config = _config(demo_corpus, tmp_path / "run")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("s2s.prepare.save_split", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config)
+    assert not data_dir(config).exists()
+    monkeypatch.undo()
+    assert not prepare(config).up_to_date
+
+
+def test_vocabulary_too_large_suggests_a_size(demo_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"vocabulary size 50000 is larger than the training data "
+                                        r"allows .* \(at most \d+\); set the vocab size to \d+"):
+        prepare(_config(demo_corpus, tmp_path / "run", vocab={"src_size": 50000}))
+
+
+def test_missing_empty_and_directory_inputs(demo_corpus: Path, tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    (corpus / "test.de").unlink()
+    with pytest.raises(DataError, match=rf"^{corpus / 'test.de'}: data file not found$"):
+        prepare(_config(corpus, tmp_path / "run"))
+    (corpus / "test.de").mkdir()
+    with pytest.raises(DataError, match="is a directory"):
+        prepare(_config(corpus, tmp_path / "run"))
+    (corpus / "test.de").rmdir()
+    (corpus / "test.de").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="data file is empty"):
+        prepare(_config(corpus, tmp_path / "run"))
+
+
+def test_a_split_empty_after_filtering_is_an_error(demo_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no training pairs left after filtering"):
+        prepare(_config(demo_corpus, tmp_path / "run", data={"max_chars": 3}))
+
+
+def test_vocabulary_too_small_says_how_many_pieces_are_needed(demo_corpus: Path,
+                                                              tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"vocabulary size 100 is too small for spm\.src: its "
+                                        r"characters and special pieces alone need \d+"):
+        prepare(_config(demo_corpus, tmp_path / "run", vocab={"src_size": 100}))

@@ -1,0 +1,138 @@
+"""Training: checkpoints, exact resume, schedules, and device errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from s2s.checkpoint import load_checkpoint, load_model
+from s2s.config import TrainConfig, config_from_dict, load_config
+from s2s.errors import CheckpointError, DataError, DeviceError
+from s2s.prepare import prepare
+from s2s.train import checkpoint_dir, learning_rate, train
+from tests.conftest import config_dict
+
+CUDA = torch.cuda.is_available()
+
+
+def _prepared(corpus: Path, run: Path, **sections):
+    config = config_from_dict(config_dict(corpus, run, **sections))
+    prepare(config)
+    return config
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(trained_run: Path) -> None:
+    config = load_config(trained_run)
+    path = checkpoint_dir(config.run_dir) / "last.pt"
+    payload = torch.load(path, weights_only=True)  # plain data only
+    assert payload["progress"]["step"] == 150
+    loaded = load_model(path)
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, payload["model"][name]), name
+    assert loaded.config == config
+    assert len(loaded.src_tokenizer) == 400
+
+
+def test_run_directory_has_best_last_metrics_and_resolved_config(trained_run: Path) -> None:
+    run_dir = load_config(trained_run).run_dir
+    names = {p.name for p in checkpoint_dir(run_dir).glob("*.pt")}
+    assert {"best.pt", "last.pt", "step-00000075.pt", "step-00000150.pt"} <= names
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [75, 150]
+    assert all("bleu" in r and "ppl" in r and "nrefs:1" in r["bleu_signature"] for r in valid)
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Path) -> None:
+    sections = {"train": {"max_steps": 24, "valid_every": 8, "batch_tokens": 300},
+                "model": {"dropout": 0.3, "embed_dropout": 0.1}}
+    straight = _prepared(demo_corpus, tmp_path / "straight", **sections)
+    train(straight)
+    resumed = _prepared(demo_corpus, tmp_path / "resumed", **sections)
+    progress = train(resumed, should_stop=lambda p: p.step == 13)  # mid-epoch, between saves
+    assert progress.step == 13
+    assert load_checkpoint(checkpoint_dir(resumed.run_dir) / "last.pt")["progress"]["step"] == 13
+    train(resumed)
+    expected = _weights(checkpoint_dir(straight.run_dir) / "last.pt")
+    actual = _weights(checkpoint_dir(resumed.run_dir) / "last.pt")
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def test_gradient_accumulation_and_restart(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run",
+                       train={"max_steps": 6, "accumulate": 2, "valid_every": 3})
+    progress = train(config)
+    assert progress.step == 6
+    progress = train(config, restart=True)
+    assert progress.step == 6
+    records = (config.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records if '"valid"' in r] == [3, 6]
+
+
+def test_training_refuses_data_prepared_for_other_settings(demo_corpus: Path,
+                                                           tmp_path: Path) -> None:
+    _prepared(demo_corpus, tmp_path / "run")
+    changed = config_from_dict(config_dict(demo_corpus, tmp_path / "run",
+                                           vocab={"src_size": 380}))
+    with pytest.raises(DataError, match="prepared data no longer matches"):
+        train(changed)
+    unprepared = config_from_dict(config_dict(demo_corpus, tmp_path / "other"))
+    with pytest.raises(DataError, match="no prepared data; run `s2s prepare`"):
+        train(unprepared)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run", train={"max_steps": 2, "valid_every": 2})
+    train(config)
+    bigger = config_from_dict(config_dict(demo_corpus, tmp_path / "run",
+                                          model={"decoder_hidden": 48}))
+    with pytest.raises(CheckpointError, match=r"trained with model\.decoder_hidden=64 but the "
+                                              r"config says 48; use --restart"):
+        train(bigger)
+
+
+def test_learning_rate_schedules() -> None:
+    inverse = TrainConfig(lr=1.0, lr_schedule="inverse_sqrt", warmup_steps=100)
+    assert learning_rate(inverse, 0, 1.0) == pytest.approx(0.01)
+    assert learning_rate(inverse, 99, 1.0) == pytest.approx(1.0)
+    assert learning_rate(inverse, 399, 1.0) == pytest.approx(0.5)
+    plateau = TrainConfig(lr=1e-3, lr_schedule="plateau", min_lr=1e-4)
+    assert learning_rate(plateau, 50, 0.5) == pytest.approx(5e-4)
+    assert learning_rate(plateau, 50, 0.01) == pytest.approx(1e-4)
+    warm = TrainConfig(lr=1e-3, lr_schedule="constant", warmup_steps=10)
+    assert learning_rate(warm, 4, 1.0) == pytest.approx(5e-4)
+
+
+def test_early_stopping_stops_after_patience(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run", train={
+        "max_steps": 200, "valid_every": 2, "patience": 2, "lr": 1e-9, "min_lr": 1e-9,
+        "early_stopping_metric": "loss"})
+    progress = train(config)
+    assert progress.stop_reason == "early stopping"
+    assert progress.step < 200
+
+
+@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
+def test_cuda_requested_but_absent_is_a_clear_error(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run", train={"device": "cuda"})
+    with pytest.raises(DeviceError, match="device 'cuda' was requested but CUDA is not available"):
+        train(config)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_smoke(demo_corpus: Path, tmp_path: Path) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run", train={
+        "device": "cuda", "precision": "bf16", "max_steps": 10, "valid_every": 5})
+    progress = train(config)
+    assert progress.step == 10
+    loaded = load_model(checkpoint_dir(config.run_dir) / "best.pt")
+    assert next(loaded.model.parameters()).device.type == "cpu"  # checkpoints load anywhere
