@@ -50,6 +50,7 @@ class TrainProgress:
     lr_scale: float = 1.0
     seconds: float = 0.0  # training time over all sessions of this run
     target_tokens: int = 0
+    validated_step: int = -1  # the step of the latest validation
     stop_reason: str = ""
 
 
@@ -112,7 +113,6 @@ class Trainer:
         self._signal: int | None = None
         self._session_start = time.monotonic()
         self._seconds_at_start = 0.0
-        self._last_validation_step = -1
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         settings = self.train_config
@@ -179,7 +179,7 @@ class Trainer:
                 self._run_epoch()
             if self.progress.stop_reason == "stopped by caller":
                 self.save_checkpoint()  # an interruption: validating would change the schedule
-            elif self.progress.step and self._last_validation_step != self.progress.step:
+            elif self.progress.step and self.progress.validated_step != self.progress.step:
                 self._validate_and_save()
         return self.progress
 
@@ -262,8 +262,8 @@ class Trainer:
     def _validate_and_save(self) -> None:
         metrics = self.validate()
         improved = self._track_best(metrics)
+        self.progress.validated_step = self.progress.step
         self.save_checkpoint(best=improved)
-        self._last_validation_step = self.progress.step
         self._write_metrics({"kind": "valid", "step": self.progress.step, **metrics,
                              "best": improved})
         mark = " (new best)" if improved else ""

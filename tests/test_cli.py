@@ -1,0 +1,96 @@
+"""The command line as a user meets it: help, errors without tracebacks, the whole pipeline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import sacrebleu
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from tests.conftest import config_dict, write_config
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands_without_importing_torch() -> None:
+    code = ("import sys; from s2s.cli import app; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("prepare", "train", "evaluate", "translate"):
+        assert command in result.output
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    raw = config_dict(tmp_path, tmp_path / "run", model={"decoder_hiden": 64})
+    path = write_config(tmp_path / "bad.yaml", raw)
+    result = runner.invoke(app, ["prepare", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {path}: model.decoder_hiden: unknown key — "
+                             "did you mean decoder_hidden?\n")
+    assert "Traceback" not in result.output
+
+
+def test_bad_override_and_missing_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", config_dict(tmp_path, tmp_path / "run"))
+    result = runner.invoke(app, ["train", str(path), "--set", "train.lr=-1"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: train.lr: must be greater than 0.0, got -1.0\n"
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path / 'nope.yaml'}: config file not found\n"
+
+
+def test_data_error_exits_1_without_traceback(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", config_dict(tmp_path / "missing", tmp_path / "run"))
+    result = runner.invoke(app, ["prepare", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "data file not found" in result.stderr
+
+
+def test_whole_pipeline_through_the_cli(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    result = runner.invoke(app, ["demo-data", str(corpus)])
+    assert result.exit_code == 0, result.output
+    assert len((corpus / "train.en").read_text(encoding="utf-8").splitlines()) == 12000
+    raw = config_dict(corpus, tmp_path / "run", train={"max_steps": 40, "valid_every": 20})
+    path = write_config(tmp_path / "c.yaml", raw)
+    for command in (["prepare", str(path)], ["train", str(path)],
+                    ["evaluate", str(path), "--checkpoint", "best,last"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
+    scores = json.loads((tmp_path / "run" / "eval" / "test.best.json").read_text())
+    assert scores["sentences"] == 500 and 0.0 <= scores["bleu"] <= 100.0
+    assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    result = runner.invoke(app, ["translate", str(path)], input="A dog sees a cat.\n\nThe man.\n")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split("\n")) == 4 and result.stdout.split("\n")[1] == ""
+
+
+def test_evaluate_reproduces_sacrebleu_on_its_hypothesis_file(trained_run: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid", "--ter"])
+    assert result.exit_code == 0, result.output
+    run_dir = trained_run.parent / "run"
+    hypotheses = (run_dir / "eval" / "valid.best.hyp").read_text(encoding="utf-8").splitlines()
+    references = (run_dir / "data" / "valid.tgt.txt").read_text(encoding="utf-8").splitlines()
+    record = json.loads((run_dir / "eval" / "valid.best.json").read_text())
+    assert record["bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
+    assert record["chrf"] == sacrebleu.corpus_chrf(hypotheses, [references]).score
+    assert record["ter"] is not None and record["decode"]["beam_size"] == 3
+
+
+def test_evaluate_external_files_and_usage_errors(trained_run: Path, tmp_path: Path) -> None:
+    src, ref = tmp_path / "x.en", tmp_path / "x.de"
+    src.write_text("The dog sees a cat.\nA woman.\n", encoding="utf-8")
+    ref.write_text("Der Hund sieht eine Katze.\nEine Frau.\n", encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--src", str(src),
+                                 "--ref", str(ref)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--src", str(src)])
+    assert result.exit_code == 2 and "--src and --ref go together" in result.stderr

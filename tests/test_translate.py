@@ -1,0 +1,118 @@
+"""`s2s translate`: exactly one output line per input line, in order, whatever the input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from s2s.config import load_config
+from s2s.train import checkpoint_dir
+from s2s.translate import Translator, translate_stream
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def translator(trained_run: Path) -> Translator:
+    path = checkpoint_dir(load_config(trained_run).run_dir) / "best.pt"
+    return Translator.from_checkpoint(path, overrides=("decode.beam_size=2",), device="cpu")
+
+
+def _translate(translator: Translator, data: bytes, chunk_lines: int = 7) -> list[str]:
+    output = io.StringIO()
+    translate_stream(translator, io.BytesIO(data), output, chunk_lines=chunk_lines)
+    return output.getvalue().split("\n")[:-1]
+
+
+line_text = st.one_of(
+    st.just(""), st.text(max_size=40),
+    st.lists(st.sampled_from(["the", "dog", "sees", "a", "cat", "."]), max_size=12).map(" ".join),
+    st.text(alphabet="ab ", min_size=300, max_size=600))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(line_text, max_size=25), bad_bytes=st.booleans())
+def test_n_lines_in_n_lines_out_in_order(translator: Translator, lines: list[str],
+                                         bad_bytes: bool) -> None:
+    raw = [line.replace("\n", " ").replace("\r", " ").encode("utf-8") for line in lines]
+    if bad_bytes and raw:
+        raw[0] = b"\xff\xfe" + raw[0]
+    outputs = _translate(translator, b"".join(line + b"\n" for line in raw))
+    assert len(outputs) == len(raw)
+    for text, output in zip(raw, outputs):
+        assert "\n" not in output
+        if not text.decode("utf-8", errors="replace").split():
+            assert output == ""
+    # each line's translation does not depend on its neighbours or chunking
+    alone = [_translate(translator, line + b"\n")[0] for line in raw[:5]]
+    assert alone == outputs[:5]
+
+
+def test_last_line_without_newline_and_crlf(translator: Translator) -> None:
+    assert len(_translate(translator, b"The dog.\r\nA cat.")) == 2
+
+
+def test_long_line_is_truncated_with_a_warning_not_dropped(trained_run: Path) -> None:
+    long_line = " ".join(["dog"] * 400)
+    result = runner.invoke(app, ["translate", str(trained_run)], input=f"{long_line}\nA cat.\n")
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 2
+    assert "line 1:" in result.stderr and "truncated" in result.stderr
+
+
+def test_empty_input_prints_nothing(trained_run: Path) -> None:
+    result = runner.invoke(app, ["translate", str(trained_run)], input="")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+
+
+def test_invalid_utf8_warns_with_the_line_number(trained_run: Path) -> None:
+    result = runner.invoke(app, ["translate", str(trained_run)], input=b"ok\n\xff bad\n")
+    assert result.exit_code == 0
+    assert len(result.stdout.splitlines()) == 2
+    assert "line 2: invalid UTF-8" in result.stderr
+
+
+def test_nbest_output_has_k_text_score_pairs(trained_run: Path) -> None:
+    result = runner.invoke(app, ["translate", str(trained_run), "--beam", "4", "--nbest", "3"],
+                           input="The dog sees a cat.\nA man.\n")
+    assert result.exit_code == 0, result.output
+    for line in result.stdout.splitlines():
+        fields = line.split("\t")
+        assert len(fields) == 6
+        scores = [float(score) for score in fields[1::2]]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_nbest_larger_than_beam_is_a_usage_error(trained_run: Path) -> None:
+    result = runner.invoke(app, ["translate", str(trained_run), "--beam", "2", "--nbest", "3"],
+                           input="x\n")
+    assert result.exit_code == 2
+    assert "decode.nbest: 3 is larger than decode.beam_size (2)" in result.stderr
+
+
+def test_input_and_output_files_and_checkpoint_choice(trained_run: Path, tmp_path: Path) -> None:
+    source, target = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("The dog.\n\nA cat.\n", encoding="utf-8")
+    run_dir = load_config(trained_run).run_dir
+    result = runner.invoke(app, ["translate", "--run", str(run_dir), "--checkpoint", "last",
+                                 "--input", str(source), "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert len(target.read_text(encoding="utf-8").split("\n")) == 4
+    result = runner.invoke(app, ["translate", "--run", str(run_dir), "--checkpoint",
+                                 str(tmp_path / "missing.pt")], input="x\n")
+    assert result.exit_code == 1 and "checkpoint not found" in result.stderr
+
+
+def test_average_checkpoints(trained_run: Path) -> None:
+    run_dir = load_config(trained_run).run_dir
+    result = runner.invoke(app, ["average", str(run_dir), "--last", "2"])
+    assert result.exit_code == 0, result.output
+    assert (checkpoint_dir(run_dir) / "avg.pt").exists()
