@@ -23,6 +23,10 @@ from s2s.vocab import Tokenizer
 FORMAT = "s2s-checkpoint-1"
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
@@ -112,7 +116,7 @@ def load_model(path: Path, overrides: Sequence[str] = ()) -> LoadedModel:
 
 def average_checkpoints(run_dir: Path, last: int | None = None) -> Path:
     """Average the weights of the newest step checkpoints into ``checkpoints/avg.pt``."""
-    directory = run_dir / "checkpoints"
+    directory = checkpoint_dir(run_dir)
     paths = sorted(directory.glob("step-*.pt"))
     if last is not None:
         paths = paths[-last:]

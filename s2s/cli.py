@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from s2s.errors import S2SError, UsageError
+from s2s.errors import Interrupted, S2SError, UsageError
 
 app = typer.Typer(help="Neural machine translation: prepare data, train, evaluate, translate.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -30,9 +30,9 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except S2SError as error:
-            lines = str(error).splitlines() or [type(error).__name__]
-            for line in lines:
-                print(f"error: {line}", file=sys.stderr)
+            prefix = "" if isinstance(error, Interrupted) else "error: "
+            for line in str(error).splitlines() or [type(error).__name__]:
+                print(f"{prefix}{line}", file=sys.stderr)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -71,14 +71,32 @@ def prepare(config: ConfigArg, overrides: SetOption = None,
 def train(config: ConfigArg, overrides: SetOption = None,
           restart: Annotated[bool, typer.Option(help="Delete checkpoints and start over.")] = False,
           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --restart.")
-                         ] = False) -> None:
+                         ] = False,
+          nproc: Annotated[int, typer.Option(min=1, help=(
+              "Train with N processes on this machine (one per GPU, or gloo on CPU) via "
+              "torchrun."))] = 1) -> None:
     """Train (or resume training) the model of a prepared run."""
     settings = _load(config, overrides)
     if restart and not yes and not typer.confirm(
             f"Delete the checkpoints in {settings.run_dir} and start over?", err=True):
         raise typer.Exit(1)
+    if nproc > 1:
+        raise typer.Exit(_launch_processes(nproc, config, overrides or [], restart))
     from s2s.train import train as run_train
     run_train(settings, restart=restart, reporter=_reporter())
+
+
+def _launch_processes(nproc: int, config: Path, overrides: list[str], restart: bool) -> int:
+    """Run ``s2s train`` in ``nproc`` processes under torchrun; return its exit code."""
+    import subprocess
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "s2s", "train", str(config)]
+    command += [item for override in overrides for item in ("--set", override)]
+    command += ["--restart", "--yes"] if restart else []
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:  # torchrun passes the signal on to every process
+        return 130
 
 
 @app.command()
@@ -119,13 +137,14 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
               device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
               overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
-    from s2s.translate import Translator, checkpoint_path, translate_stream
+    from s2s.translate import Translator, check_vocabulary, checkpoint_path, translate_stream
     run_dir = _run_dir(config, run)
     settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
     reporter = _reporter()
     translator = Translator.from_checkpoint(checkpoint_path(run_dir, checkpoint),
                                             overrides=tuple(settings), device=device,
                                             reporter=reporter)
+    check_vocabulary(translator.loaded, run_dir)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
         translate_stream(translator, source, target, progress_total=total)

@@ -19,7 +19,7 @@ from s2s.prepare import data_dir
 from s2s.report import Reporter, make_table
 from s2s.scoring import Scores, bleu_tokenizer, score_corpus
 from s2s.textio import read_lines
-from s2s.translate import Translator, checkpoint_path
+from s2s.translate import Translator, check_vocabulary, checkpoint_path
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
         translator = Translator.from_checkpoint(checkpoint_path(config.run_dir, name),
                                                 overrides=tuple(overrides), device=device,
                                                 reporter=reporter)
+        if src_file is None:  # the run's own split: the checkpoint must share its vocabulary
+            check_vocabulary(translator.loaded, config.run_dir)
         loaded = time.perf_counter()
         hypotheses = [result.text for result in translator.translate(sources)]
         finished = time.perf_counter()

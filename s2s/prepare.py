@@ -39,8 +39,12 @@ class PrepareResult:
     manifest: dict[str, Any]
 
 
+def run_data_dir(run_dir: Path) -> Path:
+    return run_dir / "data"
+
+
 def data_dir(config: Config) -> Path:
-    return config.run_dir / "data"
+    return run_data_dir(config.run_dir)
 
 
 def spm_paths(directory: Path) -> tuple[Path, Path]:

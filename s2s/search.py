@@ -89,8 +89,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
         top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
         origins, tokens = top_ids // vocab, top_ids % vocab  # (n, 2K)
         rows = (torch.arange(len(sentences), device=device)[:, None] * beam + origins)
-        finished.add(sentences, top_scores, tokens == EOS_ID, history[rows.view(-1)].view(
-            *rows.shape, step), step + 1, config)
+        finished.add(sentences, top_scores, tokens == EOS_ID, history, rows, step + 1, config)
         # the K best candidates that did not end continue
         ended = (tokens == EOS_ID) | torch.isinf(top_scores)
         position = torch.arange(top_scores.size(1), device=device)
@@ -120,13 +119,17 @@ class _Finished:
         self.scores = torch.full((batch, beam), float("-inf"), device=device)
         self.tokens = torch.full((batch, beam, steps), PAD_ID, dtype=torch.long, device=device)
 
-    def add(self, sentences: Tensor, raw_scores: Tensor, is_eos: Tensor, prefixes: Tensor,
-            length: int, config: DecodeConfig) -> None:
-        """Merge candidates that chose EOS (among the first K) into each sentence's best K."""
+    def add(self, sentences: Tensor, raw_scores: Tensor, is_eos: Tensor, history: Tensor,
+            rows: Tensor, length: int, config: DecodeConfig) -> None:
+        """Merge candidates that chose EOS (among the first K) into each sentence's best K.
+
+        ``rows`` (n, 2K) are the history rows the candidates extend.
+        """
         in_beam = torch.arange(raw_scores.size(1), device=raw_scores.device) < self.beam
         ending = is_eos & in_beam & ~torch.isinf(raw_scores)
         if not bool(ending.any()):
             return
+        prefixes = history[rows.view(-1)].view(*rows.shape, history.size(1))  # (n, 2K, t)
         normalized = raw_scores / _length_penalty(length, config)
         new_scores = torch.where(ending, normalized, torch.full_like(normalized, float("-inf")))
         new_tokens = torch.full((*prefixes.shape[:2], self.tokens.size(2)), PAD_ID,

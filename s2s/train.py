@@ -19,11 +19,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from s2s.batching import Batch, collate, token_batches, training_lengths
-from s2s.checkpoint import FORMAT, build_model, link_atomic, load_checkpoint, save_atomic
+from s2s.checkpoint import (FORMAT, build_model, checkpoint_dir, link_atomic, load_checkpoint,
+                            save_atomic)
 from s2s.config import Config, TrainConfig, config_to_dict
 from s2s.device import autocast, resolve_device, set_threads
+from s2s.distributed import World
 from s2s.encoded import load_split
 from s2s.errors import CheckpointError, DataError, Interrupted
 from s2s.prepare import data_config_hash, data_dir, read_manifest, spm_paths
@@ -42,7 +45,7 @@ class TrainProgress:
 
     step: int = 0
     epoch: int = 1
-    groups_done: int = 0  # optimizer steps already taken in this epoch
+    batches_done: int = 0  # batches of this epoch consumed (by all processes together)
     best_score: float | None = None
     best_step: int = 0
     bad_validations: int = 0  # for early stopping
@@ -52,10 +55,6 @@ class TrainProgress:
     target_tokens: int = 0
     validated_step: int = -1  # the step of the latest validation
     stop_reason: str = ""
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
@@ -88,10 +87,12 @@ class Trainer:
                  should_stop: Callable[[TrainProgress], bool] | None = None) -> None:
         self.config = config
         self.train_config = config.train
-        self.reporter = reporter
+        self.world = World.from_environment()
+        self.reporter = reporter if self.world.is_main else Reporter()
         self.should_stop = should_stop
-        self.device = resolve_device(config.train.device)
+        self.device = self.world.device(resolve_device(config.train.device))
         autocast(self.device, config.train.precision)  # fails early for fp16 on CPU
+        self.world.start(self.device)
         set_threads(config.train.threads)
         self.manifest = _checked_manifest(config)
         directory = data_dir(config)
@@ -106,6 +107,11 @@ class Trainer:
         self.model = build_model(config, self.manifest["src_vocab_size"],
                                  self.manifest["tgt_vocab_size"], self.manifest["joint"])
         self.model.to(self.device)
+        self._seed_dropout(step=0)
+        self.trained_model: torch.nn.Module = self.model
+        if self.world.distributed:
+            self.trained_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=config.train.precision == "fp16")
@@ -113,6 +119,11 @@ class Trainer:
         self._signal: int | None = None
         self._session_start = time.monotonic()
         self._seconds_at_start = 0.0
+
+    def _seed_dropout(self, step: int) -> None:
+        """Processes other than rank 0 draw their own dropout masks (rank 0 keeps its stream)."""
+        if self.world.rank > 0:
+            torch.manual_seed(self.train_config.seed + 1000 * self.world.rank + step)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         settings = self.train_config
@@ -138,13 +149,17 @@ class Trainer:
         torch.set_rng_state(payload["rng"]["torch"])
         if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        self._seed_dropout(step=self.progress.step)
         self._seconds_at_start = self.progress.seconds
         _truncate_metrics(self.config.run_dir / "metrics.jsonl", self.progress.step)
         self.reporter.info(f"resuming from {path} at step {self.progress.step}, "
                            f"epoch {self.progress.epoch}")
         return True
 
-    def save_checkpoint(self, *, best: bool = False) -> Path:
+    def save_checkpoint(self, *, best: bool = False) -> Path | None:
+        """Write a step checkpoint and point ``last`` (and ``best``) at it; rank 0 only."""
+        if not self.world.is_main:
+            return None
         self.progress.seconds = self._elapsed()
         payload = {
             "format": FORMAT,
@@ -173,7 +188,7 @@ class Trainer:
 
     def train(self) -> TrainProgress:
         """Train until a limit is reached; returns the final progress."""
-        with RunLock(self.config.run_dir), self._signals():
+        with self._signals():
             self.model.train()
             while not self._limit_reached():
                 self._run_epoch()
@@ -184,21 +199,25 @@ class Trainer:
         return self.progress
 
     def _run_epoch(self) -> None:
-        settings = self.train_config
+        """Consume the rest of this epoch's batches, one optimizer step per global group."""
+        settings, world = self.train_config, self.world
         batches = token_batches(training_lengths(self.train_data), settings.batch_tokens,
                                 seed=settings.seed, epoch=self.progress.epoch)
-        groups = [batches[i:i + settings.accumulate]
-                  for i in range(0, len(batches), settings.accumulate)]
+        group_size = settings.accumulate * world.size  # batches per optimizer step, all ranks
+        steps_in_epoch = len(batches) // group_size if world.distributed else math.ceil(
+            len(batches) / group_size)  # ranks must take the same number of steps
         window = _Window()
-        with self.reporter.progress(f"epoch {self.progress.epoch}", total=len(groups)) as bar:
-            bar.update(completed=self.progress.groups_done)
-            for group in groups[self.progress.groups_done:]:
-                loss, nll, tokens = self._update([collate(self.train_data, i) for i in group])
+        with self.reporter.progress(f"epoch {self.progress.epoch}", total=steps_in_epoch) as bar:
+            bar.update(completed=self.progress.batches_done // group_size)
+            while self.progress.batches_done < steps_in_epoch * group_size:
+                start = self.progress.batches_done + world.rank * settings.accumulate
+                mine = batches[start:start + settings.accumulate]
+                loss, nll, tokens = self._update([collate(self.train_data, i) for i in mine])
                 self.progress.step += 1
-                self.progress.groups_done += 1
+                self.progress.batches_done += group_size
                 self.progress.target_tokens += tokens
                 window.add(loss, nll, tokens)
-                bar.advance(status=window.status(self._lr()))
+                bar.advance(status=f"step {self.progress.step} " + window.status(self._lr()))
                 if self.progress.step % settings.log_every == 0:
                     self._log_train(window.flush())
                 if self.progress.step % settings.valid_every == 0:
@@ -207,24 +226,35 @@ class Trainer:
                 if self._limit_reached():
                     return
         self.progress.epoch += 1
-        self.progress.groups_done = 0
+        self.progress.batches_done = 0
 
     def _update(self, batches: list[Batch]) -> tuple[float, float, int]:
-        """One optimizer step over ``batches`` (gradient accumulation); summed loss and NLL."""
-        tokens = sum(batch.target_tokens for batch in batches)
-        lr = self._lr()
+        """One optimizer step over ``batches`` (gradient accumulation, all processes).
+
+        Returns the summed loss, summed NLL and target tokens of the whole global batch. The
+        loss is normalised by the global token count, so N processes compute exactly the
+        gradient one process would on the same global batch.
+        """
+        local_tokens = sum(batch.target_tokens for batch in batches)
+        (tokens,) = self.world.sum([float(local_tokens)], self.device)
+        scale = self.world.size / tokens  # DDP averages gradients over processes
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
         total_loss = total_nll = 0.0
-        for batch in batches:
+        for index, batch in enumerate(batches):
             batch = batch.to(self.device)
             positions = batch.tgt_out != PAD_ID
-            with autocast(self.device, self.train_config.precision):
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, positions)
-            loss, nll = smoothed_loss(logits, batch.tgt_out[positions],
-                                      self.train_config.label_smoothing)
-            self.scaler.scale(loss / tokens).backward()
+            last = index == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.world.distributed else (
+                self.trained_model.no_sync())  # type: ignore[operator]
+            with sync:
+                with autocast(self.device, self.train_config.precision):
+                    logits = self.trained_model(batch.src, batch.src_lengths, batch.tgt_in,
+                                                positions)
+                loss, nll = smoothed_loss(logits, batch.tgt_out[positions],
+                                          self.train_config.label_smoothing)
+                self.scaler.scale(loss * scale).backward()
             total_loss += float(loss.detach())
             total_nll += float(nll)
         self.scaler.unscale_(self.optimizer)
@@ -232,7 +262,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total_loss, total_nll, tokens
+        total_loss, total_nll = self.world.sum([total_loss, total_nll], self.device)
+        return total_loss, total_nll, int(tokens)
 
     def _lr(self) -> float:
         return learning_rate(self.train_config, self.progress.step, self.progress.lr_scale)
@@ -248,10 +279,10 @@ class Trainer:
              "early stopping"),
             (self.should_stop is not None and self.should_stop(progress), "stopped by caller"),
         ]
-        for reached, reason in reasons:
-            if reached:
-                progress.stop_reason = reason
-                return True
+        reason = next((reason for reached, reason in reasons if reached), "")
+        if self.world.any(bool(reason), self.device):  # every process stops at the same step
+            progress.stop_reason = reason or "another process stopped"
+            return True
         return False
 
     def _elapsed(self) -> float:
@@ -260,12 +291,17 @@ class Trainer:
     # ----------------------------------------------------------------------------- validation
 
     def _validate_and_save(self) -> None:
+        """Rank 0 validates and saves; every process then adopts its updated progress."""
+        if not self.world.is_main:
+            self.progress = self.world.share(None)
+            return
         metrics = self.validate()
         improved = self._track_best(metrics)
         self.progress.validated_step = self.progress.step
         self.save_checkpoint(best=improved)
-        self._write_metrics({"kind": "valid", "step": self.progress.step, **metrics,
-                             "best": improved})
+        self.world.share(self.progress)
+        self._write_metrics({"kind": "valid", "step": self.progress.step,
+                             "elapsed": round(self._elapsed(), 2), **metrics, "best": improved})
         mark = " (new best)" if improved else ""
         self.reporter.info(
             f"validation at step {self.progress.step}: loss {metrics['loss']:.3f}, "
@@ -354,12 +390,15 @@ class Trainer:
                 signal.signal(number, handler)
 
     def _check_interrupt(self) -> None:
-        if self._signal is None:
+        """After SIGINT/SIGTERM on any process: save (rank 0) and stop every process."""
+        if not self.world.any(self._signal is not None, self.device):
             return
-        path = self.save_checkpoint()
-        name = signal.Signals(self._signal).name
+        number = self._signal or signal.SIGTERM
+        path = self.save_checkpoint() if self.world.is_main else None
+        self.world.barrier()
+        name = signal.Signals(number).name
         raise Interrupted(f"{name} received: saved {path} at step {self.progress.step}; "
-                          "run the same command again to resume", self._signal)
+                          "run the same command again to resume", number)
 
 
 class _Window:
@@ -397,16 +436,36 @@ class _Window:
 
 def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporter(),
           should_stop: Callable[[TrainProgress], bool] | None = None) -> TrainProgress:
-    """Train the run described by ``config``, resuming from its last checkpoint if any."""
-    if restart:
-        shutil.rmtree(checkpoint_dir(config.run_dir), ignore_errors=True)
-        (config.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    """Train the run described by ``config``, resuming from its last checkpoint if any.
+
+    Started by torchrun, every process calls this; they train one model together.
+    """
     trainer = Trainer(config, reporter=reporter, should_stop=should_stop)
-    trainer.resume_if_possible()
-    progress = trainer.train()
-    reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
-                  f"best {config.train.early_stopping_metric} at step {progress.best_step}")
+    # one training job per run directory: rank 0 holds the lock before touching anything
+    lock = RunLock(config.run_dir) if trainer.world.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            if trainer.world.is_main:
+                _clean_checkpoint_dir(config.run_dir, restart)
+            trainer.world.barrier()
+            trainer.resume_if_possible()
+            progress = trainer.train()
+    finally:
+        trainer.world.stop()
+    trainer.reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
+                          f"best {config.train.early_stopping_metric} at step "
+                          f"{progress.best_step}")
     return progress
+
+
+def _clean_checkpoint_dir(run_dir: Path, restart: bool) -> None:
+    """Remove temporary files of interrupted writes; with ``restart``, everything."""
+    directory = checkpoint_dir(run_dir)
+    if restart:
+        shutil.rmtree(directory, ignore_errors=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _checked_manifest(config: Config) -> dict[str, Any]:

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
-from s2s.checkpoint import LoadedModel, average_checkpoints, load_model
+from s2s.checkpoint import LoadedModel, average_checkpoints, checkpoint_dir, load_model
 from s2s.config import DecodeConfig
 from s2s.device import resolve_device, set_threads
 from s2s.errors import CheckpointError
+from s2s.prepare import run_data_dir, spm_paths
 from s2s.report import Reporter
 from s2s.search import Hypothesis, decode_corpus
 from s2s.textio import normalize
-from s2s.train import checkpoint_dir
 
 CHUNK_LINES = 2000
 
@@ -37,6 +37,17 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
         raise CheckpointError(f"{path}: no {checkpoint} checkpoint in this run "
                               f"(checkpoints: {listing})")
     return path
+
+
+def check_vocabulary(loaded: LoadedModel, run_dir: Path) -> None:
+    """Refuse a checkpoint whose vocabulary is not the one ``run_dir`` was prepared with."""
+    src_model, tgt_model = spm_paths(run_data_dir(run_dir))
+    for name, path, tokenizer in (("source", src_model, loaded.src_tokenizer),
+                                  ("target", tgt_model, loaded.tgt_tokenizer)):
+        if path.exists() and path.read_bytes() != tokenizer.model_proto:
+            raise CheckpointError(f"{loaded.path}: its {name} vocabulary is not the one of the "
+                                  f"run in {run_dir} (another run's checkpoint?); use that "
+                                  "run's --run directory or one of this run's checkpoints")
 
 
 @dataclass(frozen=True)
@@ -92,9 +103,13 @@ class Translator:
 
 def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, *,
                      chunk_lines: int = CHUNK_LINES, progress_total: int | None = None) -> int:
-    """Translate every line of ``source`` to ``target`` in order; return the line count."""
+    """Translate every line of ``source`` to ``target`` in order; return the line count.
+
+    A progress bar is shown only for input of known size (a file) on a terminal.
+    """
     count = 0
-    with translator.reporter.progress("translate", total=progress_total) as bar:
+    reporter = translator.reporter if progress_total is not None else Reporter()
+    with reporter.progress("translate", total=progress_total) as bar:
         for chunk in _chunks(source, chunk_lines):
             lines = [_decode_line(raw, count + offset + 1, translator.reporter)
                      for offset, raw in enumerate(chunk)]

@@ -12,7 +12,8 @@ from s2s.checkpoint import load_checkpoint, load_model
 from s2s.config import TrainConfig, config_from_dict, load_config
 from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.prepare import prepare
-from s2s.train import checkpoint_dir, learning_rate, train
+from s2s.checkpoint import checkpoint_dir
+from s2s.train import learning_rate, train
 from tests.conftest import config_dict
 
 CUDA = torch.cuda.is_available()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
-from s2s.train import checkpoint_dir
+from s2s.checkpoint import checkpoint_dir
 from s2s.translate import Translator, translate_stream
 
 runner = CliRunner()

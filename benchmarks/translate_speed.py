@@ -1,0 +1,75 @@
+"""Decoding speed of `s2s translate` as a user runs it, with BLEU to show speed at equal quality.
+
+Usage: python benchmarks/translate_speed.py CONFIG [--checkpoint best] [--beams 1,5]
+
+For each beam size: the whole command (`s2s translate --input test --beam K`, model load
+included) with wall time and peak memory, and, in-process, model load time and pure decoding
+time reported separately. Source and reference are the run's prepared test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, run_command, s2s_command  # noqa: E402
+from s2s.config import load_config  # noqa: E402
+from s2s.prepare import data_dir  # noqa: E402
+from s2s.scoring import bleu_tokenizer  # noqa: E402
+from s2s.translate import Translator, checkpoint_path  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--beams", default="1,5")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    source = data_dir(config) / "test.src.txt"
+    references = (data_dir(config) / "test.tgt.txt").read_text(encoding="utf-8").splitlines()
+    lines = source.read_text(encoding="utf-8").splitlines()
+    tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
+    path = checkpoint_path(config.run_dir, args.checkpoint)
+    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'beam':>4} {'cmd sent/s':>10} {'cmd s':>6} {'peak MB':>8} {'load s':>6} "
+          f"{'decode sent/s':>13} {'BLEU':>6}")
+    results = []
+    for beam in (int(b) for b in args.beams.split(",")):
+        with tempfile.NamedTemporaryFile(suffix=".hyp") as output:
+            command = run_command(s2s_command(
+                "translate", "--run", str(config.run_dir), "--checkpoint", str(path),
+                "--input", str(source), "--output", output.name, "--beam", str(beam)))
+            hypotheses = Path(output.name).read_text(encoding="utf-8").splitlines()
+        assert command.returncode == 0 and len(hypotheses) == len(lines)
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
+        started = time.perf_counter()
+        translator = Translator.from_checkpoint(path, overrides=(f"decode.beam_size={beam}",),
+                                                device="cpu")
+        loaded = time.perf_counter()
+        translator.translate(lines)
+        decoded = time.perf_counter()
+        result = {"beam": beam, "sentences": len(lines),
+                  "command_sentences_per_second": len(lines) / command.seconds,
+                  "command_seconds": command.seconds, "peak_rss_mb": command.peak_rss_mb,
+                  "load_seconds": loaded - started,
+                  "decode_sentences_per_second": len(lines) / (decoded - loaded), "bleu": bleu}
+        results.append(result)
+        print(f"{beam:>4} {result['command_sentences_per_second']:>10.1f} "
+              f"{command.seconds:>6.2f} {command.peak_rss_mb:>8.0f} "
+              f"{result['load_seconds']:>6.2f} {result['decode_sentences_per_second']:>13.1f} "
+              f"{bleu:>6.2f}", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

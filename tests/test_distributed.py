@@ -1,0 +1,82 @@
+"""Data-parallel training with torchrun (gloo on CPU) equals one process on the same batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from s2s.checkpoint import load_checkpoint
+from s2s.config import load_config
+from s2s.prepare import prepare
+from s2s.checkpoint import checkpoint_dir
+from s2s.train import train
+from tests.conftest import config_dict, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+# no dropout: each process draws its own dropout masks, one process draws them in sequence
+EXACT = {"model": {"dropout": 0.0, "embed_dropout": 0.0}}
+
+
+def _config(tmp_path: Path, corpus: Path, name: str, **train_settings) -> Path:
+    settings = {"max_steps": 6, "valid_every": 3, "batch_tokens": 300, "threads": 1,
+                **train_settings}
+    path = write_config(tmp_path / f"{name}.yaml",
+                        config_dict(corpus, tmp_path / name, train=settings, **EXACT))
+    prepare(load_config(path))
+    return path
+
+
+def _run(command: list[str]) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _torchrun(path: Path, *overrides: str) -> None:
+    sets = [item for override in overrides for item in ("--set", override)]
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+          "-m", "s2s", "train", str(path), *sets])
+
+
+def _assert_same_weights(first: Path, second: Path) -> None:
+    expected = load_checkpoint(checkpoint_dir(load_config(first).run_dir) / "last.pt")["model"]
+    actual = load_checkpoint(checkpoint_dir(load_config(second).run_dir) / "last.pt")["model"]
+    for name in expected:
+        assert torch.allclose(expected[name], actual[name], atol=1e-5), name
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(demo_corpus: Path,
+                                                                    tmp_path: Path) -> None:
+    single = _config(tmp_path, demo_corpus, "single", accumulate=2)
+    train(load_config(single))
+    double = _config(tmp_path, demo_corpus, "double", accumulate=1)
+    _run([sys.executable, "-m", "s2s", "train", str(double), "--nproc", "2"])
+    _assert_same_weights(single, double)
+    run_dir = load_config(double).run_dir
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "valid"] == [3, 6]  # rank 0 alone writes
+    assert sorted(p.name for p in checkpoint_dir(run_dir).glob("step-*.pt")) == [
+        "step-00000003.pt", "step-00000006.pt"]
+
+
+def test_resume_across_process_counts(demo_corpus: Path, tmp_path: Path) -> None:
+    reference = _config(tmp_path, demo_corpus, "reference", accumulate=2)
+    train(load_config(reference))
+    # two processes first, then one
+    path = _config(tmp_path, demo_corpus, "two-then-one", accumulate=1)
+    _torchrun(path, "train.max_steps=3")
+    assert load_checkpoint(checkpoint_dir(tmp_path / "two-then-one") / "last.pt"
+                           )["progress"]["step"] == 3
+    train(load_config(path, ["train.accumulate=2"]))
+    _assert_same_weights(reference, path)
+    # one process first, then two
+    path = _config(tmp_path, demo_corpus, "one-then-two", accumulate=2)
+    train(load_config(path, ["train.max_steps=3"]))
+    _torchrun(path, "train.accumulate=1")
+    _assert_same_weights(reference, path)
