@@ -116,6 +116,7 @@ class DecodeConfig:
     max_len_b: int = _option(10, minimum=1)
     no_repeat_ngram: int = _option(0, minimum=0)  # block repeated n-grams of this size; 0 = off
     batch_tokens: int = _option(6000, minimum=16)  # source tokens per decoding batch
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights' dtype; auto: as trained
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
 
 

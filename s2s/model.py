@@ -172,7 +172,12 @@ class Decoder(nn.Module):
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
-        output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
+        if embedded.size(1) == 1 and not torch.is_grad_enabled():
+            # one search step: plain matmuls; the fused kernel would build a new oneDNN
+            # primitive for every batch size as finished sentences leave the batch
+            output, (hidden, cell) = _lstm_one_step(self.rnn, embedded, state)
+        else:
+            output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
         context, _ = self.attention(output, encoded)  # (B, T, M)
         vectors = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
         return vectors, DecoderState(hidden, cell, state.feed)
@@ -203,13 +208,43 @@ class Decoder(nn.Module):
         return torch.stack(vectors, dim=1), new_state
 
 
+def _lstm_one_step(rnn: nn.LSTM, embedded: Tensor, state: "DecoderState"
+                   ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``rnn`` applied to one time step (B, 1, E) with its own weights (gates in i, f, g, o)."""
+    layer_input = embedded[:, 0]
+    hiddens, cells = [], []
+    for layer in range(rnn.num_layers):
+        weight_ih = getattr(rnn, f"weight_ih_l{layer}")
+        gates = (torch.addmm(getattr(rnn, f"bias_ih_l{layer}"), layer_input, weight_ih.t())
+                 + torch.addmm(getattr(rnn, f"bias_hh_l{layer}"),
+                               state.hidden[layer].to(weight_ih.dtype),
+                               getattr(rnn, f"weight_hh_l{layer}").t()))
+        # gate arithmetic in fp32 for bf16 models too: the cell state carries across steps
+        input_gate, forget_gate, candidate, output_gate = _at_least_fp32(gates).chunk(4, dim=1)
+        cell = (torch.sigmoid(forget_gate) * state.cell[layer]
+                + torch.sigmoid(input_gate) * torch.tanh(candidate))
+        layer_input = (torch.sigmoid(output_gate) * torch.tanh(cell)).to(weight_ih.dtype)
+        hiddens.append(layer_input)
+        cells.append(cell)
+    return layer_input[:, None], (torch.stack(hiddens), torch.stack(cells))
+
+
+def _at_least_fp32(tensor: Tensor) -> Tensor:
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+
+
 def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-    """gates (B, 4H) in order input, forget, output, candidate -> hidden, cell (B, H)."""
-    size = cell.size(1)
+    """gates (B, 4H) in order input, forget, output, candidate -> hidden, cell (B, H).
+
+    The arithmetic runs in fp32 even for bf16 gates (the cell state carries across steps);
+    the hidden state comes back in the gates' dtype, the cell state in fp32.
+    """
+    size, dtype = cell.size(1), gates.dtype
+    gates = _at_least_fp32(gates)
     input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, :3 * size]).chunk(3, dim=1)
     candidate = torch.tanh(gates[:, 3 * size:])
     cell = forget_gate * cell + input_gate * candidate
-    return output_gate * torch.tanh(cell), cell
+    return (output_gate * torch.tanh(cell)).to(dtype), cell
 
 
 class Seq2Seq(nn.Module):

@@ -47,9 +47,11 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Deco
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
     for step in range(steps):
         logits, state = model.decode_step(prev, state, encoded)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
-        _restrict(log_probs, outputs[active, :step], step >= limits[active], config)
-        best, tokens = log_probs.max(dim=-1)  # (n,)
+        logits = logits.float()  # (n, V)
+        log_norm = torch.logsumexp(logits, dim=-1)  # log-probabilities are logits - log_norm
+        _restrict(logits, outputs[active, :step], step >= limits[active], config)
+        best, tokens = logits.max(dim=-1)  # (n,)
+        best = best - log_norm
         outputs[active, step] = tokens
         scores[active] += best
         running = (tokens != EOS_ID).nonzero().squeeze(1)
@@ -81,13 +83,17 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
     prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
     for step in range(steps):
         logits, state = model.decode_step(prev, state, encoded)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (n K, V)
+        logits = logits.float()  # (n K, V)
+        log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n K, 1)
         at_limit = (step >= limits[sentences]).repeat_interleave(beam)
-        _restrict(log_probs, history, at_limit, config)
-        vocab = log_probs.size(1)
-        candidates = (scores.view(-1, 1) + log_probs).view(len(sentences), beam * vocab)
+        _restrict(logits, history, at_limit, config)
+        # a beam's best 2K continuations are its 2K best logits: select per beam first
+        width = min(2 * beam, logits.size(1))
+        row_scores, row_tokens = logits.topk(width, dim=1)  # (n K, 2K)
+        candidates = (scores.view(-1, 1) + row_scores - log_norm).view(len(sentences), -1)
         top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
-        origins, tokens = top_ids // vocab, top_ids % vocab  # (n, 2K)
+        origins = top_ids // width  # (n, 2K) beam of each candidate
+        tokens = row_tokens.view(len(sentences), -1).gather(1, top_ids)
         rows = (torch.arange(len(sentences), device=device)[:, None] * beam + origins)
         finished.add(sentences, top_scores, tokens == EOS_ID, history, rows, step + 1, config)
         # the K best candidates that did not end continue
@@ -162,7 +168,7 @@ def _length_penalty(length: int, config: DecodeConfig) -> float:
 
 
 def _restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig) -> None:
-    """In place: force EOS where the length limit is reached; block repeated n-grams."""
+    """In place on (log-)scores: force EOS at the length limit; block repeated n-grams."""
     if config.no_repeat_ngram:
         _block_repeats(log_probs, history, config.no_repeat_ngram)
     if bool(at_limit.any()):
@@ -216,6 +222,14 @@ def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
         if on_batch is not None:
             on_batch(len(indices))
     return results
+
+
+def decode_dtype(config: DecodeConfig, train_precision: str) -> torch.dtype:
+    """The weights' dtype for decoding: ``auto`` is bf16 when the model trained in bf16."""
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if train_precision == "bf16" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def _with_beam(config: DecodeConfig, beam: int) -> DecodeConfig:

@@ -18,7 +18,7 @@ from s2s.device import resolve_device, set_threads
 from s2s.errors import CheckpointError
 from s2s.prepare import run_data_dir, spm_paths
 from s2s.report import Reporter
-from s2s.search import Hypothesis, decode_corpus
+from s2s.search import Hypothesis, decode_corpus, decode_dtype
 from s2s.textio import normalize
 
 CHUNK_LINES = 2000
@@ -64,8 +64,9 @@ class Translator:
         self.loaded = loaded
         self.device = resolve_device(device)
         set_threads(loaded.config.train.threads)
-        self.model = loaded.model.to(self.device).eval()
         self.decode: DecodeConfig = loaded.config.decode
+        dtype = decode_dtype(self.decode, loaded.config.train.precision)
+        self.model = loaded.model.to(self.device, dtype).eval()
         self.reporter = reporter
         self.max_tokens = loaded.config.data.max_tokens
         self.normalization = loaded.config.data.normalization

@@ -101,3 +101,15 @@ def test_learns_a_tiny_copy_or_reverse_task(task: str) -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
+
+
+def test_single_step_decoding_matches_the_fused_lstm() -> None:
+    model = _model("general", input_feeding=False)
+    src, lengths = _sources([6, 4])
+    encoded, state = model.encode(src, lengths)
+    prev = torch.tensor([5, 9])
+    fused, fused_state = model.decoder(prev[:, None], state, encoded)  # grad enabled: nn.LSTM
+    with torch.no_grad():
+        stepped, stepped_state = model.decoder(prev[:, None], state, encoded)
+    assert torch.allclose(fused, stepped, atol=1e-10)
+    assert torch.allclose(fused_state.cell, stepped_state.cell, atol=1e-10)
