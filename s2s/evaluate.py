@@ -1,6 +1,7 @@
 """`s2s evaluate`: translate a split, score it with sacrebleu, and keep the evidence.
 
-For each checkpoint evaluated, ``RUN_DIR/eval/<split>.<checkpoint>.hyp`` holds the translations
+References are read from the original files, never normalised, so scores compare against the
+references as distributed. For each checkpoint evaluated, ``RUN_DIR/eval/<split>.<checkpoint>.hyp`` holds the translations
 and ``.json`` the scores with their sacrebleu signatures, the decoding settings and the speed,
 so a reported number can always be traced and reproduced.
 """
@@ -18,7 +19,7 @@ from s2s.errors import DataError, UsageError
 from s2s.prepare import data_dir
 from s2s.report import Reporter, make_table
 from s2s.scoring import Scores, bleu_tokenizer, score_corpus
-from s2s.textio import read_lines
+from s2s.textio import parallel_paths, read_lines, read_references
 from s2s.translate import Translator, check_vocabulary, checkpoint_path
 
 
@@ -66,24 +67,28 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
 
 def _inputs(config: Config, split: str, src_file: Path | None, ref_file: Path | None
             ) -> tuple[list[str], list[str], str]:
-    options = {"invalid_utf8": "replace", "normalization": config.data.normalization}
+    """Sources (normalised like training data) and references exactly as distributed."""
     if (src_file is None) != (ref_file is None):
         raise UsageError("--src and --ref go together: give both files or neither")
     if src_file is not None and ref_file is not None:
-        sources, _ = read_lines(src_file, **options)
-        references, _ = read_lines(ref_file, **options)
-        if len(sources) != len(references):
-            raise DataError(f"{src_file} has {len(sources)} lines but {ref_file} has "
-                            f"{len(references)}; they must align line by line")
-        return sources, references, src_file.name
-    if split not in ("valid", "test"):
-        raise UsageError(f"--split {split!r}: choose valid or test")
-    directory = data_dir(config)
-    paths = [directory / f"{split}.{side}.txt" for side in ("src", "tgt")]
-    if not all(path.exists() for path in paths):
-        raise DataError(f"{directory}: no prepared {split} split; run `s2s prepare` first")
-    sources, references = (path.read_text(encoding="utf-8").split("\n")[:-1] for path in paths)
-    return sources, references, split
+        sources, _ = read_lines(src_file, invalid_utf8="replace",
+                                normalization=config.data.normalization)
+        references, label = read_references(ref_file), src_file.name
+    else:
+        if split not in ("valid", "test"):
+            raise UsageError(f"--split {split!r}: choose valid or test")
+        source_path = data_dir(config) / f"{split}.src.txt"
+        if not source_path.exists():
+            raise DataError(f"{data_dir(config)}: no prepared {split} split; "
+                            "run `s2s prepare` first")
+        sources = source_path.read_text(encoding="utf-8").split("\n")[:-1]
+        ref_file = parallel_paths(getattr(config.data, split), config.data.src_lang,
+                                  config.data.tgt_lang)[1]
+        references, label = read_references(ref_file), split
+    if len(sources) != len(references):
+        raise DataError(f"{ref_file} has {len(references)} lines but the source has "
+                        f"{len(sources)}; they must align line by line")
+    return sources, references, label
 
 
 def _eval_path(config: Config, label: str, checkpoint: str, suffix: str) -> Path:

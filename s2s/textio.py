@@ -51,6 +51,16 @@ def read_lines(path: Path, *, invalid_utf8: Literal["error", "replace"] = "error
     return lines, replaced
 
 
+def read_references(path: Path) -> list[str]:
+    """Reference translations exactly as distributed (no normalisation): scores compare
+    against these. Invalid UTF-8 is replaced rather than refused."""
+    data = _read_bytes(path)
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
 def read_parallel(prefix: Path, src_lang: str, tgt_lang: str, **options) -> tuple[
         list[str], list[str], int]:
     """Read ``prefix.src_lang`` and ``prefix.tgt_lang``; check that they align line by line."""

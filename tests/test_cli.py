@@ -11,6 +11,7 @@ import sacrebleu
 from typer.testing import CliRunner
 
 from s2s.cli import app
+from s2s.config import load_config
 from tests.conftest import config_dict, write_config
 
 runner = CliRunner()
@@ -78,7 +79,8 @@ def test_evaluate_reproduces_sacrebleu_on_its_hypothesis_file(trained_run: Path)
     assert result.exit_code == 0, result.output
     run_dir = trained_run.parent / "run"
     hypotheses = (run_dir / "eval" / "valid.best.hyp").read_text(encoding="utf-8").splitlines()
-    references = (run_dir / "data" / "valid.tgt.txt").read_text(encoding="utf-8").splitlines()
+    config = load_config(trained_run)
+    references = Path(f"{config.data.valid}.de").read_text(encoding="utf-8").splitlines()
     record = json.loads((run_dir / "eval" / "valid.best.json").read_text())
     assert record["bleu"] == sacrebleu.corpus_bleu(hypotheses, [references]).score
     assert record["chrf"] == sacrebleu.corpus_chrf(hypotheses, [references]).score
@@ -94,3 +96,17 @@ def test_evaluate_external_files_and_usage_errors(trained_run: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", str(trained_run), "--src", str(src)])
     assert result.exit_code == 2 and "--src and --ref go together" in result.stderr
+
+
+def test_evaluate_scores_against_the_references_as_distributed(trained_run: Path,
+                                                               tmp_path: Path) -> None:
+    src, ref = tmp_path / "x.en", tmp_path / "x.de"
+    src.write_text("The dog.\n", encoding="utf-8")
+    ref.write_text("Der Hund\uff01\n", encoding="utf-8")  # full-width "!" that NFKC would change
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--src", str(src), "--ref",
+                                 str(ref)])
+    assert result.exit_code == 0, result.output
+    run_dir = trained_run.parent / "run"
+    hypothesis = (run_dir / "eval" / "x.en.best.hyp").read_text(encoding="utf-8").splitlines()
+    record = json.loads((run_dir / "eval" / "x.en.best.json").read_text())
+    assert record["bleu"] == sacrebleu.corpus_bleu(hypothesis, [["Der Hund\uff01"]]).score
