@@ -41,9 +41,6 @@ class Tokenizer:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return self._processor.decode([list(sentence) for sentence in ids])
 
-    def pieces(self, text: str) -> list[str]:
-        return self._processor.encode(text, out_type=str)
-
 
 def train_sentencepiece(lines: Iterable[str], model_path: Path, vocab_size: int,
                         config: VocabConfig, threads: int) -> None:
