@@ -22,7 +22,7 @@ from s2s.config import Config, config_to_dict, dump_config
 from s2s.encoded import EncodedSide, EncodedSplit, save_split
 from s2s.errors import DataError
 from s2s.report import Reporter, make_table
-from s2s.textio import parallel_paths, read_parallel
+from s2s.textio import parallel_paths, read_bytes, read_parallel
 from s2s.vocab import UNK_ID, Tokenizer, train_sentencepiece
 
 SPLITS = ("train", "valid", "test")
@@ -235,14 +235,7 @@ def _inputs_hash(config: Config) -> str:
     for split in SPLITS:
         for path in parallel_paths(getattr(config.data, split), config.data.src_lang,
                                    config.data.tgt_lang):
-            if path.is_dir():
-                raise DataError(f"{path}: is a directory, expected a text file")
-            try:
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            except FileNotFoundError:
-                raise DataError(f"{path}: data file not found") from None
-            except OSError as error:
-                raise DataError(f"{path}: cannot read: {error.strerror}") from None
+            digest.update(hashlib.sha256(read_bytes(path)).digest())
     return digest.hexdigest()
 
 

@@ -30,7 +30,7 @@ def read_lines(path: Path, *, invalid_utf8: Literal["error", "replace"] = "error
     Raises DataError naming the file (and line) when it is missing, a directory, unreadable,
     empty, or holds invalid UTF-8 while ``invalid_utf8`` is "error".
     """
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data.strip():
         raise DataError(f"{path}: data file is empty")
     raw_lines = data.split(b"\n")
@@ -54,7 +54,7 @@ def read_lines(path: Path, *, invalid_utf8: Literal["error", "replace"] = "error
 def read_references(path: Path) -> list[str]:
     """Reference translations exactly as distributed (no normalisation): scores compare
     against these. Invalid UTF-8 is replaced rather than refused."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     lines = data.decode("utf-8", errors="replace").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -77,13 +77,13 @@ def parallel_paths(prefix: Path, src_lang: str, tgt_lang: str) -> tuple[Path, Pa
     return Path(f"{prefix}.{src_lang}"), Path(f"{prefix}.{tgt_lang}")
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
+    """A data file's bytes; a missing, directory or unreadable path is a DataError naming it."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a text file")
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        return path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read: {os.strerror(error.errno or 0) or error}") from None
