@@ -53,7 +53,9 @@ class World:
                                     rank=self.rank, world_size=self.size)
 
     def stop(self) -> None:
+        """Leave together: tearing gloo down while a peer is still finishing aborts it."""
         if self.distributed and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:

@@ -31,10 +31,19 @@ def _config(tmp_path: Path, corpus: Path, name: str, **train_settings) -> Path:
     return path
 
 
+# Known bug (open): now and then a gloo process aborts while the processes shut down, after
+# training and checkpointing finished. Such a launch is run once more (it resumes and finds
+# the work done); every assertion on the results below still applies.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _run(command: list[str]) -> None:
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True,
-                            timeout=600)
+    for _ in range(2):
+        result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True,
+                                text=True, timeout=600)
+        if result.returncode == 0 or TEARDOWN_ABORT not in result.stderr:
+            break
     assert result.returncode == 0, result.stderr[-3000:]
 
 
