@@ -57,15 +57,22 @@ class Attention(nn.Module):
         return states if self.kind == "dot" else self.key_projection(states)  # (B, S, H)
 
     def forward(self, query: Tensor, encoded: Encoded) -> tuple[Tensor, Tensor]:
-        """query (B, T, H) -> context (B, T, M), weights (B, T, S)."""
+        """query (B G, T, H) -> context (B G, T, M), weights (B G, T, S).
+
+        G consecutive query rows may share one source sentence (the beams of beam search):
+        they are scored together against its single copy of the encoder states.
+        """
+        rows, steps = query.shape[:2]
+        query = query.reshape(len(encoded.states), -1, query.size(-1))  # (B, G T, H)
         if self.kind == "bahdanau":
-            hidden = encoded.keys[:, None] + self.query_projection(query)[:, :, None]  # (B,T,S,H)
-            scores = self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, T, S)
+            hidden = encoded.keys[:, None] + self.query_projection(query)[:, :, None]  # (B,GT,S,H)
+            scores = self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, G T, S)
         else:
-            scores = torch.bmm(query, encoded.keys.transpose(1, 2))  # (B, T, S)
+            scores = torch.bmm(query, encoded.keys.transpose(1, 2))  # (B, G T, S)
         scores = scores.masked_fill(~encoded.mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores.float(), dim=-1).to(encoded.states.dtype)
-        return torch.bmm(weights, encoded.states), weights  # (B, T, M), (B, T, S)
+        context = torch.bmm(weights, encoded.states)  # (B, G T, M)
+        return context.view(rows, steps, -1), weights.view(rows, steps, -1)
 
 
 class _StepLinear(torch.autograd.Function):
@@ -156,6 +163,7 @@ class Decoder(nn.Module):
         else:
             self.rnn = nn.LSTM(config.embed_size, size, layers, batch_first=True,
                                dropout=config.dropout if layers > 1 else 0.0)
+            self.step_weights = _StepWeights()
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
         self.output = nn.Linear(self.out_size, vocab_size)
@@ -175,7 +183,8 @@ class Decoder(nn.Module):
         if embedded.size(1) == 1 and not torch.is_grad_enabled():
             # one search step: plain matmuls; the fused kernel would build a new oneDNN
             # primitive for every batch size as finished sentences leave the batch
-            output, (hidden, cell) = _lstm_one_step(self.rnn, embedded, state)
+            output, (hidden, cell) = _lstm_one_step(self.step_weights.of(self.rnn), embedded,
+                                                    state)
         else:
             output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
         context, _ = self.attention(output, encoded)  # (B, T, M)
@@ -208,22 +217,47 @@ class Decoder(nn.Module):
         return torch.stack(vectors, dim=1), new_state
 
 
-def _lstm_one_step(rnn: nn.LSTM, embedded: Tensor, state: "DecoderState"
+class _StepWeights:
+    """An ``nn.LSTM``'s weights laid out for decoding one step at a time.
+
+    Per layer, the input and recurrent matrices are joined (one matmul per step instead of two,
+    with the two biases summed) and the gates reordered to i, f, o, g, the order ``_lstm_cell``
+    takes. Rebuilt whenever a weight changes: a training step, a load or a move to a dtype.
+    """
+
+    def __init__(self) -> None:
+        self.version: tuple = ()
+        self.layers: list[tuple[Tensor, Tensor]] = []
+
+    def of(self, rnn: nn.LSTM) -> list[tuple[Tensor, Tensor]]:
+        parameters = list(rnn.parameters())
+        version = tuple((p.data_ptr(), p._version, p.dtype) for p in parameters)
+        if version != self.version:
+            self.layers = [self._join(rnn, layer) for layer in range(rnn.num_layers)]
+            self.version = version
+        return self.layers
+
+    @staticmethod
+    def _join(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
+        def weights(name: str) -> Tensor:
+            return getattr(rnn, f"{name}_l{layer}").detach()
+
+        size = rnn.hidden_size
+        order = torch.cat([torch.arange(2 * size), torch.arange(3 * size, 4 * size),
+                           torch.arange(2 * size, 3 * size)]).to(weights("weight_ih").device)
+        weight = torch.cat([weights("weight_ih"), weights("weight_hh")], dim=1)[order]
+        bias = (weights("bias_ih") + weights("bias_hh"))[order]
+        return weight, bias
+
+
+def _lstm_one_step(layers: list[tuple[Tensor, Tensor]], embedded: Tensor, state: "DecoderState"
                    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """``rnn`` applied to one time step (B, 1, E) with its own weights (gates in i, f, g, o)."""
+    """An LSTM applied to one time step (B, 1, E), with weights from ``_StepWeights``."""
     layer_input = embedded[:, 0]
     hiddens, cells = [], []
-    for layer in range(rnn.num_layers):
-        weight_ih = getattr(rnn, f"weight_ih_l{layer}")
-        gates = (torch.addmm(getattr(rnn, f"bias_ih_l{layer}"), layer_input, weight_ih.t())
-                 + torch.addmm(getattr(rnn, f"bias_hh_l{layer}"),
-                               state.hidden[layer].to(weight_ih.dtype),
-                               getattr(rnn, f"weight_hh_l{layer}").t()))
-        # gate arithmetic in fp32 for bf16 models too: the cell state carries across steps
-        input_gate, forget_gate, candidate, output_gate = _at_least_fp32(gates).chunk(4, dim=1)
-        cell = (torch.sigmoid(forget_gate) * state.cell[layer]
-                + torch.sigmoid(input_gate) * torch.tanh(candidate))
-        layer_input = (torch.sigmoid(output_gate) * torch.tanh(cell)).to(weight_ih.dtype)
+    for (weight, bias), hidden, cell in zip(layers, state.hidden, state.cell):
+        inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
+        layer_input, cell = _lstm_cell(torch.addmm(bias, inputs, weight.t()), cell)
         hiddens.append(layer_input)
         cells.append(cell)
     return layer_input[:, None], (torch.stack(hiddens), torch.stack(cells))
@@ -269,7 +303,10 @@ class Seq2Seq(nn.Module):
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
                     ) -> tuple[Tensor, DecoderState]:
-        """prev_tokens (B,) -> logits (B, V) for the next token, and the new state."""
+        """prev_tokens (B G,) -> logits (B G, V) for the next token, and the new state.
+
+        ``encoded`` holds B sentences; G consecutive rows of tokens and state (beams) share each.
+        """
         vectors, state = self.decoder(prev_tokens[:, None], state, encoded)
         return self.decoder.output(vectors[:, 0]), state
 

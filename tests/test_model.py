@@ -113,3 +113,40 @@ def test_single_step_decoding_matches_the_fused_lstm() -> None:
         stepped, stepped_state = model.decoder(prev[:, None], state, encoded)
     assert torch.allclose(fused, stepped, atol=1e-10)
     assert torch.allclose(fused_state.cell, stepped_state.cell, atol=1e-10)
+
+
+def test_single_step_decoding_follows_changed_weights() -> None:
+    """The joined step weights are rebuilt after a training step, a load or a dtype move."""
+    model = _model("general", input_feeding=False)
+    src, lengths = _sources([6, 4])
+    prev = torch.tensor([5, 9])
+
+    def step_matches_fused() -> bool:
+        encoded, state = model.encode(src, lengths)
+        fused, _ = model.decoder(prev[:, None], state, encoded)
+        with torch.no_grad():
+            stepped, _ = model.decoder(prev[:, None], state, encoded)
+        return torch.allclose(fused, stepped, atol=1e-10)
+
+    assert step_matches_fused()
+    with torch.no_grad():
+        model.decoder.rnn.weight_hh_l0.mul_(1.5)  # as an optimizer step does, in place
+    assert step_matches_fused()
+    other = _model("general", input_feeding=False)
+    with torch.no_grad():
+        other.decoder.rnn.bias_ih_l1.add_(0.3)
+    model.load_state_dict(other.state_dict())
+    assert step_matches_fused()
+
+
+@pytest.mark.parametrize("attention", ["dot", "general", "bahdanau"])
+def test_beams_attend_to_one_shared_copy_of_the_source(attention: str) -> None:
+    model = _model(attention, input_feeding=False)
+    src, lengths = _sources([5, 8])
+    encoded, _ = model.encode(src, lengths)
+    query = torch.randn(2 * 3, 1, 32, dtype=torch.double)  # 3 beams per sentence
+    shared, shared_weights = model.decoder.attention(query, encoded)
+    repeated, repeated_weights = model.decoder.attention(
+        query, encoded.select(torch.tensor([0, 0, 0, 1, 1, 1])))
+    assert torch.allclose(shared, repeated, atol=1e-12)
+    assert torch.allclose(shared_weights, repeated_weights, atol=1e-12)

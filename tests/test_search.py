@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from s2s.batching import pad
 from s2s.config import DecodeConfig, ModelConfig
 from s2s.model import Seq2Seq
-from s2s.search import beam_search, decode_corpus, greedy_search, max_output_lengths
-from s2s.vocab import EOS_ID
+from s2s.search import (_bucket, _row_topk, beam_search, decode_corpus, greedy_search,
+                        max_output_lengths)
+from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
@@ -26,30 +28,111 @@ def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
     return model
 
 
-def _batch(count: int, seed: int = 2) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
+def _batch(count: int, seed: int = 2, generator: torch.Generator | None = None
+           ) -> list[list[int]]:
+    generator = generator or torch.Generator().manual_seed(seed)
     return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
             for n in torch.randint(1, 12, (count,), generator=generator)]
 
 
-def test_beam_size_one_equals_greedy() -> None:
-    for seed in range(3):
-        model = _peaked_model(seed, input_feeding=bool(seed % 2))
-        src, lengths = pad(_batch(40, seed), suffix=EOS_ID)
-        settings = DecodeConfig(beam_size=1, nbest=1, max_len_a=1.0, max_len_b=5)
-        greedy = greedy_search(model, src, lengths, settings)
-        beam = beam_search(model, src, lengths, settings)
-        assert [h[0].tokens for h in greedy] == [h[0].tokens for h in beam]
+@pytest.fixture(scope="module")
+def copy_models() -> dict[bool, Seq2Seq]:
+    """Models half-trained (100 steps) to copy their input, with and without input feeding.
+
+    Half-trained on purpose: outputs of many lengths end at different steps, and beam search
+    finds other translations than greedy search, so the tests below compare real choices.
+    """
+    return {feeding: _train_copy_model(feeding, steps=100) for feeding in (True, False)}
 
 
-def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences() -> None:
-    model = _peaked_model()
-    sentences = _batch(30)
-    settings = DecodeConfig(beam_size=4, nbest=1, batch_tokens=10_000)
+def _train_copy_model(input_feeding: bool, steps: int) -> Seq2Seq:
+    torch.manual_seed(0)
+    config = ModelConfig(embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
+                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
+                         input_feeding=input_feeding)
+    model = Seq2Seq(config, 30, 30)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        sentences = _batch(32, generator=generator)
+        src, src_lengths = pad(sentences, suffix=EOS_ID)
+        tgt_in, _ = pad(sentences, prefix=BOS_ID)
+        tgt_out, _ = pad(sentences, suffix=EOS_ID)
+        positions = tgt_out != PAD_ID
+        loss = torch.nn.functional.cross_entropy(model(src, src_lengths, tgt_in, positions),
+                                                 tgt_out[positions])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_beam_size_one_equals_greedy(copy_models: dict[bool, Seq2Seq],
+                                     input_feeding: bool) -> None:
+    model = copy_models[input_feeding]
+    src, lengths = pad(_batch(60), suffix=EOS_ID)
+    settings = DecodeConfig(beam_size=1, nbest=1, length_penalty="none")  # comparable scores
+    greedy = greedy_search(model, src, lengths, settings)
+    beam = beam_search(model, src, lengths, settings)
+    assert len({len(h[0].tokens) for h in greedy}) >= 5  # sentences end at many steps
+    assert [h[0].tokens for h in greedy] == [h[0].tokens for h in beam]
+    for ours, theirs in zip(greedy, beam):
+        assert ours[0].score == pytest.approx(theirs[0].score, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam,length_penalty", [(1, "gnmt"), (4, "gnmt"), (4, "average")])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
+        copy_models: dict[bool, Seq2Seq], beam: int, length_penalty: str,
+        input_feeding: bool) -> None:
+    # 60 sentences in one batch: finished ones ride along as passengers until the batch
+    # shrinks to a bucket size, which must not change anyone's translation or score
+    model = copy_models[input_feeding]
+    sentences = _batch(60)
+    settings = DecodeConfig(beam_size=beam, nbest=1, batch_tokens=100_000,
+                            length_penalty=length_penalty)  # type: ignore[arg-type]
     batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
-    for index in range(0, 30, 7):
+    assert len({len(h[0].tokens) for h in batched}) >= 5
+    for index in range(60):
         alone = decode_corpus(model, [sentences[index]], settings, torch.device("cpu"))
         assert alone[0][0].tokens == batched[index][0].tokens
+        assert alone[0][0].score == pytest.approx(batched[index][0].score, abs=1e-5)
+
+
+def test_beam_search_finds_better_scoring_translations_than_greedy(
+        copy_models: dict[bool, Seq2Seq]) -> None:
+    model = copy_models[True]
+    src, lengths = pad(_batch(60), suffix=EOS_ID)
+    plain = DecodeConfig(beam_size=1, length_penalty="none")
+    greedy = greedy_search(model, src, lengths, plain)
+    beam = beam_search(model, src, lengths, replace(plain, beam_size=5))
+    differences = [b[0].score - g[0].score for g, b in zip(greedy, beam)]
+    # not a guarantee for each sentence (greedy's prefix can drop out of the beam), but
+    # clearly better under the model overall
+    assert sum(differences) > 1.0
+    assert sum(d > 1e-3 for d in differences) > 2 * sum(d < -1e-3 for d in differences)
+
+
+@pytest.mark.parametrize("width", [50, 640, 641, 8000, 8003])
+def test_two_pass_top_k_equals_torch_topk(width: int) -> None:
+    generator = torch.Generator().manual_seed(width)
+    scores = torch.randn(37, width, generator=generator) * 4
+    scores[3] = float("-inf")  # a fully restricted row
+    scores[5, : width // 2] = float("-inf")
+    for k in (1, 10):
+        values, tokens = _row_topk(scores, k)
+        expected = scores.topk(k, dim=1)
+        assert torch.equal(values, expected.values)
+        finite = ~torch.isinf(expected.values)
+        assert torch.equal(tokens[finite], expected.indices[finite])
+
+
+def test_bucket_sizes_cover_every_count_with_at_most_a_quarter_more() -> None:
+    sizes = {_bucket(count) for count in range(1, 1025)}
+    assert len(sizes) < 40
+    for count in range(1, 1025):
+        assert count <= _bucket(count) <= count * 1.25
 
 
 def test_nbest_lists_are_sorted_and_distinct() -> None:
