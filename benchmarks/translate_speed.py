@@ -1,6 +1,7 @@
 """Decoding speed of `s2s translate` as a user runs it, with BLEU to show speed at equal quality.
 
 Usage: python benchmarks/translate_speed.py CONFIG [--checkpoint best] [--beams 1,5]
+       [--set decode.precision=bf16 ...]
 
 For each beam size: the whole command (`s2s translate --input test --beam K`, model load
 included) with wall time and peak memory, and, in-process, model load time and pure decoding
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--beams", default="1,5")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="decoding setting for both the command and the in-process run")
     args = parser.parse_args()
     config = load_config(args.config)
     source = data_dir(config) / "test.src.txt"
@@ -48,13 +51,14 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".hyp") as output:
             command = run_command(s2s_command(
                 "translate", "--run", str(config.run_dir), "--checkpoint", str(path),
-                "--input", str(source), "--output", output.name, "--beam", str(beam)))
+                "--input", str(source), "--output", output.name, "--beam", str(beam),
+                *(option for setting in args.set for option in ("--set", setting))))
             hypotheses = Path(output.name).read_text(encoding="utf-8").splitlines()
         assert command.returncode == 0 and len(hypotheses) == len(lines)
         bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
         started = time.perf_counter()
-        translator = Translator.from_checkpoint(path, overrides=(f"decode.beam_size={beam}",),
-                                                device="cpu")
+        translator = Translator.from_checkpoint(
+            path, overrides=(f"decode.beam_size={beam}", *args.set), device="cpu")
         loaded = time.perf_counter()
         translator.translate(lines)
         decoded = time.perf_counter()
