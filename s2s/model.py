@@ -9,7 +9,7 @@ Search needs only ``encode`` and ``decode_step``; training uses ``forward``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +163,7 @@ class Decoder(nn.Module):
         else:
             self.rnn = nn.LSTM(config.embed_size, size, layers, batch_first=True,
                                dropout=config.dropout if layers > 1 else 0.0)
-            self.step_weights = _StepWeights()
+        self.step_weights = _DerivedWeights()
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
         self.output = nn.Linear(self.out_size, vocab_size)
@@ -178,18 +178,52 @@ class Decoder(nn.Module):
                 ) -> tuple[Tensor, DecoderState]:
         """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, and the new state."""
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
+        if embedded.size(1) == 1 and not self.training and not torch.is_grad_enabled():
+            return self._search_step(embedded[:, 0], state, encoded)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
-        if embedded.size(1) == 1 and not torch.is_grad_enabled():
-            # one search step: plain matmuls; the fused kernel would build a new oneDNN
-            # primitive for every batch size as finished sentences leave the batch
-            output, (hidden, cell) = _lstm_one_step(self.step_weights.of(self.rnn), embedded,
-                                                    state)
-        else:
-            output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
+        output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
         context, _ = self.attention(output, encoded)  # (B, T, M)
         vectors = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
         return vectors, DecoderState(hidden, cell, state.feed)
+
+    def _search_step(self, embedded: Tensor, state: DecoderState, encoded: Encoded
+                     ) -> tuple[Tensor, DecoderState]:
+        """One decoding step for search, embedded (B, E): one matmul per layer.
+
+        Plain matmuls, not the fused ``nn.LSTM`` kernel, which would build a new oneDNN
+        primitive for every batch size as finished sentences leave the batch.
+        """
+        first_input = (torch.cat([embedded, state.feed], dim=1) if self.input_feeding
+                       else embedded)
+        layer_input, hiddens, cells = first_input, [], []
+        for (weight, bias), hidden, cell in zip(self._step_weights(), state.hidden, state.cell):
+            inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
+            layer_input, cell = _lstm_cell(torch.addmm(bias, inputs, weight.t()), cell)
+            hiddens.append(layer_input)
+            cells.append(cell)
+        top = layer_input[:, None]  # (B, 1, H)
+        context, _ = self.attention(top, encoded)  # (B, 1, M)
+        vectors = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
+        feed = vectors[:, 0] if self.input_feeding else state.feed
+        return vectors, DecoderState(torch.stack(hiddens), torch.stack(cells), feed)
+
+    def _step_weights(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the (weight, bias) of all its gates from [input, hidden] in one matrix.
+
+        Gates come in the order ``_lstm_cell`` takes. With input feeding, layer 0's input is
+        [embedding, feed]: its embedding and recurrent matrices are joined. Without, each
+        ``nn.LSTM`` layer's two matrices are joined, two biases summed and gates reordered.
+        """
+        if self.input_feeding:
+            first, later = self.recurrent[0], list(self.recurrent)[1:]
+            sources = [self.embedding_gates.weight, self.embedding_gates.bias, first.weight,
+                       *(p for layer in later for p in layer.parameters())]
+            return self.step_weights.get(sources, lambda: [
+                (torch.cat([self.embedding_gates.weight, first.weight], dim=1),
+                 self.embedding_gates.bias), *((layer.weight, layer.bias) for layer in later)])
+        return self.step_weights.get(list(self.rnn.parameters()), lambda: [
+            _joined_lstm_layer(self.rnn, layer) for layer in range(self.rnn.num_layers)])
 
     def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
                       ) -> tuple[Tensor, DecoderState]:
@@ -217,50 +251,40 @@ class Decoder(nn.Module):
         return torch.stack(vectors, dim=1), new_state
 
 
-class _StepWeights:
-    """An ``nn.LSTM``'s weights laid out for decoding one step at a time.
+class _DerivedWeights:
+    """Weights computed from parameters, rebuilt only when one of those parameters changes.
 
-    Per layer, the input and recurrent matrices are joined (one matmul per step instead of two,
-    with the two biases summed) and the gates reordered to i, f, o, g, the order ``_lstm_cell``
-    takes. Rebuilt whenever a weight changes: a training step, a load or a move to a dtype.
+    A training step, a load or a move to another dtype or device changes a parameter's data
+    pointer, version counter or dtype, so a stale copy is never used. The sources' storage is
+    held, so that no new parameter can be allocated at a remembered address.
     """
 
     def __init__(self) -> None:
+        self.sources: list[Tensor] = []
         self.version: tuple = ()
-        self.layers: list[tuple[Tensor, Tensor]] = []
+        self.value: list[tuple[Tensor, Tensor]] = []
 
-    def of(self, rnn: nn.LSTM) -> list[tuple[Tensor, Tensor]]:
-        parameters = list(rnn.parameters())
-        version = tuple((p.data_ptr(), p._version, p.dtype) for p in parameters)
+    def get(self, sources: list[Tensor], build: Callable[[], list[tuple[Tensor, Tensor]]]
+            ) -> list[tuple[Tensor, Tensor]]:
+        version = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in sources)
         if version != self.version:
-            self.layers = [self._join(rnn, layer) for layer in range(rnn.num_layers)]
+            with torch.no_grad():
+                self.value = build()
+            self.sources = [p.detach() for p in sources]  # shares storage and version counter
             self.version = version
-        return self.layers
-
-    @staticmethod
-    def _join(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
-        def weights(name: str) -> Tensor:
-            return getattr(rnn, f"{name}_l{layer}").detach()
-
-        size = rnn.hidden_size
-        order = torch.cat([torch.arange(2 * size), torch.arange(3 * size, 4 * size),
-                           torch.arange(2 * size, 3 * size)]).to(weights("weight_ih").device)
-        weight = torch.cat([weights("weight_ih"), weights("weight_hh")], dim=1)[order]
-        bias = (weights("bias_ih") + weights("bias_hh"))[order]
-        return weight, bias
+        return self.value
 
 
-def _lstm_one_step(layers: list[tuple[Tensor, Tensor]], embedded: Tensor, state: "DecoderState"
-                   ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """An LSTM applied to one time step (B, 1, E), with weights from ``_StepWeights``."""
-    layer_input = embedded[:, 0]
-    hiddens, cells = [], []
-    for (weight, bias), hidden, cell in zip(layers, state.hidden, state.cell):
-        inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
-        layer_input, cell = _lstm_cell(torch.addmm(bias, inputs, weight.t()), cell)
-        hiddens.append(layer_input)
-        cells.append(cell)
-    return layer_input[:, None], (torch.stack(hiddens), torch.stack(cells))
+def _joined_lstm_layer(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
+    """One ``nn.LSTM`` layer as a single matrix over [input, hidden], gates i, f, o, g."""
+    def weights(name: str) -> Tensor:
+        return getattr(rnn, f"{name}_l{layer}")
+
+    size = rnn.hidden_size
+    order = torch.cat([torch.arange(2 * size), torch.arange(3 * size, 4 * size),
+                       torch.arange(2 * size, 3 * size)]).to(weights("weight_ih").device)
+    weight = torch.cat([weights("weight_ih"), weights("weight_hh")], dim=1)[order]
+    return weight, (weights("bias_ih") + weights("bias_hh"))[order]
 
 
 def _at_least_fp32(tensor: Tensor) -> Tensor:

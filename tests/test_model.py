@@ -103,40 +103,44 @@ def test_learns_a_tiny_copy_or_reverse_task(task: str) -> None:
     assert loss.item() < 0.05
 
 
-def test_single_step_decoding_matches_the_fused_lstm() -> None:
-    model = _model("general", input_feeding=False)
+def _search_step_matches_training_path(model: Seq2Seq) -> bool:
+    """Compare a search step (no grad, eval) with the training path over the same one step."""
     src, lengths = _sources([6, 4])
+    prev = torch.tensor([5, 9])
     encoded, state = model.encode(src, lengths)
-    prev = torch.tensor([5, 9])
-    fused, fused_state = model.decoder(prev[:, None], state, encoded)  # grad enabled: nn.LSTM
+    if model.config.input_feeding:  # a nonzero feed, as every step after the first has
+        state = state._replace(feed=torch.randn_like(state.feed))
+    trained, trained_state = model.decoder(prev[:, None], state, encoded)  # grad enabled
     with torch.no_grad():
-        stepped, stepped_state = model.decoder(prev[:, None], state, encoded)
-    assert torch.allclose(fused, stepped, atol=1e-10)
-    assert torch.allclose(fused_state.cell, stepped_state.cell, atol=1e-10)
+        searched, searched_state = model.decoder(prev[:, None], state, encoded)
+    return (torch.allclose(trained, searched, atol=1e-10)
+            and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(trained_state,
+                                                                      searched_state)))
 
 
-def test_single_step_decoding_follows_changed_weights() -> None:
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_search_step_matches_the_training_path(input_feeding: bool) -> None:
+    assert _search_step_matches_training_path(_model("general", input_feeding))
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_search_step_follows_changed_weights(input_feeding: bool) -> None:
     """The joined step weights are rebuilt after a training step, a load or a dtype move."""
-    model = _model("general", input_feeding=False)
-    src, lengths = _sources([6, 4])
-    prev = torch.tensor([5, 9])
-
-    def step_matches_fused() -> bool:
-        encoded, state = model.encode(src, lengths)
-        fused, _ = model.decoder(prev[:, None], state, encoded)
+    model = _model("general", input_feeding)
+    assert _search_step_matches_training_path(model)
+    for parameter in model.decoder.parameters():
         with torch.no_grad():
-            stepped, _ = model.decoder(prev[:, None], state, encoded)
-        return torch.allclose(fused, stepped, atol=1e-10)
-
-    assert step_matches_fused()
+            parameter.mul_(1.5)  # in place, as an optimizer step does
+        assert _search_step_matches_training_path(model)
+    other = _model("general", input_feeding)
     with torch.no_grad():
-        model.decoder.rnn.weight_hh_l0.mul_(1.5)  # as an optimizer step does, in place
-    assert step_matches_fused()
-    other = _model("general", input_feeding=False)
-    with torch.no_grad():
-        other.decoder.rnn.bias_ih_l1.add_(0.3)
+        for parameter in other.decoder.parameters():
+            parameter.add_(0.1)
     model.load_state_dict(other.state_dict())
-    assert step_matches_fused()
+    assert _search_step_matches_training_path(model)
+    model.float()
+    model.double()
+    assert _search_step_matches_training_path(model)
 
 
 @pytest.mark.parametrize("attention", ["dot", "general", "bahdanau"])
