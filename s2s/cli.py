@@ -113,10 +113,9 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False) -> None:
     """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
     from s2s.evaluate import evaluate as run_evaluate
-    decode = [f"decode.beam_size={beam}"] if beam is not None else []
-    run_evaluate(_load(config, overrides), split=split, checkpoints=checkpoint.split(","),
-                 src_file=src, ref_file=ref, overrides=decode, device=device, with_ter=ter,
-                 reporter=_reporter())
+    settings = list(overrides or []) + _decode_overrides(beam, None, None)
+    run_evaluate(_load(config, settings), split=split, checkpoints=checkpoint.split(","),
+                 src_file=src, ref_file=ref, device=device, with_ter=ter, reporter=_reporter())
 
 
 @app.command()
@@ -138,12 +137,12 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
               overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translate import Translator, check_vocabulary, checkpoint_path, translate_stream
-    run_dir = _run_dir(config, run)
     settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
+    run_dir, decode = _translation_settings(config, run, settings)
     reporter = _reporter()
     translator = Translator.from_checkpoint(checkpoint_path(run_dir, checkpoint),
-                                            overrides=tuple(settings), device=device,
-                                            reporter=reporter)
+                                            overrides=() if decode else tuple(settings),
+                                            decode=decode, device=device, reporter=reporter)
     check_vocabulary(translator.loaded, run_dir)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
@@ -172,14 +171,17 @@ def demo_data(directory: Annotated[Path, typer.Argument(help="Where to write the
                      ", ".join(f"{split} {count}" for split, count in counts.items()))
 
 
-def _run_dir(config: Optional[Path], run: Optional[Path]) -> Path:
+def _translation_settings(config: Optional[Path], run: Optional[Path], settings: list[str]):
+    """The run directory, and the decoding settings: the config's, changed by ``settings``;
+    or None with --run, where ``settings`` change those stored in the checkpoint."""
     if (config is None) == (run is None):
         raise UsageError("give a CONFIG or --run RUN_DIR (one of them)")
     if run is not None:
         if not run.is_dir():
             raise UsageError(f"--run {run}: not a directory")
-        return run
-    return _load(config, None).run_dir
+        return run, None
+    experiment = _load(config, settings)
+    return experiment.run_dir, experiment.decode
 
 
 def _decode_overrides(beam: Optional[int], nbest: Optional[int],

@@ -40,15 +40,18 @@ class Evaluation:
 
 def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] = ("best",),
              src_file: Path | None = None, ref_file: Path | None = None,
-             overrides: Sequence[str] = (), device: str = "auto", with_ter: bool = False,
+             device: str = "auto", with_ter: bool = False,
              reporter: Reporter = Reporter()) -> list[Evaluation]:
-    """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint."""
+    """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
+
+    Decoding follows ``config.decode``, not the settings stored in the checkpoints.
+    """
     sources, references, label = _inputs(config, split, src_file, ref_file)
     results = []
     for name in checkpoints:
         started = time.perf_counter()
         translator = Translator.from_checkpoint(checkpoint_path(config.run_dir, name),
-                                                overrides=tuple(overrides), device=device,
+                                                decode=config.decode, device=device,
                                                 reporter=reporter)
         if src_file is None:  # the run's own split: the checkpoint must share its vocabulary
             check_vocabulary(translator.loaded, config.run_dir)

@@ -59,12 +59,13 @@ class TranslationResult:
 class Translator:
     """A loaded model with its tokenizers and decoding settings; translates lists of lines."""
 
-    def __init__(self, loaded: LoadedModel, *, device: str = "auto",
-                 reporter: Reporter = Reporter()) -> None:
+    def __init__(self, loaded: LoadedModel, *, decode: DecodeConfig | None = None,
+                 device: str = "auto", reporter: Reporter = Reporter()) -> None:
+        """``decode`` replaces the decoding settings stored in the checkpoint."""
         self.loaded = loaded
         self.device = resolve_device(device)
         set_threads(loaded.config.train.threads)
-        self.decode: DecodeConfig = loaded.config.decode
+        self.decode: DecodeConfig = decode if decode is not None else loaded.config.decode
         dtype = decode_dtype(self.decode, loaded.config.train.precision)
         self.model = loaded.model.to(self.device, dtype).eval()
         self.reporter = reporter

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import sacrebleu
+import yaml
 from typer.testing import CliRunner
 
 from s2s.cli import app
@@ -110,3 +111,20 @@ def test_evaluate_scores_against_the_references_as_distributed(trained_run: Path
     hypothesis = (run_dir / "eval" / "x.en.best.hyp").read_text(encoding="utf-8").splitlines()
     record = json.loads((run_dir / "eval" / "x.en.best.json").read_text())
     assert record["bleu"] == sacrebleu.corpus_bleu(hypothesis, [["Der Hund\uff01"]]).score
+
+
+def test_evaluate_and_translate_decode_as_the_config_and_set_say(trained_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """The config's decode section and --set win over the settings stored at training."""
+    config = yaml.safe_load(trained_run.read_text(encoding="utf-8"))
+    config["decode"] = {"beam_size": 2, "nbest": 2, "length_penalty": "none"}
+    edited = write_config(tmp_path / "edited.yaml", config)
+    result = runner.invoke(app, ["evaluate", str(edited), "--split", "valid",
+                                 "--set", "decode.max_len_b=3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((trained_run.parent / "run" / "eval" / "valid.best.json").read_text())
+    assert record["decode"]["beam_size"] == 2 and record["decode"]["max_len_b"] == 3
+    assert record["decode"]["length_penalty"] == "none"
+    result = runner.invoke(app, ["translate", str(edited)], input="The dog sees a cat.\n")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.rstrip("\n").split("\t")) == 4  # nbest 2 from the config
