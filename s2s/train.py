@@ -8,6 +8,7 @@ schedule state are restored. Ctrl-C or SIGTERM finishes the current update, save
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import shutil
@@ -119,6 +120,16 @@ class Trainer:
         self._signal: int | None = None
         self._session_start = time.monotonic()
         self._seconds_at_start = 0.0
+
+    def close(self) -> None:
+        """Leave the process group, after dropping the DDP wrapper that holds it.
+
+        A DDP wrapper still alive (its reducer is in reference cycles) keeps gloo's worker
+        threads until the interpreter shuts down, where destroying them aborts the process.
+        """
+        self.trained_model = self.model
+        gc.collect()
+        self.world.stop()
 
     def _seed_dropout(self, step: int) -> None:
         """Processes other than rank 0 draw their own dropout masks (rank 0 keeps its stream)."""
@@ -451,7 +462,7 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
             trainer.resume_if_possible()
             progress = trainer.train()
     finally:
-        trainer.world.stop()
+        trainer.close()
     trainer.reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
                           f"best {config.train.early_stopping_metric} at step "
                           f"{progress.best_step}")
