@@ -313,15 +313,16 @@ def _consistency_errors(config: Config) -> list[str]:
                       "or the source and target files would be the same")
     if config.decode.nbest > config.decode.beam_size:
         errors.append(f"decode.nbest: {config.decode.nbest} is larger than decode.beam_size "
-                      f"({config.decode.beam_size}); a beam cannot return more hypotheses than it keeps")
+                      f"({config.decode.beam_size}); a beam cannot return more hypotheses "
+                      "than it keeps")
     if config.vocab.joint and config.vocab.src_size != config.vocab.tgt_size:
         errors.append(f"vocab.tgt_size: a joint vocabulary has one size, but src_size is "
                       f"{config.vocab.src_size} and tgt_size is {config.vocab.tgt_size}")
     model = config.model
     if model.attention == "dot" and 2 * model.encoder_hidden != model.decoder_hidden:
         errors.append(f"model.attention: dot attention needs decoder_hidden "
-                      f"({model.decoder_hidden}) = 2 x encoder_hidden ({2 * model.encoder_hidden}); "
-                      "use general or bahdanau, or change the sizes")
+                      f"({model.decoder_hidden}) = 2 x encoder_hidden "
+                      f"({2 * model.encoder_hidden}); use general or bahdanau, or change the sizes")
     if config.train.min_lr > config.train.lr:
         errors.append(f"train.min_lr: {config.train.min_lr} is above train.lr ({config.train.lr})")
     return errors

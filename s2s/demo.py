@@ -14,8 +14,9 @@ from pathlib import Path
 
 # English noun -> (German singular, German plural, gender)
 NOUNS = {
-    "dog": ("Hund", "Hunde", "m"), "cat": ("Katze", "Katzen", "f"), "house": ("Haus", "Häuser", "n"),
-    "man": ("Mann", "Männer", "m"), "woman": ("Frau", "Frauen", "f"), "child": ("Kind", "Kinder", "n"),
+    "dog": ("Hund", "Hunde", "m"), "cat": ("Katze", "Katzen", "f"),
+    "house": ("Haus", "Häuser", "n"), "man": ("Mann", "Männer", "m"),
+    "woman": ("Frau", "Frauen", "f"), "child": ("Kind", "Kinder", "n"),
     "car": ("Auto", "Autos", "n"), "tree": ("Baum", "Bäume", "m"), "bird": ("Vogel", "Vögel", "m"),
     "ball": ("Ball", "Bälle", "m"), "book": ("Buch", "Bücher", "n"), "door": ("Tür", "Türen", "f"),
     "table": ("Tisch", "Tische", "m"), "flower": ("Blume", "Blumen", "f"),

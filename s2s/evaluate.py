@@ -1,9 +1,10 @@
 """`s2s evaluate`: translate a split, score it with sacrebleu, and keep the evidence.
 
 References are read from the original files, never normalised, so scores compare against the
-references as distributed. For each checkpoint evaluated, ``RUN_DIR/eval/<split>.<checkpoint>.hyp`` holds the translations
-and ``.json`` the scores with their sacrebleu signatures, the decoding settings and the speed,
-so a reported number can always be traced and reproduced.
+references as distributed. For each checkpoint evaluated,
+``RUN_DIR/eval/<split>.<checkpoint>.hyp`` holds the translations and ``.json`` the scores with
+their sacrebleu signatures, the decoding settings and the speed, so a reported number can always
+be traced and reproduced.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ line_text = st.one_of(
     st.text(alphabet="ab ", min_size=300, max_size=600))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(line_text, max_size=25), bad_bytes=st.booleans())
 def test_n_lines_in_n_lines_out_in_order(translator: Translator, lines: list[str],
                                          bad_bytes: bool) -> None:
