@@ -9,7 +9,7 @@ Search needs only ``encode`` and ``decode_step``; training uses ``forward``.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,15 +20,18 @@ from s2s.vocab import PAD_ID
 
 
 class Encoded(NamedTuple):
-    """The encoder's output, everything attention needs, computed once per batch."""
+    """What decoding a batch needs that does not change from step to step, computed once."""
 
     states: Tensor  # (B, S, M)
     keys: Tensor  # (B, S, H) states projected for scoring (the states themselves for dot)
     mask: Tensor  # (B, S) bool, True on real tokens
+    # for search (no gradient): per decoder layer, all gates' (weight, bias) in one matrix
+    step_weights: list[tuple[Tensor, Tensor]] | None = None
 
     def select(self, index: Tensor) -> "Encoded":
         """Keep or repeat batch rows (finished sentences leave; beams expand)."""
-        return Encoded(*(tensor.index_select(0, index) for tensor in self))
+        return Encoded(self.states.index_select(0, index), self.keys.index_select(0, index),
+                       self.mask.index_select(0, index), self.step_weights)
 
 
 class DecoderState(NamedTuple):
@@ -163,7 +166,6 @@ class Decoder(nn.Module):
         else:
             self.rnn = nn.LSTM(config.embed_size, size, layers, batch_first=True,
                                dropout=config.dropout if layers > 1 else 0.0)
-        self.step_weights = _DerivedWeights()
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
         self.output = nn.Linear(self.out_size, vocab_size)
@@ -178,7 +180,7 @@ class Decoder(nn.Module):
                 ) -> tuple[Tensor, DecoderState]:
         """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, and the new state."""
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
-        if embedded.size(1) == 1 and not self.training and not torch.is_grad_enabled():
+        if embedded.size(1) == 1 and encoded.step_weights is not None and not self.training:
             return self._search_step(embedded[:, 0], state, encoded)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
@@ -197,7 +199,7 @@ class Decoder(nn.Module):
         first_input = (torch.cat([embedded, state.feed], dim=1) if self.input_feeding
                        else embedded)
         layer_input, hiddens, cells = first_input, [], []
-        for (weight, bias), hidden, cell in zip(self._step_weights(), state.hidden, state.cell):
+        for (weight, bias), hidden, cell in zip(encoded.step_weights, state.hidden, state.cell):
             inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
             layer_input, cell = _lstm_cell(torch.addmm(bias, inputs, weight.t()), cell)
             hiddens.append(layer_input)
@@ -208,22 +210,22 @@ class Decoder(nn.Module):
         feed = vectors[:, 0] if self.input_feeding else state.feed
         return vectors, DecoderState(torch.stack(hiddens), torch.stack(cells), feed)
 
-    def _step_weights(self) -> list[tuple[Tensor, Tensor]]:
+    @torch.no_grad()
+    def step_weights(self) -> list[tuple[Tensor, Tensor]]:
         """Per layer, the (weight, bias) of all its gates from [input, hidden] in one matrix.
 
         Gates come in the order ``_lstm_cell`` takes. With input feeding, layer 0's input is
         [embedding, feed]: its embedding and recurrent matrices are joined. Without, each
         ``nn.LSTM`` layer's two matrices are joined, two biases summed and gates reordered.
+        Built for every batch (a copy of the weights, about a millisecond): a cache would need
+        to know when the weights change, and the fused optimizers update them in place
+        without bumping their version counters.
         """
         if self.input_feeding:
             first, later = self.recurrent[0], list(self.recurrent)[1:]
-            sources = [self.embedding_gates.weight, self.embedding_gates.bias, first.weight,
-                       *(p for layer in later for p in layer.parameters())]
-            return self.step_weights.get(sources, lambda: [
-                (torch.cat([self.embedding_gates.weight, first.weight], dim=1),
-                 self.embedding_gates.bias), *((layer.weight, layer.bias) for layer in later)])
-        return self.step_weights.get(list(self.rnn.parameters()), lambda: [
-            _joined_lstm_layer(self.rnn, layer) for layer in range(self.rnn.num_layers)])
+            return [(torch.cat([self.embedding_gates.weight, first.weight], dim=1),
+                     self.embedding_gates.bias), *((layer.weight, layer.bias) for layer in later)]
+        return [_joined_lstm_layer(self.rnn, layer) for layer in range(self.rnn.num_layers)]
 
     def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
                       ) -> tuple[Tensor, DecoderState]:
@@ -249,30 +251,6 @@ class Decoder(nn.Module):
             vectors.append(feed)
         new_state = DecoderState(torch.stack(hidden), torch.stack(cell), feed)
         return torch.stack(vectors, dim=1), new_state
-
-
-class _DerivedWeights:
-    """Weights computed from parameters, rebuilt only when one of those parameters changes.
-
-    A training step, a load or a move to another dtype or device changes a parameter's data
-    pointer, version counter or dtype, so a stale copy is never used. The sources' storage is
-    held, so that no new parameter can be allocated at a remembered address.
-    """
-
-    def __init__(self) -> None:
-        self.sources: list[Tensor] = []
-        self.version: tuple = ()
-        self.value: list[tuple[Tensor, Tensor]] = []
-
-    def get(self, sources: list[Tensor], build: Callable[[], list[tuple[Tensor, Tensor]]]
-            ) -> list[tuple[Tensor, Tensor]]:
-        version = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in sources)
-        if version != self.version:
-            with torch.no_grad():
-                self.value = build()
-            self.sources = [p.detach() for p in sources]  # shares storage and version counter
-            self.version = version
-        return self.value
 
 
 def _joined_lstm_layer(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
@@ -322,7 +300,8 @@ class Seq2Seq(nn.Module):
         """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state."""
         states, hidden, cell = self.encoder(src_ids, src_lengths)
         mask = src_ids != PAD_ID  # (B, S)
-        encoded = Encoded(states, self.decoder.attention.keys(states), mask)
+        step_weights = None if torch.is_grad_enabled() else self.decoder.step_weights()
+        encoded = Encoded(states, self.decoder.attention.keys(states), mask, step_weights)
         return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded

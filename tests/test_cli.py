@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sacrebleu
 import yaml
 from typer.testing import CliRunner
@@ -128,3 +129,18 @@ def test_evaluate_and_translate_decode_as_the_config_and_set_say(trained_run: Pa
     result = runner.invoke(app, ["translate", str(edited)], input="The dog sees a cat.\n")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.rstrip("\n").split("\t")) == 4  # nbest 2 from the config
+
+
+def test_validation_bleu_during_training_equals_evaluate_on_that_checkpoint(
+        trained_run: Path) -> None:
+    """Validation decodes with the weights as they are at that step, as evaluate later does."""
+    run_dir = trained_run.parent / "run"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last_validation = [r for r in records if r["kind"] == "valid"][-1]
+    assert last_validation["step"] == 150  # the step of last.pt
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--checkpoint", "last", "--beam", "1"])  # valid_beam_size
+    assert result.exit_code == 0, result.output
+    record = json.loads((run_dir / "eval" / "valid.last.json").read_text())
+    assert record["bleu"] == pytest.approx(last_validation["bleu"], abs=1e-9)
+    assert last_validation["bleu"] > 0.0

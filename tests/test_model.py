@@ -107,12 +107,15 @@ def _search_step_matches_training_path(model: Seq2Seq) -> bool:
     """Compare a search step (no grad, eval) with the training path over the same one step."""
     src, lengths = _sources([6, 4])
     prev = torch.tensor([5, 9])
-    encoded, state = model.encode(src, lengths)
+    encoded, state = model.encode(src, lengths)  # with grad: no step weights
+    assert encoded.step_weights is None
     if model.config.input_feeding:  # a nonzero feed, as every step after the first has
         state = state._replace(feed=torch.randn_like(state.feed))
-    trained, trained_state = model.decoder(prev[:, None], state, encoded)  # grad enabled
+    trained, trained_state = model.decoder(prev[:, None], state, encoded)
     with torch.no_grad():
-        searched, searched_state = model.decoder(prev[:, None], state, encoded)
+        search_encoded, _ = model.encode(src, lengths)
+        assert search_encoded.step_weights is not None
+        searched, searched_state = model.decoder(prev[:, None], state, search_encoded)
     return (torch.allclose(trained, searched, atol=1e-10)
             and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(trained_state,
                                                                       searched_state)))
@@ -125,12 +128,22 @@ def test_search_step_matches_the_training_path(input_feeding: bool) -> None:
 
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_search_step_follows_changed_weights(input_feeding: bool) -> None:
-    """The joined step weights are rebuilt after a training step, a load or a dtype move."""
+    """After optimizer steps, loads and dtype moves, search uses the weights as they are now.
+
+    The fused Adam updates weights in place without bumping their version counters, so a
+    cache of joined weights keyed on versions once served stale ones during validation.
+    """
     model = _model("general", input_feeding)
     assert _search_step_matches_training_path(model)
-    for parameter in model.decoder.parameters():
-        with torch.no_grad():
-            parameter.mul_(1.5)  # in place, as an optimizer step does
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+    src, lengths = _sources([5, 3])
+    tgt = torch.randint(4, 50, (2, 4), generator=torch.Generator().manual_seed(5))
+    for _ in range(2):
+        model.train()
+        model(src, lengths, tgt).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.eval()
         assert _search_step_matches_training_path(model)
     other = _model("general", input_feeding)
     with torch.no_grad():
