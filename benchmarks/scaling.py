@@ -3,7 +3,8 @@
 Usage: python benchmarks/scaling.py CONFIG [--nproc 2] [--steps 60]
 
 Both runs use the same global batch (the one-process run accumulates N batches per step) and
-the same number of CPU threads in total, so the ratio shows what DDP costs or gains.
+the default thread setting (train.threads: 0, the machine's cores shared among the processes
+on it), so the ratio shows what a user gets from `--nproc N` as shipped.
 Throughput is read from the runs' metrics.jsonl (log records after the first).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -24,10 +24,10 @@ from s2s.config import load_config  # noqa: E402
 from s2s.prepare import data_dir  # noqa: E402
 
 
-def tokens_per_second(config: Path, run_dir: Path, nproc: int, accumulate: int, threads: int,
+def tokens_per_second(config: Path, run_dir: Path, nproc: int, accumulate: int,
                       steps: int) -> float:
     overrides = [f"run_dir={run_dir}", f"train.accumulate={accumulate}",
-                 f"train.threads={threads}", f"train.max_steps={steps}",
+                 "train.threads=0", f"train.max_steps={steps}",
                  f"train.log_every={max(steps // 6, 1)}", f"train.valid_every={10 * steps}"]
     arguments = ["train", str(config), "--nproc", str(nproc)]
     for override in overrides:
@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
     prepared = data_dir(load_config(args.config))
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
@@ -54,7 +53,7 @@ def main() -> None:
             shutil.copytree(prepared, run_dir / "data")
             results[nproc] = tokens_per_second(args.config, run_dir, nproc,
                                                accumulate=args.nproc // nproc,
-                                               threads=max(cores // nproc, 1), steps=args.steps)
+                                               steps=args.steps)
     print(f"machine: {machine()}")
     for nproc, speed in results.items():
         print(f"{nproc} process(es): {speed:,.0f} target tokens/s")

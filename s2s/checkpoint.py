@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from s2s.config import Config, config_from_dict
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
+from s2s.report import Reporter
 from s2s.vocab import Tokenizer
 
 FORMAT = "s2s-checkpoint-1"
@@ -83,14 +84,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 class LoadedModel:
     """A model with its config and tokenizers, rebuilt from one checkpoint."""
 
-    def __init__(self, payload: dict[str, Any], path: Path, overrides: Sequence[str] = ()
-                 ) -> None:
+    def __init__(self, payload: dict[str, Any], path: Path, overrides: Sequence[str] = (),
+                 option_names: Mapping[str, str] | None = None) -> None:
         try:
             config_from_dict(payload["config"], source=str(path))
         except ConfigError as error:
             raise CheckpointError(f"{path}: its stored config is invalid: {error}") from None
-        self.config: Config = config_from_dict(payload["config"], source="options",
-                                               overrides=overrides)
+        self.config: Config = config_from_dict(payload["config"], source=str(path),
+                                               overrides=overrides, option_names=option_names)
         self.path = path
         self.src_tokenizer = Tokenizer(payload["vocab"]["src"])
         self.tgt_tokenizer = Tokenizer(payload["vocab"]["tgt"])
@@ -109,19 +110,26 @@ def build_model(config: Config, src_vocab_size: int, tgt_vocab_size: int,
     return Seq2Seq(config.model, src_vocab_size, tgt_vocab_size, joint)
 
 
-def load_model(path: Path, overrides: Sequence[str] = ()) -> LoadedModel:
-    """Rebuild a model from a checkpoint; ``overrides`` change decode settings and the like."""
-    return LoadedModel(load_checkpoint(path), path, overrides)
+def load_model(path: Path, overrides: Sequence[str] = (),
+               option_names: Mapping[str, str] | None = None) -> LoadedModel:
+    """Rebuild a model from a checkpoint; ``overrides`` change decode settings and the like
+    (``option_names``: the command-line options some of them came from, for errors)."""
+    return LoadedModel(load_checkpoint(path), path, overrides, option_names)
 
 
-def average_checkpoints(run_dir: Path, last: int | None = None) -> Path:
-    """Average the weights of the newest step checkpoints into ``checkpoints/avg.pt``."""
+def average_checkpoints(run_dir: Path, last: int | None = None, *,
+                        reporter: Reporter = Reporter()) -> Path:
+    """Average the weights of the ``last`` newest step checkpoints (all when None) into
+    ``checkpoints/avg.pt``; report which steps, and warn when fewer exist than asked for."""
     directory = checkpoint_dir(run_dir)
     paths = sorted(directory.glob("step-*.pt"))
-    if last is not None:
-        paths = paths[-last:]
     if not paths:
         raise CheckpointError(f"{directory}: no step checkpoints to average; train first")
+    if last is not None and len(paths) < last:
+        reporter.warn(f"asked to average the last {last} checkpoints, but {directory} keeps "
+                      f"only {len(paths)} (train.keep_last sets how many are kept)")
+    if last is not None:
+        paths = paths[-last:]
     payloads = [load_checkpoint(path) for path in paths]
     newest = payloads[-1]
     averaged = {}
@@ -134,6 +142,8 @@ def average_checkpoints(run_dir: Path, last: int | None = None) -> Path:
     output = directory / "avg.pt"
     save_atomic({**newest, "model": averaged, "optimizer": {}, "averaged_from":
                  [path.name for path in paths]}, output)
+    steps = ", ".join(str(payload["progress"]["step"]) for payload in payloads)
+    reporter.info(f"averaged {len(paths)} checkpoints (steps {steps}) into {output}")
     return output
 
 

@@ -16,11 +16,31 @@ import typer
 from s2s.errors import Interrupted, S2SError, UsageError
 
 app = typer.Typer(help="Neural machine translation: prepare data, train, evaluate, translate.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+ConfigArg = Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config file.",
+                                           show_default=False)]
 SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a config value, e.g. --set train.lr=5e-4 (repeatable).")]
+    "--set", metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.lr=5e-4 (repeatable).")]
+
+BeamOption = Annotated[Optional[int], typer.Option(metavar="K", help="Beam size.")]
+DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from s2s import __version__
+        print(f"s2s {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Neural machine translation: prepare data, train, evaluate, translate."""
 
 
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,11 +51,11 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except S2SError as error:
             prefix = "" if isinstance(error, Interrupted) else "error: "
-            for line in str(error).splitlines() or [type(error).__name__]:
-                print(f"{prefix}{line}", file=sys.stderr)
+            _print_error("\n".join(f"{prefix}{line}" for line in
+                                   str(error).splitlines() or [type(error).__name__]))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            _print_error("interrupted")
             raise typer.Exit(130) from None
         except BrokenPipeError:  # the reader of our stdout went away (`| head`): stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -44,16 +64,23 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _reporter(quiet: bool = False):
-    from rich.console import Console
+def _print_error(message: str) -> None:
+    """Best effort: with stderr gone (a closed pipe or terminal) the exit code still tells."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stderr.fileno())
 
+
+def _reporter(quiet: bool = False):
     from s2s.report import Reporter
-    return Reporter(None if quiet else Console(stderr=True))
+    return Reporter() if quiet else Reporter.to_stderr()
 
 
 def _load(config: Path, overrides: Optional[list[str]]):
     from s2s.config import load_config
-    return load_config(config, overrides or [])
+    return load_config(config, overrides or [], option_names=DECODE_OPTIONS)
 
 
 @app.command()
@@ -72,7 +99,7 @@ def train(config: ConfigArg, overrides: SetOption = None,
           restart: Annotated[bool, typer.Option(help="Delete checkpoints and start over.")] = False,
           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --restart.")
                          ] = False,
-          nproc: Annotated[int, typer.Option(min=1, help=(
+          nproc: Annotated[int, typer.Option(min=1, metavar="N", help=(
               "Train with N processes on this machine (one per GPU, or gloo on CPU) via "
               "torchrun."))] = 1) -> None:
     """Train (or resume training) the model of a prepared run."""
@@ -102,14 +129,17 @@ def _launch_processes(nproc: int, config: Path, overrides: list[str], restart: b
 @app.command()
 @_handle_errors
 def evaluate(config: ConfigArg, overrides: SetOption = None,
-             split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+             split: Annotated[str, typer.Option(metavar="SPLIT", help="valid or test.")
+                              ] = "test",
              checkpoint: Annotated[str, typer.Option(
-                 help="Comma-separated: best, last, avg or checkpoint paths.")] = "best",
-             src: Annotated[Optional[Path], typer.Option(help="Source file instead of a split.")
+                 metavar="NAMES", help="Comma-separated: best, last, avg or checkpoint paths.")
+                                   ] = "best",
+             src: Annotated[Optional[Path], typer.Option(
+                  metavar="FILE", help="Source file instead of a split.")
                             ] = None,
-             ref: Annotated[Optional[Path], typer.Option(help="Reference file for --src.")] = None,
-             beam: Annotated[Optional[int], typer.Option(help="Beam size.")] = None,
-             device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+             ref: Annotated[Optional[Path], typer.Option(
+                  metavar="FILE", help="Reference file for --src.")] = None,
+             beam: BeamOption = None, device: DeviceOption = "auto",
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False) -> None:
     """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
     from s2s.evaluate import evaluate as run_evaluate
@@ -121,28 +151,37 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
 @app.command()
 @_handle_errors
 def translate(config: Annotated[Optional[Path], typer.Argument(
-                  help="Config of the run (or use --run).", show_default=False)] = None,
-              run: Annotated[Optional[Path], typer.Option(help="Run directory.")] = None,
-              checkpoint: Annotated[str, typer.Option(help="best, last, avg or a path.")
+                  metavar="CONFIG", help="Config of the run (or use --run).",
+                  show_default=False)] = None,
+              run: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR",
+                                                          help="Run directory.")] = None,
+              checkpoint: Annotated[str, typer.Option(metavar="NAME",
+                                                      help="best, last, avg or a path.")
                                     ] = "best",
-              input: Annotated[Optional[Path], typer.Option(help="Read this file, not stdin.")
+              input: Annotated[Optional[Path], typer.Option(
+                  metavar="FILE", help="Read this file, not stdin.")
                                ] = None,
-              output: Annotated[Optional[Path], typer.Option(help="Write here, not stdout.")
+              output: Annotated[Optional[Path], typer.Option(
+                  metavar="FILE", help="Write here, not stdout.")
                                 ] = None,
-              beam: Annotated[Optional[int], typer.Option(help="Beam size.")] = None,
-              nbest: Annotated[Optional[int], typer.Option(help="Hypotheses per line.")] = None,
+              beam: BeamOption = None,
+              nbest: Annotated[Optional[int], typer.Option(metavar="K",
+                                                           help="Hypotheses per line.")] = None,
               batch_tokens: Annotated[Optional[int], typer.Option(
-                  help="Source tokens per batch.")] = None,
-              device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-              overrides: SetOption = None) -> None:
+                  metavar="N", help="Source tokens x beam per batch.")] = None,
+              device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translate import Translator, check_vocabulary, checkpoint_path, translate_stream
     settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
-    run_dir, decode = _translation_settings(config, run, settings)
+    experiment = _translation_config(config, run, settings)
+    run_dir = run if experiment is None else experiment.run_dir
     reporter = _reporter()
-    translator = Translator.from_checkpoint(checkpoint_path(run_dir, checkpoint),
-                                            overrides=() if decode else tuple(settings),
-                                            decode=decode, device=device, reporter=reporter)
+    translator = Translator.from_checkpoint(
+        checkpoint_path(run_dir, checkpoint),
+        overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
+        decode=None if experiment is None else experiment.decode,
+        threads=None if experiment is None else experiment.train.threads,
+        device=device, reporter=reporter)
     check_vocabulary(translator.loaded, run_dir)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
@@ -151,18 +190,19 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
 
 @app.command()
 @_handle_errors
-def average(run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
-            last: Annotated[int, typer.Option(min=1, help="How many newest checkpoints.")] = 3
+def average(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory.")],
+            last: Annotated[int, typer.Option(min=1, metavar="N",
+                                              help="How many newest checkpoints.")] = 3
             ) -> None:
     """Average the newest step checkpoints of a run into checkpoints/avg.pt."""
     from s2s.checkpoint import average_checkpoints
-    path = average_checkpoints(run_dir, last)
-    _reporter().info(f"wrote {path}")
+    average_checkpoints(run_dir, last, reporter=_reporter())
 
 
 @app.command("demo-data")
 @_handle_errors
-def demo_data(directory: Annotated[Path, typer.Argument(help="Where to write the corpus.")
+def demo_data(directory: Annotated[Path, typer.Argument(
+        metavar="DIRECTORY", help="Where to write the corpus.")
                                    ] = Path("data/demo-en-de")) -> None:
     """Write the built-in English→German demo corpus (no download needed)."""
     from s2s.demo import write_demo_corpus
@@ -171,23 +211,28 @@ def demo_data(directory: Annotated[Path, typer.Argument(help="Where to write the
                      ", ".join(f"{split} {count}" for split, count in counts.items()))
 
 
-def _translation_settings(config: Optional[Path], run: Optional[Path], settings: list[str]):
-    """The run directory, and the decoding settings: the config's, changed by ``settings``;
-    or None with --run, where ``settings`` change those stored in the checkpoint."""
+def _translation_config(config: Optional[Path], run: Optional[Path], settings: list[str]):
+    """The config, changed by ``settings``, whose decode and threads settings translate; or
+    None with --run, where ``settings`` change those stored in the checkpoint."""
     if (config is None) == (run is None):
         raise UsageError("give a CONFIG or --run RUN_DIR (one of them)")
     if run is not None:
         if not run.is_dir():
             raise UsageError(f"--run {run}: not a directory")
-        return run, None
-    experiment = _load(config, settings)
-    return experiment.run_dir, experiment.decode
+        return None
+    return _load(config, settings)
+
+
+# the options that stand for decode settings, so that errors name what the user typed
+DECODE_OPTIONS = {"decode.beam_size": "--beam", "decode.nbest": "--nbest",
+                  "decode.batch_tokens": "--batch-tokens"}
 
 
 def _decode_overrides(beam: Optional[int], nbest: Optional[int],
                       batch_tokens: Optional[int]) -> list[str]:
-    values = {"beam_size": beam, "nbest": nbest, "batch_tokens": batch_tokens}
-    return [f"decode.{key}={value}" for key, value in values.items() if value is not None]
+    values = {"decode.beam_size": beam, "decode.nbest": nbest,
+              "decode.batch_tokens": batch_tokens}
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
 
 
 def _open_input(path: Optional[Path]):

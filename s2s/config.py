@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
@@ -36,10 +36,15 @@ class DataConfig:
     train: Path  # path prefix: train.<src_lang> and train.<tgt_lang>
     valid: Path
     test: Path
-    normalization: Literal["nfkc", "nfc", "none"] = "nfkc"
+    # Unicode normalisation of each side. auto: NFC for Chinese and Japanese, which keeps their
+    # full-width punctuation (，。？！), NFKC (which also folds compatibility characters such
+    # as full-width Latin letters and ligatures) for every other language.
+    normalization: Literal["auto", "nfkc", "nfc", "none"] = "auto"
     invalid_utf8: Literal["error", "replace"] = "error"
     max_chars: int = _option(1000, minimum=1)  # training pairs with a longer side are dropped
-    max_tokens: int = _option(128, minimum=1)  # same, in subword tokens (also the translate limit)
+    # training pairs with a longer side in subword tokens are dropped; translate splits longer
+    # inputs at sentence boundaries (or into chunks) and joins the pieces' translations
+    max_tokens: int = _option(128, minimum=1)
     max_length_ratio: float = _option(3.0, minimum=1.0)  # longer/shorter side, in tokens
     dedupe: bool = True  # drop exact duplicate training pairs
 
@@ -55,6 +60,9 @@ class VocabConfig:
     character_coverage: float = _option(0.9995, minimum=0.9, maximum=1.0)
     byte_fallback: bool = True  # unknown characters become bytes, so nothing is ever <unk>
     max_sentences: int = _option(2_000_000, minimum=100)  # sentences sampled to train the model
+    # sentencepiece's result depends on its thread count, so it is a setting, not the machine's
+    # core count: the same corpus and config give the same vocabulary everywhere
+    threads: int = _option(4, minimum=1, maximum=256)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,11 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    threads: int = _option(0, minimum=0)  # CPU threads; 0 = all cores
-    batch_tokens: int = _option(2000, minimum=16)  # padded target tokens per batch
+    # CPU threads of each process for every command (training, evaluate, translate); 0 = this
+    # machine's cores shared among the processes started on it
+    threads: int = _option(0, minimum=0)
+    # a batch holds as many sentences as fit: count x (longer side of its longest pair + 1)
+    batch_tokens: int = _option(2000, minimum=16)
     accumulate: int = _option(1, minimum=1)  # batches per optimizer step
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)
@@ -95,7 +106,8 @@ class TrainConfig:
     label_smoothing: float = _option(0.1, minimum=0.0, maximum=0.99)
     max_steps: int = _option(0, minimum=0)  # 0 = no limit
     max_epochs: int = _option(30, minimum=0)  # 0 = no limit
-    max_minutes: float = _option(0.0, minimum=0.0)  # wall-clock budget; 0 = no limit
+    # training-time budget of the whole run, counted across resumes; 0 = no limit
+    max_minutes: float = _option(0.0, minimum=0.0)
     log_every: int = _option(100, minimum=1)
     valid_every: int = _option(1000, minimum=1)
     valid_beam_size: int = _option(1, minimum=1)
@@ -115,7 +127,8 @@ class DecodeConfig:
     max_len_a: float = _option(1.5, minimum=0.0)  # output limit: a * source_length + b
     max_len_b: int = _option(10, minimum=1)
     no_repeat_ngram: int = _option(0, minimum=0)  # block repeated n-grams of this size; 0 = off
-    batch_tokens: int = _option(6000, minimum=16)  # source tokens per decoding batch
+    # sentences per decoding batch: count x (longest source + 1) x beam_size stays within it
+    batch_tokens: int = _option(6000, minimum=16)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights' dtype; auto: as trained
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
 
@@ -160,8 +173,13 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
-def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and validate a config file; raise ConfigError listing every problem."""
+def load_config(path: Path | str, overrides: Sequence[str] = (),
+                option_names: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate a config file; raise ConfigError listing every problem.
+
+    Each problem names where its value came from: the file, or the ``--set`` override (or the
+    command-line option that ``option_names`` maps its dotted key to).
+    """
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "not found"
@@ -176,20 +194,33 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, "
                           f"not a {_yaml_type_name(raw)}")
-    return config_from_dict(raw, source=str(path), overrides=overrides)
+    return config_from_dict(raw, source=str(path), overrides=overrides,
+                            option_names=option_names)
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
-                     overrides: Sequence[str] = ()) -> Config:
+                     overrides: Sequence[str] = (),
+                     option_names: Mapping[str, str] | None = None) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a Config."""
-    raw = _apply_overrides(raw, overrides, source)
+    raw, origins = _apply_overrides(raw, overrides, option_names or {})
     errors: list[str] = []
     config = _build(Config, raw, "", errors)
     if not errors:
         errors.extend(_consistency_errors(config))
     if errors:
-        raise ConfigError("\n".join(f"{source}: {message}" for message in errors))
+        raise ConfigError("\n".join(f"{_origin(message, origins, source)}: {message}"
+                                     for message in errors))
     return config
+
+
+def _origin(message: str, origins: dict[str, str], source: str) -> str:
+    """Where the value an error message is about came from: an override, else the file."""
+    dotted = message.split(":", 1)[0]
+    while dotted:
+        if dotted in origins:
+            return origins[dotted]
+        dotted = dotted.rpartition(".")[0]
+    return source
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -210,24 +241,30 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``section.key=value`` override set."""
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str],
+                     option_names: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A copy of ``raw`` with each ``section.key=value`` override set, and for each overridden
+    dotted key how the user wrote it (``--set key=value``, or ``--beam 3``)."""
     result = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
+    origins: dict[str, str] = {}
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {override!r}: expected section.key=value")
-        value = parse_yaml(text, f"--set {key}")
+        origin = (f"{option_names[key]} {text}" if key in option_names
+                  else f"--set {key}={text}")
+        origins[key] = origin
+        value = parse_yaml(text, origin)
         *sections, leaf = key.split(".")
         target = result
         for section in sections:
             child = target.setdefault(section, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {section} is not a section")
+                raise ConfigError(f"{origin}: {section} is not a section")
             target = child
         target[leaf] = value
-    return result
+    return result, origins
 
 
 def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:

@@ -1,10 +1,14 @@
-"""Choosing the torch device and the mixed-precision context from the config."""
+"""Choosing the torch device, the CPU thread count and the mixed-precision context.
+
+Thread counts are process-wide state in torch: they are set for the duration of a command
+(``thread_scope``) and restored afterwards, so a library call never changes what runs next.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -27,17 +31,54 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels here (AVX-512 BF16 or AMX); without them torch's
+    bf16 LSTM fails and bf16 matmuls are emulated, slower than fp32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(device: torch.device, precision: str, key: str) -> None:
+    """Refuse a precision the device cannot run, naming the setting ``key`` to change."""
+    if precision == "fp16" and device.type != "cuda":
+        raise DeviceError(f"{key}: fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        raise DeviceError(
+            f"{key}: bf16 needs a CPU with AVX-512 BF16 or AMX, and this one "
+            f"({torch.backends.cpu.get_cpu_capability()}) has neither; "
+            f"use --set {key}=fp32")
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """bf16/fp16 autocast on the device, or nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise DeviceError("precision fp16 needs CUDA; use bf16 on the CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def set_threads(threads: int) -> None:
-    """Use ``threads`` CPU threads (0 means one per available core)."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads or available or 1)
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, so `taskset` is honoured)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def resolve_threads(threads: int) -> int:
+    """The thread count for ``train.threads``: 0 shares this machine's cores among the
+    processes started on it (torchrun's LOCAL_WORLD_SIZE), at least one each."""
+    if threads:
+        return threads
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(processes_here, 1))
+
+
+@contextlib.contextmanager
+def thread_scope(threads: int) -> Iterator[int]:
+    """Use ``resolve_threads(threads)`` CPU threads inside the block; restore the count after."""
+    previous = torch.get_num_threads()
+    count = resolve_threads(threads)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)

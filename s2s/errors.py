@@ -42,7 +42,7 @@ class RunLockedError(S2SError):
 
 
 class Interrupted(S2SError):
-    """Training stopped by SIGINT or SIGTERM after saving a checkpoint."""
+    """Training stopped by SIGINT, SIGTERM or SIGHUP after saving a checkpoint (exit 128+N)."""
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)

@@ -20,7 +20,7 @@ from s2s.errors import DataError, UsageError
 from s2s.prepare import data_dir
 from s2s.report import Reporter, make_table
 from s2s.scoring import Scores, bleu_tokenizer, score_corpus
-from s2s.textio import parallel_paths, read_lines, read_references
+from s2s.textio import parallel_paths, read_lines, read_references, side_normalization
 from s2s.translate import Translator, check_vocabulary, checkpoint_path
 
 
@@ -45,7 +45,8 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
              reporter: Reporter = Reporter()) -> list[Evaluation]:
     """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
 
-    Decoding follows ``config.decode``, not the settings stored in the checkpoints.
+    Decoding follows ``config.decode`` and ``config.train.threads``, not the settings stored
+    in the checkpoints.
     """
     sources, references, label = _inputs(config, split, src_file, ref_file)
     results = []
@@ -53,7 +54,7 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
         started = time.perf_counter()
         translator = Translator.from_checkpoint(checkpoint_path(config.run_dir, name),
                                                 decode=config.decode, device=device,
-                                                reporter=reporter)
+                                                threads=config.train.threads, reporter=reporter)
         if src_file is None:  # the run's own split: the checkpoint must share its vocabulary
             check_vocabulary(translator.loaded, config.run_dir)
         loaded = time.perf_counter()
@@ -76,7 +77,8 @@ def _inputs(config: Config, split: str, src_file: Path | None, ref_file: Path | 
         raise UsageError("--src and --ref go together: give both files or neither")
     if src_file is not None and ref_file is not None:
         sources, _ = read_lines(src_file, invalid_utf8="replace",
-                                normalization=config.data.normalization)
+                                normalization=side_normalization(config.data.normalization,
+                                                                 config.data.src_lang))
         references, label = read_references(ref_file), src_file.name
     else:
         if split not in ("valid", "test"):

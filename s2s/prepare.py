@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sentencepiece as spm
+
+import s2s
 
 from s2s.config import Config, config_to_dict, dump_config
 from s2s.encoded import EncodedSide, EncodedSplit, save_split
 from s2s.errors import DataError
 from s2s.report import Reporter, make_table
-from s2s.textio import parallel_paths, read_bytes, read_parallel
+from s2s.textio import parallel_paths, read_bytes, read_parallel, side_normalization
 from s2s.vocab import UNK_ID, Tokenizer, train_sentencepiece
 
 SPLITS = ("train", "valid", "test")
@@ -174,16 +177,16 @@ def _filter_tokens(config: Config, src_ids: list[list[int]], tgt_ids: list[list[
 def _train_vocabularies(config: Config, src: list[str], tgt: list[str], out: Path
                         ) -> tuple[Tokenizer, Tokenizer]:
     src_path, tgt_path = spm_paths(out)
-    threads = os.cpu_count() or 1
-    vocab = config.vocab
+    vocab, data = config.vocab, config.data
+    src_rule = side_normalization(data.normalization, data.src_lang)
+    tgt_rule = side_normalization(data.normalization, data.tgt_lang)
     if vocab.joint:
-        train_sentencepiece(src + tgt, src_path, vocab.src_size, vocab, threads)
+        rule = src_rule if src_rule == tgt_rule else "nfc"  # never fold the NFC side's text
+        train_sentencepiece(src + tgt, src_path, vocab.src_size, vocab, rule)
         shutil.copyfile(src_path, tgt_path)
     else:
-        train_sentencepiece(src, src_path, vocab.src_size, vocab, threads)
-        train_sentencepiece(tgt, tgt_path, vocab.tgt_size, vocab, threads)
-    for path in (src_path, tgt_path):
-        path.with_suffix(".vocab").unlink(missing_ok=True)
+        train_sentencepiece(src, src_path, vocab.src_size, vocab, src_rule)
+        train_sentencepiece(tgt, tgt_path, vocab.tgt_size, vocab, tgt_rule)
     return Tokenizer.from_file(src_path), Tokenizer.from_file(tgt_path)
 
 
@@ -198,10 +201,17 @@ def _manifest(config: Config, tokenizers: tuple[Tokenizer, Tokenizer],
             "unknown_tokens": int(np.count_nonzero(data.src.ids == UNK_ID)
                                   + np.count_nonzero(data.tgt.ids == UNK_ID)),
         }
+    data = config.data
     return {
         "format": FORMAT_VERSION,
-        "src_lang": config.data.src_lang,
-        "tgt_lang": config.data.tgt_lang,
+        "src_lang": data.src_lang,
+        "tgt_lang": data.tgt_lang,
+        # what shaped these files, so that a difference between two machines can be traced
+        "normalization": {"src": side_normalization(data.normalization, data.src_lang),
+                          "tgt": side_normalization(data.normalization, data.tgt_lang)},
+        "settings": {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")},
+        "versions": {"s2s": s2s.__version__, "sentencepiece": spm.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
         "joint": config.vocab.joint,
         "src_vocab_size": len(tokenizers[0]),
         "tgt_vocab_size": len(tokenizers[1]),

@@ -1,12 +1,16 @@
 """Progress and messages on stderr, handed to library functions so they never print themselves.
 
 ``Reporter()`` is silent (for tests and library use); the CLI passes one holding a rich console
-on stderr. stdout stays reserved for translations.
+on stderr. stdout stays reserved for translations. When stderr goes away (a closed pipe, as in
+``s2s train 2>&1 | head``, or a closed terminal) the reporter falls silent and the work goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import sys
 from typing import Any, Iterator
 
 from rich.console import Console
@@ -15,24 +19,46 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 from rich.table import Table
 
 
+class _StderrConsole(Console):
+    """rich exits the process on a broken pipe; here it is an error the reporter handles."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "stderr was closed")
+
+
 class Reporter:
     """Where library code sends human-readable output; silent unless given a console."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console
 
+    @classmethod
+    def to_stderr(cls) -> "Reporter":
+        return cls(_StderrConsole(stderr=True))
+
     def info(self, message: str) -> None:
-        if self.console:
-            self.console.print(message, highlight=False, soft_wrap=True)
+        self._print(message, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        if self.console:
-            self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False,
-                               soft_wrap=True)
+        self._print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
     def table(self, table: Table) -> None:
-        if self.console:
-            self.console.print(table)
+        self._print(table)
+
+    def _print(self, *objects: Any, **options: Any) -> None:
+        if not self.console:
+            return
+        try:
+            self.console.print(*objects, **options)
+        except OSError:  # EPIPE from a closed pipe, EIO from a closed terminal
+            self.fall_silent()
+
+    def fall_silent(self) -> None:
+        """Stop writing for good; a dead stderr is pointed at /dev/null so that nothing
+        (the interpreter's last flush included) fails on it again."""
+        if self.console is not None and self.console.file is sys.stderr:
+            _replace_with_devnull(sys.stderr)
+        self.console = None
 
     @contextlib.contextmanager
     def progress(self, description: str, total: float | None) -> Iterator["ProgressTask"]:
@@ -43,9 +69,20 @@ class Reporter:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[status]}")]
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            task_id = progress.add_task(description, total=total, status="")
-            yield ProgressTask(progress, task_id)
+        progress = Progress(*columns, console=self.console, transient=False)
+        try:
+            progress.start()
+        except OSError:
+            self.fall_silent()
+            yield ProgressTask(None, None)
+            return
+        try:
+            yield ProgressTask(progress, progress.add_task(description, total=total, status=""))
+        finally:
+            try:
+                progress.stop()
+            except OSError:
+                self.fall_silent()
 
 
 class ProgressTask:
@@ -64,6 +101,15 @@ class ProgressTask:
         if self._progress is not None:
             fields = {} if status is None else {"status": status}
             self._progress.update(self._task_id, completed=completed, **fields)
+
+
+def _replace_with_devnull(stream: Any) -> None:
+    try:
+        descriptor = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(descriptor, stream.fileno())
+        os.close(descriptor)
+    except (OSError, ValueError):
+        pass
 
 
 def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

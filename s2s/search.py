@@ -290,13 +290,5 @@ def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
     return results
 
 
-def decode_dtype(config: DecodeConfig, train_precision: str) -> torch.dtype:
-    """The weights' dtype for decoding: ``auto`` is bf16 when the model trained in bf16."""
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if train_precision == "bf16" else "fp32"
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
 def _with_beam(config: DecodeConfig, beam: int) -> DecodeConfig:
     return replace(config, beam_size=beam, nbest=min(config.nbest, beam))

@@ -15,6 +15,29 @@ from s2s.errors import DataError
 
 Normalization = Literal["nfkc", "nfc", "none"]
 
+# NFKC turns the full-width punctuation of these languages (，。？！：) into ASCII, which their
+# references do not use; NFC keeps it
+_KEEPS_FULL_WIDTH = {"zh", "ja"}
+# written without spaces between words: translated pieces of a long line join with ""
+_NO_SPACES = {"zh", "ja", "th", "lo", "km", "my"}
+
+
+def base_language(code: str) -> str:
+    """``zh`` for zh, zh-Hans, zh_TW, ZH."""
+    return code.replace("_", "-").split("-")[0].lower()
+
+
+def side_normalization(setting: str, language: str) -> Normalization:
+    """The normalisation of one side: ``auto`` is NFC for Chinese and Japanese, else NFKC."""
+    if setting != "auto":
+        return setting  # type: ignore[return-value]
+    return "nfc" if base_language(language) in _KEEPS_FULL_WIDTH else "nfkc"
+
+
+def joiner(language: str) -> str:
+    """What goes between the translations of a long line's pieces in ``language``."""
+    return "" if base_language(language) in _NO_SPACES else " "
+
 
 def normalize(text: str, normalization: Normalization) -> str:
     """Apply Unicode normalisation, then collapse all whitespace runs to one space."""
@@ -61,12 +84,20 @@ def read_references(path: Path) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
-def read_parallel(prefix: Path, src_lang: str, tgt_lang: str, **options) -> tuple[
+def read_parallel(prefix: Path, src_lang: str, tgt_lang: str, *, normalization: str,
+                  invalid_utf8: Literal["error", "replace"] = "error") -> tuple[
         list[str], list[str], int]:
-    """Read ``prefix.src_lang`` and ``prefix.tgt_lang``; check that they align line by line."""
+    """Read ``prefix.src_lang`` and ``prefix.tgt_lang``; check that they align line by line.
+
+    Each side is normalised as ``side_normalization(normalization, its language)``.
+    """
     src_path, tgt_path = parallel_paths(prefix, src_lang, tgt_lang)
-    src_lines, src_replaced = read_lines(src_path, **options)
-    tgt_lines, tgt_replaced = read_lines(tgt_path, **options)
+    src_lines, src_replaced = read_lines(
+        src_path, invalid_utf8=invalid_utf8,
+        normalization=side_normalization(normalization, src_lang))
+    tgt_lines, tgt_replaced = read_lines(
+        tgt_path, invalid_utf8=invalid_utf8,
+        normalization=side_normalization(normalization, tgt_lang))
     if len(src_lines) != len(tgt_lines):
         raise DataError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
                         f"{len(tgt_lines)}; parallel files must align line by line")

@@ -26,7 +26,7 @@ from s2s.batching import Batch, collate, token_batches, training_lengths
 from s2s.checkpoint import (FORMAT, build_model, checkpoint_dir, link_atomic, load_checkpoint,
                             save_atomic)
 from s2s.config import Config, TrainConfig, config_to_dict
-from s2s.device import autocast, resolve_device, set_threads
+from s2s.device import autocast, check_precision, resolve_device, thread_scope
 from s2s.distributed import World
 from s2s.encoded import load_split
 from s2s.errors import CheckpointError, DataError, Interrupted
@@ -38,6 +38,7 @@ from s2s.search import decode_corpus
 from s2s.vocab import PAD_ID, Tokenizer
 
 HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "loss": False}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -92,9 +93,8 @@ class Trainer:
         self.reporter = reporter if self.world.is_main else Reporter()
         self.should_stop = should_stop
         self.device = self.world.device(resolve_device(config.train.device))
-        autocast(self.device, config.train.precision)  # fails early for fp16 on CPU
+        check_precision(self.device, config.train.precision, "train.precision")
         self.world.start(self.device)
-        set_threads(config.train.threads)
         self.manifest = _checked_manifest(config)
         directory = data_dir(config)
         self.train_data = load_split(directory, "train")
@@ -201,6 +201,8 @@ class Trainer:
         """Train until a limit is reached; returns the final progress."""
         with self._signals():
             self.model.train()
+            if self._limit_reached():
+                self.reporter.warn(_nothing_to_do(self.progress, self.train_config))
             while not self._limit_reached():
                 self._run_epoch()
             if self.progress.stop_reason == "stopped by caller":
@@ -384,13 +386,16 @@ class Trainer:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """Turn SIGINT/SIGTERM into a flag checked between updates (main thread only)."""
+        """Turn SIGINT/SIGTERM/SIGHUP into a flag checked between updates (main thread only).
+
+        SIGHUP (a closed terminal or a dropped ssh session) saves and stops like SIGTERM.
+        """
         def remember(number: int, frame: Any) -> None:
             self._signal = number
             signal.signal(number, previous[number])  # a second signal acts at once
         try:
             previous = {number: signal.signal(number, remember)
-                        for number in (signal.SIGINT, signal.SIGTERM)}
+                        for number in STOP_SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
             yield
             return
@@ -401,7 +406,7 @@ class Trainer:
                 signal.signal(number, handler)
 
     def _check_interrupt(self) -> None:
-        """After SIGINT/SIGTERM on any process: save (rank 0) and stop every process."""
+        """After SIGINT/SIGTERM/SIGHUP on any process: save (rank 0) and stop every process."""
         if not self.world.any(self._signal is not None, self.device):
             return
         number = self._signal or signal.SIGTERM
@@ -451,22 +456,43 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
 
     Started by torchrun, every process calls this; they train one model together.
     """
-    trainer = Trainer(config, reporter=reporter, should_stop=should_stop)
-    # one training job per run directory: rank 0 holds the lock before touching anything
-    lock = RunLock(config.run_dir) if trainer.world.is_main else contextlib.nullcontext()
-    try:
-        with lock:
-            if trainer.world.is_main:
-                _clean_checkpoint_dir(config.run_dir, restart)
-            trainer.world.barrier()
-            trainer.resume_if_possible()
-            progress = trainer.train()
-    finally:
-        trainer.close()
+    with thread_scope(config.train.threads), _own_rng(config.train.device):
+        trainer = Trainer(config, reporter=reporter, should_stop=should_stop)
+        # one training job per run directory: rank 0 holds the lock before touching anything
+        lock = RunLock(config.run_dir) if trainer.world.is_main else contextlib.nullcontext()
+        try:
+            with lock:
+                if trainer.world.is_main:
+                    _clean_checkpoint_dir(config.run_dir, restart)
+                trainer.world.barrier()
+                trainer.resume_if_possible()
+                progress = trainer.train()
+        finally:
+            trainer.close()
     trainer.reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
                           f"best {config.train.early_stopping_metric} at step "
                           f"{progress.best_step}")
     return progress
+
+
+def _own_rng(device: str) -> contextlib.AbstractContextManager:
+    """Training seeds torch's generators; the caller's streams are restored afterwards."""
+    cuda = device != "cpu" and torch.cuda.is_available()
+    return torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else [])
+
+
+def _nothing_to_do(progress: TrainProgress, settings: TrainConfig) -> str:
+    """Why a resumed run trains no further, and what to change."""
+    reason = progress.stop_reason
+    limits = {"max_steps": f"train.max_steps ({settings.max_steps})",
+              "max_epochs": f"train.max_epochs ({settings.max_epochs})",
+              "max_minutes": f"train.max_minutes ({settings.max_minutes:g} minutes of training, "
+                             "counted over every session of the run)",
+              "early stopping": f"early stopping (train.patience {settings.patience})"}
+    if reason not in limits:
+        return f"nothing to train ({reason}) at step {progress.step}"
+    return (f"this run already reached {limits[reason]} at step {progress.step}: nothing to "
+            "train; raise the limit with --set, or start over with --restart")
 
 
 def _clean_checkpoint_dir(run_dir: Path, restart: bool) -> None:
@@ -483,10 +509,11 @@ def _checked_manifest(config: Config) -> dict[str, Any]:
     directory = data_dir(config)
     manifest = read_manifest(directory)
     if manifest is None:
-        raise DataError(f"{directory}: no prepared data; run `s2s prepare` with this config first")
+        raise DataError(f"{directory}: no prepared data; run `s2s prepare` with this config "
+                        "(and the same --set options) first")
     if manifest.get("config_hash") != data_config_hash(config):
         raise DataError(f"{directory}: prepared data no longer matches the config's data/vocab "
-                        "settings; run `s2s prepare` again")
+                        "settings; run `s2s prepare` again (with the same --set options)")
     return manifest
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import select
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, TextIO
+from typing import BinaryIO, Iterator, Mapping, Sequence, TextIO
+
+import torch
 
 from s2s.checkpoint import LoadedModel, average_checkpoints, checkpoint_dir, load_model
 from s2s.config import DecodeConfig
-from s2s.device import resolve_device, set_threads
+from s2s.device import check_precision, cpu_supports_bf16, resolve_device, thread_scope
 from s2s.errors import CheckpointError
 from s2s.prepare import run_data_dir, spm_paths
 from s2s.report import Reporter
-from s2s.search import Hypothesis, decode_corpus, decode_dtype
-from s2s.textio import normalize
+from s2s.search import decode_corpus
+from s2s.splitting import split_to_limit
+from s2s.textio import joiner, normalize, side_normalization
 
 CHUNK_LINES = 2000
 
@@ -52,55 +55,109 @@ def check_vocabulary(loaded: LoadedModel, run_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class TranslationResult:
-    text: str
-    hypotheses: list[Hypothesis]
+    """The translations of one input line, best first, with their scores (empty for "")."""
+
+    texts: list[str]
+    scores: list[float]
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
 
 
 class Translator:
     """A loaded model with its tokenizers and decoding settings; translates lists of lines."""
 
     def __init__(self, loaded: LoadedModel, *, decode: DecodeConfig | None = None,
-                 device: str = "auto", reporter: Reporter = Reporter()) -> None:
-        """``decode`` replaces the decoding settings stored in the checkpoint."""
+                 device: str = "auto", threads: int | None = None,
+                 reporter: Reporter = Reporter()) -> None:
+        """``decode`` and ``threads`` replace the settings stored in the checkpoint."""
         self.loaded = loaded
         self.device = resolve_device(device)
-        set_threads(loaded.config.train.threads)
+        self.threads = loaded.config.train.threads if threads is None else threads
         self.decode: DecodeConfig = decode if decode is not None else loaded.config.decode
-        dtype = decode_dtype(self.decode, loaded.config.train.precision)
+        dtype = decode_dtype(self.decode, loaded.config.train.precision, self.device)
         self.model = loaded.model.to(self.device, dtype).eval()
         self.reporter = reporter
-        self.max_tokens = loaded.config.data.max_tokens
-        self.normalization = loaded.config.data.normalization
+        data = loaded.config.data
+        self.max_tokens = data.max_tokens
+        self.normalization = side_normalization(data.normalization, data.src_lang)
+        self.joiner = joiner(data.tgt_lang)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, *, overrides: tuple[str, ...] = (), **options
+    def from_checkpoint(cls, path: Path, *, overrides: Sequence[str] = (),
+                        option_names: Mapping[str, str] | None = None, **options
                         ) -> "Translator":
-        return cls(load_model(path, overrides), **options)
+        return cls(load_model(path, overrides, option_names), **options)
 
     def translate(self, lines: list[str], first_line: int = 1) -> list[TranslationResult]:
-        """Translate already-decoded lines; empty lines give empty translations."""
+        """Translate already-decoded lines; empty lines give empty translations.
+
+        A line over the model's limit is translated in pieces (``s2s.splitting``) whose
+        translations are joined, so every line is translated whole.
+        """
         texts = [normalize(line, self.normalization) for line in lines]
-        wanted = [index for index, text in enumerate(texts) if text]
-        ids = self.loaded.src_tokenizer.encode([texts[i] for i in wanted])
-        for index, sentence in zip(wanted, ids):
-            if len(sentence) > self.max_tokens:
-                self.reporter.warn(f"line {first_line + index}: {len(sentence)} tokens, "
-                                   f"truncated to the model's limit of {self.max_tokens}")
-                del sentence[self.max_tokens:]
-        hypotheses = decode_corpus(self.model, ids, self.decode, self.device)
-        results = [TranslationResult("", []) for _ in lines]
-        best = self.loaded.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
-        for index, text, found in zip(wanted, best, hypotheses):
-            results[index] = TranslationResult(_one_line(text), found)
+        pieces: list[list[int]] = []
+        owners: list[int] = []  # the line of each piece
+        for index, text in enumerate(texts):
+            if not text:
+                continue
+            parts = split_to_limit(text, self._encode, self.max_tokens)
+            if len(parts) > 1:
+                self.reporter.warn(f"line {first_line + index}: longer than the model's limit "
+                                   f"of {self.max_tokens} tokens, translated in {len(parts)} "
+                                   "pieces")
+            pieces.extend(parts)
+            owners.extend([index] * len(parts))
+        with thread_scope(self.threads):
+            found = decode_corpus(self.model, pieces, self.decode, self.device)
+        piece_texts = self.loaded.tgt_tokenizer.decode(
+            [hypothesis.tokens for hypotheses in found for hypothesis in hypotheses])
+        texts_of = iter(piece_texts)
+        by_line: dict[int, list[tuple[list[str], list[float]]]] = {}
+        for owner, hypotheses in zip(owners, found):
+            by_line.setdefault(owner, []).append(
+                ([_one_line(next(texts_of)) for _ in hypotheses], [h.score for h in hypotheses]))
+        results = [TranslationResult([], []) for _ in lines]
+        for index, parts in by_line.items():
+            results[index] = self._joined(parts)
         return results
+
+    def _encode(self, text: str) -> list[int]:
+        return self.loaded.src_tokenizer.encode([text])[0]
+
+    def _joined(self, parts: list[tuple[list[str], list[float]]]) -> TranslationResult:
+        """One line's result from its pieces': the k-th translation joins each piece's k-th
+        (or its last, when a piece has fewer), and the scores add up."""
+        if len(parts) == 1:
+            return TranslationResult(*parts[0])
+        joined_texts, joined_scores = [], []
+        for rank in range(max(len(texts) for texts, _ in parts)):
+            chosen = [(texts[min(rank, len(texts) - 1)], scores[min(rank, len(scores) - 1)])
+                      for texts, scores in parts if texts]
+            joined_texts.append(self.joiner.join(text for text, _ in chosen if text))
+            joined_scores.append(sum(score for _, score in chosen))
+        return TranslationResult(joined_texts, joined_scores)
 
     def format(self, result: TranslationResult) -> str:
         """The output line: the best translation, or ``nbest`` tab-separated text/score pairs."""
         if self.decode.nbest == 1:
             return result.text
-        texts = self.loaded.tgt_tokenizer.decode([h.tokens for h in result.hypotheses])
-        return "\t".join(f"{_one_line(text)}\t{h.score:.4f}"
-                         for text, h in zip(texts, result.hypotheses))
+        return "\t".join(f"{text}\t{score:.4f}" for text, score in zip(result.texts,
+                                                                        result.scores))
+
+
+def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device
+                 ) -> torch.dtype:
+    """The weights' dtype for decoding: ``auto`` is bf16 when the model trained in bf16 and
+    the device runs bf16 (else fp32); an explicit bf16 the device cannot run is an error."""
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if train_precision == "bf16" else "fp32"
+        if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+            precision = "fp32"
+    check_precision(device, precision, "decode.precision")
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def translate_stream(translator: Translator, source: BinaryIO, target: TextIO, *,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
+import numpy as np
 import sentencepiece as spm
 
 from s2s.config import VocabConfig
@@ -42,25 +44,51 @@ class Tokenizer:
         return self._processor.decode([list(sentence) for sentence in ids])
 
 
-def train_sentencepiece(lines: Iterable[str], model_path: Path, vocab_size: int,
-                        config: VocabConfig, threads: int) -> None:
-    """Train a sentencepiece model on ``lines`` and write it to ``model_path``."""
+SAMPLE_SEED = 20_240_601  # fixed: which sentences train a vocabulary is part of the recipe
+
+
+def sample_sentences(lines: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` lines, a seeded random sample kept in corpus order.
+
+    sentencepiece's own sampling draws its seed from the machine, so s2s samples instead.
+    """
+    if len(lines) <= limit:
+        return list(lines)
+    chosen = np.random.default_rng(SAMPLE_SEED).choice(len(lines), size=limit, replace=False)
+    return [lines[index] for index in np.sort(chosen)]
+
+
+def train_sentencepiece(lines: Sequence[str], model_path: Path, vocab_size: int,
+                        config: VocabConfig, normalization: str = "nfkc") -> None:
+    """Train a sentencepiece model on ``lines`` and write it to ``model_path``.
+
+    The result depends only on the lines and ``config``: the sample and the thread count
+    (which changes sentencepiece's scores) are fixed by them, never by the machine.
+    ``normalization`` is how s2s normalised the lines: sentencepiece's own NFKC rule would
+    undo an NFC choice (it folds ，？ into ASCII), so it applies only to NFKC text.
+    """
+    model = io.BytesIO()  # not model_prefix: the model would record the path it was written to
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_prefix=str(model_path.with_suffix("")),
+            sentence_iterator=iter(sample_sentences(lines, config.max_sentences)),
+            model_writer=model,
             vocab_size=vocab_size,
             model_type=config.model_type,
             character_coverage=config.character_coverage,
             byte_fallback=config.byte_fallback,
-            input_sentence_size=config.max_sentences,
-            shuffle_input_sentence=True,
+            normalization_rule_name="nmt_nfkc" if normalization == "nfkc" else "identity",
+            input_sentence_size=0,  # all of the sample
+            shuffle_input_sentence=False,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            num_threads=max(1, threads),
+            num_threads=config.threads,
             minloglevel=2,
         )
     except RuntimeError as error:
         raise DataError(_explain_training_error(str(error), vocab_size, model_path)) from None
+    try:
+        model_path.write_bytes(model.getvalue())
+    except OSError as error:
+        raise DataError(f"{model_path}: cannot write: {error.strerror}") from None
 
 
 def _explain_training_error(message: str, vocab_size: int, model_path: Path) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -11,7 +12,11 @@ import yaml
 
 from s2s.demo import write_demo_corpus
 
-torch.set_num_threads(2)
+# Every test runs with this many CPU threads, whatever the machine (1 core or 16), so that its
+# numbers are the same everywhere; a test (or the library code it calls) must leave it so.
+TEST_THREADS = 2
+# CPU unless a test says otherwise: results must not depend on whether CUDA is present.
+TEST_DEVICE = "cpu"
 
 TINY_MODEL = {"embed_size": 32, "encoder_layers": 1, "encoder_hidden": 32,
               "decoder_layers": 1, "decoder_hidden": 64, "dropout": 0.0, "embed_dropout": 0.0}
@@ -26,7 +31,7 @@ def config_dict(corpus: Path, run_dir: Path, **sections: dict[str, Any]) -> dict
         "vocab": {"src_size": 400, "tgt_size": 400, "character_coverage": 1.0},
         "model": dict(TINY_MODEL),
         "train": {"batch_tokens": 600, "lr": 0.005, "max_steps": 20, "log_every": 10,
-                  "valid_every": 10, "seed": 7, "device": "cpu"},
+                  "valid_every": 10, "seed": 7, "device": TEST_DEVICE, "threads": TEST_THREADS},
         "decode": {"beam_size": 3, "batch_tokens": 2000},
     }
     for name, values in sections.items():
@@ -37,6 +42,25 @@ def config_dict(corpus: Path, run_dir: Path, **sections: dict[str, Any]) -> dict
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture(autouse=True)
+def process_state_is_left_alone() -> Iterator[None]:
+    """Set the thread count for the test; fail a test that leaks threads or signal handlers."""
+    previous = torch.get_num_threads()
+    handlers = {number: signal.getsignal(number) for number in WATCHED_SIGNALS}
+    torch.set_num_threads(TEST_THREADS)
+    try:
+        yield
+        assert torch.get_num_threads() == TEST_THREADS, "the test changed torch's thread count"
+        changed = [signal.Signals(number).name for number in WATCHED_SIGNALS
+                   if signal.getsignal(number) != handlers[number]]
+        assert not changed, f"the test left signal handlers changed: {changed}"
+    finally:
+        torch.set_num_threads(previous)
+
+
+WATCHED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,40 @@ def test_help_lists_the_commands_without_importing_torch() -> None:
         assert command in result.output
 
 
+def test_version_and_help_without_placeholders() -> None:
+    from s2s import __version__
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"s2s {__version__}\n"
+    for command in ("prepare", "train", "evaluate", "translate", "average", "demo-data"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0
+        options = result.output.split("Options:")[1]
+        assert "<" not in options, options  # no <list[str]>, <int>, <bool> placeholders
+    assert "--set KEY=VALUE" in runner.invoke(app, ["train", "--help"]).output
+
+
+def test_command_line_options_are_named_in_errors(trained_run: Path) -> None:
+    result = runner.invoke(app, ["translate", str(trained_run), "--nbest", "3", "--beam", "2"],
+                           input="x\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --nbest 3: decode.nbest: 3 is larger than "
+                                    "decode.beam_size (2)")
+    run_dir = trained_run.parent / "run"
+    result = runner.invoke(app, ["translate", "--run", str(run_dir), "--set", "train.lr=fast"],
+                           input="x\n")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --set train.lr=fast: train.lr: expected a number")
+
+
+def test_a_new_run_dir_from_set_says_to_prepare_with_the_same_set(trained_run: Path,
+                                                                  tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", str(trained_run), "--set",
+                                 f"run_dir={tmp_path / 'other'}"])
+    assert result.exit_code == 1
+    assert "no prepared data; run `s2s prepare` with this config (and the same --set " \
+           "options) first" in result.stderr
+
+
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     raw = config_dict(tmp_path, tmp_path / "run", model={"decoder_hiden": 64})
     path = write_config(tmp_path / "bad.yaml", raw)
@@ -43,7 +77,7 @@ def test_bad_override_and_missing_config(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", config_dict(tmp_path, tmp_path / "run"))
     result = runner.invoke(app, ["train", str(path), "--set", "train.lr=-1"])
     assert result.exit_code == 2
-    assert result.stderr == f"error: {path}: train.lr: must be greater than 0.0, got -1.0\n"
+    assert result.stderr == "error: --set train.lr=-1: train.lr: must be greater than 0.0, got -1.0\n"
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert result.stderr == f"error: {tmp_path / 'nope.yaml'}: config file not found\n"

@@ -87,10 +87,28 @@ def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
     assert config.train.lr == 0.0005
     assert config.model.input_feeding is False
     assert config.decode.beam_size == 7
-    assert _errors(tmp_path, config_dict(tmp_path, tmp_path / "run"),
-                   ("train.lrr=1",)) == ["train.lrr: unknown key — did you mean lr?"]
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(path, ["train.lr"])
+
+
+def test_errors_name_the_override_or_option_a_value_came_from(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", config_dict(tmp_path, tmp_path / "run",
+                                                         model={"dropout": 2.0}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["train.lrr=1", "train.lr=fast", "decode.nbest=3",
+                           "decode.beam_size=2"], option_names={"decode.nbest": "--nbest",
+                                                                "decode.beam_size": "--beam"})
+    assert sorted(str(caught.value).splitlines()) == sorted([
+        "--set train.lrr=1: train.lrr: unknown key — did you mean lr?",
+        "--set train.lr=fast: train.lr: expected a number, got string 'fast'",
+        f"{path}: model.dropout: must be at most 0.95, got 2.0",
+    ])
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "c.yaml", ["model.dropout=0", "decode.nbest=3",
+                                          "decode.beam_size=2"],
+                    option_names={"decode.nbest": "--nbest", "decode.beam_size": "--beam"})
+    assert str(caught.value).startswith("--nbest 3: decode.nbest: 3 is larger than "
+                                        "decode.beam_size (2)")
 
 
 def test_file_problems(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from s2s.batching import pad
-from s2s.config import ModelConfig
+from s2s.config import DecodeConfig, ModelConfig
 from s2s.model import Seq2Seq
+from s2s.search import greedy_search
 from s2s.vocab import BOS_ID, EOS_ID
 
 VARIANTS = [
@@ -80,17 +81,24 @@ def test_tied_and_shared_embeddings() -> None:
 
 @pytest.mark.parametrize("task", ["copy", "reverse"])
 def test_learns_a_tiny_copy_or_reverse_task(task: str) -> None:
+    """Judged on held-out sentences, not on the last batch's loss: Adam at this rate has loss
+    spikes whose timing changes with float rounding (thread count, BLAS), learning does not.
+    Measured over 3 seeds x 1 and 2 threads: 0.98 to 1.0 exact copies."""
     torch.manual_seed(0)
     config = ModelConfig(embed_size=32, encoder_layers=1, encoder_hidden=32, decoder_layers=1,
                          decoder_hidden=64, dropout=0.0, embed_dropout=0.0)
     model = Seq2Seq(config, 14, 14)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(1)
-    for _ in range(400):
-        lengths = torch.randint(2, 7, (32,), generator=generator)
+
+    def examples(count: int) -> tuple[list[list[int]], list[list[int]]]:
+        lengths = torch.randint(2, 7, (count,), generator=generator)
         sequences = [torch.randint(4, 14, (int(n),), generator=generator).tolist()
                      for n in lengths]
-        targets = [s if task == "copy" else s[::-1] for s in sequences]
+        return sequences, [s if task == "copy" else s[::-1] for s in sequences]
+
+    for _ in range(400):
+        sequences, targets = examples(32)
         src, src_lengths = pad(sequences, suffix=EOS_ID)
         tgt_in, _ = pad(targets, prefix=BOS_ID)
         tgt_out, _ = pad(targets, suffix=EOS_ID)
@@ -99,8 +107,13 @@ def test_learns_a_tiny_copy_or_reverse_task(task: str) -> None:
         loss = torch.nn.functional.cross_entropy(logits, tgt_out[positions])
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-    assert loss.item() < 0.05
+    sequences, targets = examples(200)
+    src, src_lengths = pad(sequences, suffix=EOS_ID)
+    found = greedy_search(model.eval(), src, src_lengths, DecodeConfig(beam_size=1))
+    exact = sum(hypotheses[0].tokens == target for hypotheses, target in zip(found, targets))
+    assert exact / len(targets) >= 0.9
 
 
 def _search_step_matches_training_path(model: Seq2Seq) -> bool:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from s2s.config import config_from_dict
+from s2s.config import config_from_dict, load_config
 from s2s.encoded import load_split
 from s2s.errors import DataError
 from s2s.prepare import data_dir, prepare, spm_paths
 from s2s.textio import normalize
 from s2s.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
-from tests.conftest import config_dict
+from tests.conftest import config_dict, write_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _copy_corpus(source: Path, target: Path) -> Path:
@@ -170,3 +175,64 @@ def test_vocabulary_too_small_says_how_many_pieces_are_needed(demo_corpus: Path,
     with pytest.raises(DataError, match=r"vocabulary size 100 is too small for spm\.src: its "
                                         r"characters and special pieces alone need \d+"):
         prepare(_config(demo_corpus, tmp_path / "run", vocab={"src_size": 100}))
+
+
+PREPARE_ON_A_MACHINE = """
+import os, sys
+cores, reported = int(sys.argv[3]), int(sys.argv[4])
+if hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+os.cpu_count = lambda: reported  # what a machine with that many cores would say
+from s2s.config import load_config
+from s2s.prepare import prepare
+prepare(load_config(sys.argv[1], [f"run_dir={sys.argv[2]}"]))
+"""
+
+
+def test_the_same_corpus_gives_identical_files_on_any_core_count(demo_corpus: Path,
+                                                                  tmp_path: Path) -> None:
+    """sentencepiece's scores depend on its thread count: prepare must not take it from the
+    machine. Three "machines": 1 core, all cores here, and one that reports 16 cores."""
+    path = write_config(tmp_path / "c.yaml", config_dict(demo_corpus, tmp_path / "unused"))
+    outputs = []
+    for cores, reported in ((1, 1), (os.cpu_count() or 1, os.cpu_count() or 1), (64, 16)):
+        run_dir = tmp_path / f"machine-{cores}-{reported}"
+        subprocess.run([sys.executable, "-c", PREPARE_ON_A_MACHINE, str(path), str(run_dir),
+                        str(cores), str(reported)], cwd=REPO, check=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        directory = data_dir(load_config(path, [f"run_dir={run_dir}"]))
+        outputs.append({item.name: item.read_bytes() for item in sorted(directory.iterdir())
+                        if item.suffix in (".model", ".npy", ".txt")})
+    assert len(outputs[0]) == 2 + 12 + 4  # two models, 3 splits x 2 sides x 2 arrays, texts
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_manifest_records_versions_and_every_setting_that_shapes_the_data(
+        demo_corpus: Path, tmp_path: Path) -> None:
+    manifest = prepare(_config(demo_corpus, tmp_path / "run")).manifest
+    assert manifest["versions"]["sentencepiece"] == spm.__version__
+    assert manifest["settings"]["vocab"]["threads"] == 4
+    assert manifest["settings"]["data"]["normalization"] == "auto"
+    assert manifest["normalization"] == {"src": "nfkc", "tgt": "nfkc"}
+
+
+def test_chinese_and_japanese_targets_keep_full_width_punctuation(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    english = [f"Is this number {i} yours, Tom?" for i in range(300)]
+    chinese = [f"这是你的第{i}号吗，汤姆？" for i in range(300)]
+    for split in ("train", "valid", "test"):
+        (corpus / f"{split}.en").write_text("\n".join(english) + "\n", encoding="utf-8")
+        (corpus / f"{split}.zh").write_text("\n".join(chinese) + "\n", encoding="utf-8")
+    raw = config_dict(corpus, tmp_path / "run", vocab={"src_size": 300, "tgt_size": 300})
+    raw["data"].update(src_lang="en", tgt_lang="zh", max_length_ratio=50.0)
+    result = prepare(config_from_dict(raw))
+    assert result.manifest["normalization"] == {"src": "nfkc", "tgt": "nfc"}
+    valid = (result.data_dir / "valid.tgt.txt").read_text(encoding="utf-8").splitlines()
+    assert valid == chinese  # ，and ？ stay full-width
+    # sentencepiece's own NFKC rule would fold them again in the vocabulary
+    tokenizer = Tokenizer.from_file(spm_paths(result.data_dir)[1])
+    assert tokenizer.decode(tokenizer.encode(chinese[:3])) == chinese[:3]
+    raw["data"]["normalization"] = "nfkc"
+    folded = prepare(config_from_dict(raw)).data_dir / "valid.tgt.txt"
+    assert folded.read_text(encoding="utf-8").splitlines()[0] == "这是你的第0号吗,汤姆?"

@@ -325,11 +325,15 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(demo_corpus: Path,
 
 
 @pytest.mark.parametrize("signal_number,exit_code", [(signal.SIGINT, 130),
-                                                     (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_save_and_exit_cleanly(demo_corpus: Path, tmp_path: Path,
-                                                  signal_number: int, exit_code: int) -> None:
+                                                     (signal.SIGTERM, 143),
+                                                     (signal.SIGHUP, 129)])
+def test_sigint_sigterm_and_sighup_save_and_exit_cleanly(demo_corpus: Path, tmp_path: Path,
+                                                         signal_number: int,
+                                                         exit_code: int) -> None:
+    """SIGHUP is a closed terminal or a dropped ssh session: it must not lose training."""
     path = write_config(tmp_path / "c.yaml", config_dict(
-        demo_corpus, tmp_path / "run", train={"max_steps": 100_000, "valid_every": 5}))
+        demo_corpus, tmp_path / "run", train={"max_steps": 100_000, "valid_every": 5,
+                                              "log_every": 2}))
     config = load_config(path)
     prepare(config)
     log = tmp_path / "train.log"
@@ -338,6 +342,7 @@ def test_sigint_and_sigterm_save_and_exit_cleanly(demo_corpus: Path, tmp_path: P
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(0.3)  # a few more steps: logged, not yet checkpointed
     process.send_signal(signal_number)
     assert process.wait(timeout=120) == exit_code
     message = log.read_text()
@@ -345,6 +350,35 @@ def test_sigint_and_sigterm_save_and_exit_cleanly(demo_corpus: Path, tmp_path: P
     assert "Traceback" not in message
     step = load_checkpoint(last)["progress"]["step"]
     assert step >= 5
+    # resuming finds the log no further than the checkpoint, and continues it
+    train(load_config(path, [f"train.max_steps={step + 4}"]))
+    steps = [record["step"] for record in _metrics(config.run_dir) if record["kind"] == "train"]
+    assert steps == list(range(2, step + 5, 2))  # each logged step once, none missing
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    import json
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_a_closed_log_pipe_stops_the_output_not_the_training(demo_corpus: Path,
+                                                             tmp_path: Path) -> None:
+    """`s2s train CONFIG 2>&1 | head -3`: once head exits, training goes on to the end."""
+    path = write_config(tmp_path / "c.yaml", config_dict(
+        demo_corpus, tmp_path / "run", train={"max_steps": 40, "valid_every": 20,
+                                              "log_every": 1}))
+    config = load_config(path)
+    prepare(config)
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        f"{sys.executable} -m s2s train {path} 2>&1 | head -n 3; echo \"exit ${{PIPESTATUS[0]}}\"",
+        shell=True, executable="/bin/bash", cwd=REPO, env=environment, capture_output=True,
+        text=True, timeout=300)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1] == "exit 0", result.stdout + result.stderr
+    assert load_checkpoint(checkpoint_dir(config.run_dir) / "last.pt")["progress"]["step"] == 40
+    assert [r["step"] for r in _metrics(config.run_dir) if r["kind"] == "valid"] == [20, 40]
 
 
 def test_translate_into_a_closed_pipe_exits_quietly(trained_run: Path, tmp_path: Path) -> None:

@@ -97,7 +97,9 @@ def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
     for index in range(60):
         alone = decode_corpus(model, [sentences[index]], settings, torch.device("cpu"))
         assert alone[0][0].tokens == batched[index][0].tokens
-        assert alone[0][0].score == pytest.approx(batched[index][0].score, abs=1e-5)
+        # other batch shapes take other BLAS kernels: fp32 sums of ~20 log-probabilities
+        # differ by up to ~1e-5 (seen: 1.1e-5 on an AMD EPYC, 1e-5 on a 16-core Xeon)
+        assert alone[0][0].score == pytest.approx(batched[index][0].score, abs=1e-4)
 
 
 def test_beam_search_finds_better_scoring_translations_than_greedy(

@@ -14,7 +14,7 @@ from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.prepare import prepare
 from s2s.checkpoint import checkpoint_dir
 from s2s.train import learning_rate, train
-from tests.conftest import config_dict
+from tests.conftest import config_dict, write_config
 
 CUDA = torch.cuda.is_available()
 
@@ -137,3 +137,19 @@ def test_cuda_smoke(demo_corpus: Path, tmp_path: Path) -> None:
     assert progress.step == 10
     loaded = load_model(checkpoint_dir(config.run_dir) / "best.pt")
     assert next(loaded.model.parameters()).device.type == "cpu"  # checkpoints load anywhere
+
+
+def test_resuming_a_finished_run_says_why_nothing_happens(demo_corpus: Path,
+                                                         tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from s2s.cli import app
+    path = write_config(tmp_path / "c.yaml", config_dict(
+        demo_corpus, tmp_path / "run", train={"max_steps": 4, "valid_every": 4}))
+    prepare(load_config(path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0
+    assert "this run already reached train.max_steps (4) at step 4: nothing to train" in \
+        " ".join(result.stderr.split())

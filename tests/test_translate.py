@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
-from s2s.checkpoint import checkpoint_dir
+import torch
+
+from s2s.checkpoint import checkpoint_dir, load_checkpoint
 from s2s.translate import Translator, translate_stream
 
 runner = CliRunner()
@@ -59,12 +61,12 @@ def test_last_line_without_newline_and_crlf(translator: Translator) -> None:
     assert len(_translate(translator, b"The dog.\r\nA cat.")) == 2
 
 
-def test_long_line_is_truncated_with_a_warning_not_dropped(trained_run: Path) -> None:
+def test_long_line_is_split_with_a_warning_not_truncated(trained_run: Path) -> None:
     long_line = " ".join(["dog"] * 400)
     result = runner.invoke(app, ["translate", str(trained_run)], input=f"{long_line}\nA cat.\n")
     assert result.exit_code == 0
     assert len(result.stdout.splitlines()) == 2
-    assert "line 1:" in result.stderr and "truncated" in result.stderr
+    assert "line 1: longer than the model's limit" in result.stderr
 
 
 def test_empty_input_prints_nothing(trained_run: Path) -> None:
@@ -116,4 +118,14 @@ def test_average_checkpoints(trained_run: Path) -> None:
     run_dir = load_config(trained_run).run_dir
     result = runner.invoke(app, ["average", str(run_dir), "--last", "2"])
     assert result.exit_code == 0, result.output
-    assert (checkpoint_dir(run_dir) / "avg.pt").exists()
+    assert "averaged 2 checkpoints (steps 75, 150)" in result.stderr
+    assert "warning" not in result.stderr
+    directory = checkpoint_dir(run_dir)
+    inputs = [load_checkpoint(directory / f"step-{step:08d}.pt")["model"] for step in (75, 150)]
+    averaged = load_checkpoint(directory / "avg.pt")["model"]
+    for name, tensor in averaged.items():
+        assert torch.allclose(tensor, (inputs[0][name] + inputs[1][name]) / 2, atol=1e-6), name
+    result = runner.invoke(app, ["average", str(run_dir)])  # --last 3, but 2 are kept
+    assert result.exit_code == 0, result.output
+    assert "asked to average the last 3 checkpoints, but" in result.stderr
+    assert "keeps only 2" in result.stderr and "steps 75, 150" in result.stderr
