@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
-from tests.conftest import config_dict, write_config
+from tests.conftest import TEST_THREADS, config_dict, write_config
 
 runner = CliRunner()
 
@@ -178,3 +178,20 @@ def test_validation_bleu_during_training_equals_evaluate_on_that_checkpoint(
     record = json.loads((run_dir / "eval" / "valid.last.json").read_text())
     assert record["bleu"] == pytest.approx(last_validation["bleu"], abs=1e-9)
     assert last_validation["bleu"] > 0.0
+
+
+def test_evaluate_and_translate_take_threads_from_the_config_and_set(
+        trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    counts: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (counts.append(n), real(n)))
+    result = runner.invoke(app, ["translate", str(trained_run), "--set", "train.threads=1"],
+                           input="The dog.\n")
+    assert result.exit_code == 0, result.output
+    assert counts[:1] == [1] and torch.get_num_threads() == TEST_THREADS  # restored after
+    counts.clear()
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--set", "train.threads=3"])
+    assert result.exit_code == 0, result.output
+    assert counts[:1] == [3]

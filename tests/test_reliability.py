@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from s2s.checkpoint import load_checkpoint
 from s2s.cli import app
-from s2s.config import config_from_dict, load_config
+from s2s.config import Config, config_from_dict, load_config
 from s2s.errors import CheckpointError
 from s2s.prepare import prepare
 from s2s.runlock import RunLock
@@ -331,11 +332,8 @@ def test_sigint_sigterm_and_sighup_save_and_exit_cleanly(demo_corpus: Path, tmp_
                                                          signal_number: int,
                                                          exit_code: int) -> None:
     """SIGHUP is a closed terminal or a dropped ssh session: it must not lose training."""
-    path = write_config(tmp_path / "c.yaml", config_dict(
-        demo_corpus, tmp_path / "run", train={"max_steps": 100_000, "valid_every": 5,
-                                              "log_every": 2}))
-    config = load_config(path)
-    prepare(config)
+    path, config = _prepared(demo_corpus, tmp_path, max_steps=100_000, valid_every=5,
+                             log_every=2)
     log = tmp_path / "train.log"
     process = _train_process(path, log)
     last = checkpoint_dir(config.run_dir) / "last.pt"
@@ -356,8 +354,15 @@ def test_sigint_sigterm_and_sighup_save_and_exit_cleanly(demo_corpus: Path, tmp_
     assert steps == list(range(2, step + 5, 2))  # each logged step once, none missing
 
 
+def _prepared(corpus: Path, tmp_path: Path, **train_settings) -> tuple[Path, Config]:
+    path = write_config(tmp_path / "c.yaml", config_dict(corpus, tmp_path / "run",
+                                                         train=train_settings))
+    config = load_config(path)
+    prepare(config)
+    return path, config
+
+
 def _metrics(run_dir: Path) -> list[dict]:
-    import json
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
 
@@ -365,11 +370,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_a_closed_log_pipe_stops_the_output_not_the_training(demo_corpus: Path,
                                                              tmp_path: Path) -> None:
     """`s2s train CONFIG 2>&1 | head -3`: once head exits, training goes on to the end."""
-    path = write_config(tmp_path / "c.yaml", config_dict(
-        demo_corpus, tmp_path / "run", train={"max_steps": 40, "valid_every": 20,
-                                              "log_every": 1}))
-    config = load_config(path)
-    prepare(config)
+    path, config = _prepared(demo_corpus, tmp_path, max_steps=40, valid_every=20, log_every=1)
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         f"{sys.executable} -m s2s train {path} 2>&1 | head -n 3; echo \"exit ${{PIPESTATUS[0]}}\"",
