@@ -6,7 +6,6 @@ Heavy modules (torch above all) are imported inside the commands, so `s2s --help
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -58,8 +57,8 @@ def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _print_error("interrupted")
             raise typer.Exit(130) from None
         except BrokenPipeError:  # the reader of our stdout went away (`| head`): stop quietly
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            from s2s.report import point_at_devnull
+            point_at_devnull(sys.stdout)
             raise typer.Exit(0) from None
     return wrapper
 
@@ -69,8 +68,8 @@ def _print_error(message: str) -> None:
     try:
         print(message, file=sys.stderr, flush=True)
     except OSError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stderr.fileno())
+        from s2s.report import point_at_devnull
+        point_at_devnull(sys.stderr)
 
 
 def _reporter(quiet: bool = False):

@@ -57,7 +57,7 @@ class Reporter:
         """Stop writing for good; a dead stderr is pointed at /dev/null so that nothing
         (the interpreter's last flush included) fails on it again."""
         if self.console is not None and self.console.file is sys.stderr:
-            _replace_with_devnull(sys.stderr)
+            point_at_devnull(sys.stderr)
         self.console = None
 
     @contextlib.contextmanager
@@ -103,7 +103,8 @@ class ProgressTask:
             self._progress.update(self._task_id, completed=completed, **fields)
 
 
-def _replace_with_devnull(stream: Any) -> None:
+def point_at_devnull(stream: Any) -> None:
+    """Make a dead stream's file descriptor /dev/null, so later writes and flushes succeed."""
     try:
         descriptor = os.open(os.devnull, os.O_WRONLY)
         os.dup2(descriptor, stream.fileno())

@@ -97,12 +97,14 @@ class Translator:
         translations are joined, so every line is translated whole.
         """
         texts = [normalize(line, self.normalization) for line in lines]
+        wanted = [index for index, text in enumerate(texts) if text]
         pieces: list[list[int]] = []
         owners: list[int] = []  # the line of each piece
-        for index, text in enumerate(texts):
-            if not text:
-                continue
-            parts = split_to_limit(text, self._encode, self.max_tokens)
+        # one batched encode; only the rare line over the limit is encoded again in pieces
+        for index, ids in zip(wanted, self.loaded.src_tokenizer.encode(
+                [texts[i] for i in wanted])):
+            parts = [ids] if len(ids) <= self.max_tokens else split_to_limit(
+                texts[index], self._encode, self.max_tokens)
             if len(parts) > 1:
                 self.reporter.warn(f"line {first_line + index}: longer than the model's limit "
                                    f"of {self.max_tokens} tokens, translated in {len(parts)} "
