@@ -6,8 +6,12 @@ Usage: python benchmarks/learning_curve.py RUN_DIR [--every 2]
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from s2s.rundir import RunDir  # noqa: E402
 
 
 def main() -> None:
@@ -15,8 +19,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--every", type=int, default=1, help="print every Nth validation")
     args = parser.parse_args()
-    records = [json.loads(line) for line in
-               (args.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = RunDir(args.run_dir).read_metrics()
     elapsed_at = {r["step"]: r["elapsed"] for r in records if r["kind"] == "train"}
     valid = [r for r in records if r["kind"] == "valid"]
     print("| step | minutes | valid loss | valid ppl | valid BLEU | valid chrF |")

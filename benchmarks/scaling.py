@@ -11,7 +11,6 @@ Throughput is read from the runs' metrics.jsonl (log records after the first).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_command, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.prepare import data_dir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 
 
 def tokens_per_second(config: Path, run_dir: Path, nproc: int, accumulate: int,
@@ -34,7 +33,7 @@ def tokens_per_second(config: Path, run_dir: Path, nproc: int, accumulate: int,
         arguments += ["--set", override]
     result = run_command(s2s_command(*arguments))
     assert result.returncode == 0, "training failed"
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run_dir).read_metrics()
     speeds = [r["tokens_per_second"] for r in records if r["kind"] == "train"][1:]
     return sum(speeds) / len(speeds)
 
@@ -45,12 +44,12 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
-    prepared = data_dir(load_config(args.config))
+    prepared = RunDir(load_config(args.config).run_dir).data
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
         for nproc in (1, args.nproc):
             run_dir = Path(scratch) / f"run{nproc}"
-            shutil.copytree(prepared, run_dir / "data")
+            shutil.copytree(prepared, RunDir(run_dir).data)
             results[nproc] = tokens_per_second(args.config, run_dir, nproc,
                                                accumulate=args.nproc // nproc,
                                                steps=args.steps)

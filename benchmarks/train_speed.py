@@ -12,11 +12,9 @@ in the same process.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.flops import training_flops  # noqa: E402
 from s2s.batching import collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.train import Trainer  # noqa: E402
+from s2s.device import resolve_device  # noqa: E402
+from s2s.learner import Learner  # noqa: E402
+from s2s.prepared import PreparedData  # noqa: E402
+from s2s.train import learning_rate  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "fp32, input feeding": [],
@@ -52,25 +53,25 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
 
 
 def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        config = load_config(config_path, overrides)
-        trainer = Trainer(config)
-        # checkpoints and metrics of the measurement go to a scratch directory
-        trainer.config = dataclasses.replace(config, run_dir=Path(scratch))
-        settings = config.train
-        batches = token_batches(training_lengths(trainer.train_data), settings.batch_tokens,
-                                seed=settings.seed, epoch=1)
-        groups = [[collate(trainer.train_data, batch)] for batch in batches[:warmup + steps]]
-        for group in groups[:warmup]:
-            trainer._update(group)
-        vocab = trainer.manifest["tgt_vocab_size"]
-        tokens, sentences, flops = 0, 0, 0.0
-        started = time.perf_counter()
-        for group in groups[warmup:]:
-            tokens += trainer._update(group)[2]
-            sentences += len(group[0].indices)
-            flops += training_flops(config.model, group[0], vocab)
-        seconds = time.perf_counter() - started
+    """Time ``steps`` updates of a fresh model after ``warmup`` ones; nothing is written."""
+    config = load_config(config_path, overrides)
+    settings = config.train
+    prepared = PreparedData.of(config)
+    data = prepared.split("train")
+    learner = Learner(config, *prepared.vocab_sizes, prepared.joint,
+                      device=resolve_device(settings.device))
+    batches = token_batches(training_lengths(data), settings.batch_tokens,
+                            seed=settings.seed, epoch=1)
+    groups = [[collate(data, batch)] for batch in batches[:warmup + steps]]
+    for step, group in enumerate(groups[:warmup]):
+        learner.step(group, learning_rate(settings, step, 1.0))
+    tokens, sentences, flops = 0, 0, 0.0
+    started = time.perf_counter()
+    for step, group in enumerate(groups[warmup:], start=warmup):
+        tokens += learner.step(group, learning_rate(settings, step, 1.0)).target_tokens
+        sentences += len(group[0].indices)
+        flops += training_flops(config.model, group[0], prepared.vocab_sizes[1])
+    seconds = time.perf_counter() - started
     return {"tokens_per_second": tokens / seconds, "sentences_per_batch": sentences / steps,
             "gflop_per_second": flops / seconds / 1e9, "precision": settings.precision}
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.prepare import data_dir  # noqa: E402
+from s2s.prepared import prepared_sources  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=1)
     args = parser.parse_args()
     config = load_config(args.config)
-    sources = (data_dir(config) / "test.src.txt").read_text(encoding="utf-8").splitlines()
+    sources = prepared_sources(config.run_dir, "test")
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         s2s_command("translate", "--run", str(config.run_dir), "--beam", str(args.beam)),

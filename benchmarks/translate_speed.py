@@ -5,7 +5,8 @@ Usage: python benchmarks/translate_speed.py CONFIG [--checkpoint best] [--beams 
 
 For each beam size: the whole command (`s2s translate --input test --beam K`, model load
 included) with wall time and peak memory, and, in-process, model load time and pure decoding
-time reported separately. Source and reference are the run's prepared test split.
+time reported separately. BLEU is that of the in-process translation, scored by
+``s2s.validation.validate`` against the test references as distributed, as `s2s evaluate` does.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import sacrebleu
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_command, s2s_command  # noqa: E402
+from s2s.checkpoint import resolve_checkpoint  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.prepare import data_dir  # noqa: E402
-from s2s.scoring import bleu_tokenizer  # noqa: E402
-from s2s.translate import Translator, checkpoint_path  # noqa: E402
+from s2s.prepared import text_path  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
+from s2s.translate import Translator  # noqa: E402
+from s2s.validation import EvaluationSet, validate  # noqa: E402
 
 
 def main() -> None:
@@ -38,11 +40,9 @@ def main() -> None:
                         help="decoding setting for both the command and the in-process run")
     args = parser.parse_args()
     config = load_config(args.config)
-    source = data_dir(config) / "test.src.txt"
-    references = (data_dir(config) / "test.tgt.txt").read_text(encoding="utf-8").splitlines()
-    lines = source.read_text(encoding="utf-8").splitlines()
-    tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
-    path = checkpoint_path(config.run_dir, args.checkpoint)
+    source = text_path(RunDir(config.run_dir).data, "test", "src")
+    test_set = EvaluationSet.of_run(config, "test")
+    path = resolve_checkpoint(config.run_dir, args.checkpoint)
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'beam':>4} {'cmd sent/s':>10} {'cmd s':>6} {'peak MB':>8} {'load s':>6} "
           f"{'decode sent/s':>13} {'BLEU':>6}")
@@ -54,19 +54,19 @@ def main() -> None:
                 "--input", str(source), "--output", output.name, "--beam", str(beam),
                 *(option for setting in args.set for option in ("--set", setting))))
             hypotheses = Path(output.name).read_text(encoding="utf-8").splitlines()
-        assert command.returncode == 0 and len(hypotheses) == len(lines)
-        bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
+        assert command.returncode == 0 and len(hypotheses) == len(test_set.sources)
         started = time.perf_counter()
         translator = Translator.from_checkpoint(
             path, overrides=(f"decode.beam_size={beam}", *args.set), device="cpu")
         loaded = time.perf_counter()
-        translator.translate(lines)
-        decoded = time.perf_counter()
-        result = {"beam": beam, "sentences": len(lines),
-                  "command_sentences_per_second": len(lines) / command.seconds,
+        validation = validate(translator, test_set)
+        lines, bleu = len(test_set.sources), validation.scores.bleu
+        result = {"beam": beam, "sentences": lines,
+                  "command_sentences_per_second": lines / command.seconds,
                   "command_seconds": command.seconds, "peak_rss_mb": command.peak_rss_mb,
                   "load_seconds": loaded - started,
-                  "decode_sentences_per_second": len(lines) / (decoded - loaded), "bleu": bleu}
+                  "decode_sentences_per_second": lines / validation.translate_seconds,
+                  "bleu": bleu}
         results.append(result)
         print(f"{beam:>4} {result['command_sentences_per_second']:>10.1f} "
               f"{command.seconds:>6.2f} {command.peak_rss_mb:>8.0f} "

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from s2s.encoded import EncodedSplit
+from s2s.prepared import EncodedSplit
 from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -36,20 +36,19 @@ class Batch:
 
 
 def token_batches(lengths: np.ndarray, batch_tokens: int, *, seed: int | None = None,
-                  epoch: int = 0, secondary: np.ndarray | None = None) -> list[np.ndarray]:
+                  epoch: int = 0) -> list[np.ndarray]:
     """Group indices so that padded length x sentences stays within ``batch_tokens``.
 
     ``lengths`` are the padded sizes that count (for training, the longer of source and target
     plus one). Without a seed, batches come in length order (for decoding).
     """
     count = len(lengths)
-    keys = (lengths,) if secondary is None else (secondary, lengths)
     if seed is None:
-        order = np.lexsort(keys)
+        order = np.argsort(lengths, kind="stable")
     else:
         rng = np.random.default_rng([seed, epoch])
         shuffled = rng.permutation(count)
-        order = shuffled[np.lexsort(tuple(key[shuffled] for key in keys))]
+        order = shuffled[np.argsort(lengths[shuffled], kind="stable")]
     batches, start, longest = [], 0, 0
     for position in range(count):
         longest = max(longest, int(lengths[order[position]]))

@@ -1,31 +1,33 @@
-"""Self-describing checkpoints, written atomically and loaded as data only.
+"""The checkpoint format: self-describing files, written atomically and loaded as data only.
 
-A checkpoint holds plain data: the resolved config, both sentencepiece models, vocabulary sizes,
-model/optimizer state, training progress and RNG state. It loads with
-``torch.load(weights_only=True)``, so a crafted pickle cannot run code, and a model is rebuilt
-from the checkpoint alone.
+A checkpoint holds plain data: the resolved config, both sentencepiece models, the digest of
+the prepared data, model/optimizer/loss-scaler state, training progress and RNG state. It loads
+with ``torch.load(weights_only=True)``, so a crafted pickle cannot run code, and a model is
+rebuilt from the checkpoint alone. This module alone writes and reads that layout: training
+saves and resumes through ``TrainingCheckpoints``, everyone else loads a ``LoadedModel``.
+Where the files live is s2s.rundir's business.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from s2s.config import Config, config_from_dict
+from s2s.config import Config, config_from_dict, config_to_dict
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
+from s2s.prepared import prepared_vocabularies
 from s2s.report import Reporter
+from s2s.rundir import NAMED_CHECKPOINTS, RunDir
 from s2s.vocab import Tokenizer
 
 FORMAT = "s2s-checkpoint-1"
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -81,53 +83,168 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-class LoadedModel:
-    """A model with its config and tokenizers, rebuilt from one checkpoint."""
+def remove_partial_writes(directory: Path) -> None:
+    """Delete the temporary files that writes interrupted by a crash left behind."""
+    for leftover in directory.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
-    def __init__(self, payload: dict[str, Any], path: Path, overrides: Sequence[str] = (),
-                 option_names: Mapping[str, str] | None = None) -> None:
+
+@dataclass
+class TrainingState:
+    """What resuming restores: weights, optimizer and loss-scaler state, progress, RNG."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    progress: dict[str, Any]
+    rng: dict[str, torch.Tensor | None]
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoints:
+    """Saves and resumes the checkpoints of one training run, on behalf of rank 0."""
+
+    run: RunDir
+    config: Config
+    vocabularies: dict[str, bytes]  # the sentencepiece models, "src" and "tgt"
+    joint: bool
+    data_hash: str  # the prepared data's config hash: resuming on other data is refused
+
+    def save(self, state: TrainingState, *, best: bool = False) -> Path:
+        """Write a step checkpoint, point ``last`` (and ``best``) at it, drop old ones."""
+        payload = {
+            "format": FORMAT,
+            "config": config_to_dict(self.config),
+            "vocab": {**self.vocabularies, "joint": self.joint},
+            "data_hash": self.data_hash,
+            **asdict(state),
+        }
+        path = self.run.step_checkpoint(state.progress["step"])
+        save_atomic(payload, path)
+        link_atomic(path, self.run.checkpoint("last"))
+        if best:
+            link_atomic(path, self.run.checkpoint("best"))
+        for old in self.run.step_checkpoints()[:-self.config.train.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def resume(self) -> tuple[TrainingState, Path] | None:
+        """The state in ``last.pt``, checked to belong to this config and data; None if the
+        run has no checkpoint yet."""
+        path = self.run.checkpoint("last")
+        if not path.exists():
+            return None
+        payload = load_checkpoint(path)
+        self._check_compatible(payload, path)
+        return TrainingState(payload["model"], payload["optimizer"], payload["scaler"],
+                             payload["progress"], payload["rng"]), path
+
+    def start_over(self) -> None:
+        """Delete every checkpoint of the run (``s2s train --restart``)."""
+        shutil.rmtree(self.run.checkpoints, ignore_errors=True)
+
+    def _check_compatible(self, payload: dict[str, Any], path: Path) -> None:
+        stored_model = payload["config"].get("model", {})
+        current_model = config_to_dict(self.config.model)
+        changed = [key for key in current_model if stored_model.get(key) != current_model[key]]
+        if changed:
+            key = changed[0]
+            raise CheckpointError(f"{path}: trained with model.{key}={stored_model.get(key)!r} "
+                                  f"but the config says {current_model[key]!r}; use --restart "
+                                  "to start over")
+        if payload.get("data_hash") != self.data_hash:
+            raise CheckpointError(f"{path}: was trained on differently prepared data; "
+                                  "use --restart to start over")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its config and tokenizers: rebuilt from a checkpoint, or a live one."""
+
+    config: Config
+    model: Seq2Seq
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    step: int
+    path: Path | None = None  # the checkpoint file, if it came from one
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path, overrides: Sequence[str] = (),
+                     option_names: Mapping[str, str] | None = None) -> "LoadedModel":
         try:
             config_from_dict(payload["config"], source=str(path))
         except ConfigError as error:
             raise CheckpointError(f"{path}: its stored config is invalid: {error}") from None
-        self.config: Config = config_from_dict(payload["config"], source=str(path),
-                                               overrides=overrides, option_names=option_names)
-        self.path = path
-        self.src_tokenizer = Tokenizer(payload["vocab"]["src"])
-        self.tgt_tokenizer = Tokenizer(payload["vocab"]["tgt"])
-        self.model = build_model(self.config, len(self.src_tokenizer), len(self.tgt_tokenizer),
-                                 payload["vocab"]["joint"])
+        config = config_from_dict(payload["config"], source=str(path), overrides=overrides,
+                                  option_names=option_names)
+        src_tokenizer = Tokenizer(payload["vocab"]["src"])
+        tgt_tokenizer = Tokenizer(payload["vocab"]["tgt"])
+        model = Seq2Seq(config.model, len(src_tokenizer), len(tgt_tokenizer),
+                        payload["vocab"]["joint"])
         try:
-            self.model.load_state_dict(payload["model"])
+            model.load_state_dict(payload["model"])
         except RuntimeError as error:
             raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                                   f"{str(error).splitlines()[0]}") from None
-        self.step: int = payload["progress"]["step"]
+        return cls(config, model, src_tokenizer, tgt_tokenizer, payload["progress"]["step"],
+                   path)
 
-
-def build_model(config: Config, src_vocab_size: int, tgt_vocab_size: int,
-                joint: bool) -> Seq2Seq:
-    return Seq2Seq(config.model, src_vocab_size, tgt_vocab_size, joint)
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else f"the model at step {self.step}"
 
 
 def load_model(path: Path, overrides: Sequence[str] = (),
                option_names: Mapping[str, str] | None = None) -> LoadedModel:
     """Rebuild a model from a checkpoint; ``overrides`` change decode settings and the like
     (``option_names``: the command-line options some of them came from, for errors)."""
-    return LoadedModel(load_checkpoint(path), path, overrides, option_names)
+    return LoadedModel.from_payload(load_checkpoint(path), path, overrides, option_names)
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str, *,
+                       reporter: Reporter = Reporter()) -> Path:
+    """``best``, ``last`` or ``avg`` inside a run directory, or a checkpoint file path.
+
+    ``avg`` is made (from every step checkpoint kept) when the run has none yet.
+    """
+    if checkpoint not in NAMED_CHECKPOINTS:
+        return Path(checkpoint)
+    run = RunDir(run_dir)
+    path = run.checkpoint(checkpoint)
+    if checkpoint == "avg" and not path.exists():
+        return average_checkpoints(run_dir, reporter=reporter)
+    if not path.exists():
+        found = sorted(p.name for p in run.checkpoints.glob("*.pt"))
+        listing = ", ".join(found) if found else "none; train first"
+        raise CheckpointError(f"{path}: no {checkpoint} checkpoint in this run "
+                              f"(checkpoints: {listing})")
+    return path
+
+
+def check_vocabulary(loaded: LoadedModel, run_dir: Path) -> None:
+    """Refuse a checkpoint whose vocabulary is not the one ``run_dir`` was prepared with."""
+    prepared = prepared_vocabularies(run_dir)
+    if prepared is None:
+        return
+    for side, name, tokenizer in (("src", "source", loaded.src_tokenizer),
+                                  ("tgt", "target", loaded.tgt_tokenizer)):
+        if prepared[side] != tokenizer.model_proto:
+            raise CheckpointError(f"{loaded.name}: its {name} vocabulary is not the one of the "
+                                  f"run in {run_dir} (another run's checkpoint?); use that "
+                                  "run's --run directory or one of this run's checkpoints")
 
 
 def average_checkpoints(run_dir: Path, last: int | None = None, *,
                         reporter: Reporter = Reporter()) -> Path:
     """Average the weights of the ``last`` newest step checkpoints (all when None) into
-    ``checkpoints/avg.pt``; report which steps, and warn when fewer exist than asked for."""
-    directory = checkpoint_dir(run_dir)
-    paths = sorted(directory.glob("step-*.pt"))
+    ``avg.pt``; report which steps, and warn when fewer exist than asked for."""
+    run = RunDir(run_dir)
+    paths = run.step_checkpoints()
     if not paths:
-        raise CheckpointError(f"{directory}: no step checkpoints to average; train first")
+        raise CheckpointError(f"{run.checkpoints}: no step checkpoints to average; train first")
     if last is not None and len(paths) < last:
-        reporter.warn(f"asked to average the last {last} checkpoints, but {directory} keeps "
-                      f"only {len(paths)} (train.keep_last sets how many are kept)")
+        reporter.warn(f"asked to average the last {last} checkpoints, but {run.checkpoints} "
+                      f"keeps only {len(paths)} (train.keep_last sets how many are kept)")
     if last is not None:
         paths = paths[-last:]
     payloads = [load_checkpoint(path) for path in paths]
@@ -135,17 +252,16 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
     averaged = {}
     for name, tensor in newest["model"].items():
         if tensor.is_floating_point():
-            averaged[name] = sum(p["model"][name].double() for p in payloads).div(len(payloads)
-                                                                               ).to(tensor.dtype)
+            total = sum(payload["model"][name].double() for payload in payloads)
+            averaged[name] = (total / len(payloads)).to(tensor.dtype)
         else:
             averaged[name] = tensor
-    output = directory / "avg.pt"
+    output = run.checkpoint("avg")
     save_atomic({**newest, "model": averaged, "optimizer": {}, "averaged_from":
                  [path.name for path in paths]}, output)
     steps = ", ".join(str(payload["progress"]["step"]) for payload in payloads)
     reporter.info(f"averaged {len(paths)} checkpoints (steps {steps}) into {output}")
     return output
-
 
 def _fsync_directory(directory: Path) -> None:
     try:

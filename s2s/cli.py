@@ -170,13 +170,14 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
                   metavar="N", help="Source tokens x beam per batch.")] = None,
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
-    from s2s.translate import Translator, check_vocabulary, checkpoint_path, translate_stream
+    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
+    from s2s.translate import Translator, translate_stream
     settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
     experiment = _translation_config(config, run, settings)
     run_dir = run if experiment is None else experiment.run_dir
     reporter = _reporter()
     translator = Translator.from_checkpoint(
-        checkpoint_path(run_dir, checkpoint),
+        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
         overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
         decode=None if experiment is None else experiment.decode,
         threads=None if experiment is None else experiment.train.threads,

@@ -25,7 +25,7 @@ class Encoded(NamedTuple):
     states: Tensor  # (B, S, M)
     keys: Tensor  # (B, S, H) states projected for scoring (the states themselves for dot)
     mask: Tensor  # (B, S) bool, True on real tokens
-    # for search (no gradient): per decoder layer, all gates' (weight, bias) in one matrix
+    # only when search asked for them: per decoder layer, all gates' (weight, bias) joined
     step_weights: list[tuple[Tensor, Tensor]] | None = None
 
     def select(self, index: Tensor) -> "Encoded":
@@ -180,7 +180,12 @@ class Decoder(nn.Module):
                 ) -> tuple[Tensor, DecoderState]:
         """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, and the new state."""
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
-        if embedded.size(1) == 1 and encoded.step_weights is not None and not self.training:
+        # Three paths give the same numbers (tests pin them to each other): search's single
+        # steps use the joined weights it asked ``encode`` for (one matmul per layer, no
+        # autograd); input feeding must run step by step, since each step's input is the
+        # previous step's output; without it the whole sequence goes through one fused LSTM.
+        if encoded.step_weights is not None:
+            assert embedded.size(1) == 1, "search decodes one step at a time"
             return self._search_step(embedded[:, 0], state, encoded)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
@@ -296,11 +301,16 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(config, src_embedding)
         self.decoder = Decoder(config, tgt_embedding, tgt_vocab_size)
 
-    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Encoded, DecoderState]:
-        """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state."""
+    def encode(self, src_ids: Tensor, src_lengths: Tensor, *, for_search: bool = False
+               ) -> tuple[Encoded, DecoderState]:
+        """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state.
+
+        ``for_search``: also join the decoder's weights for single-step decoding without
+        gradients (``Decoder.step_weights``); ``decode_step`` then takes that fast path.
+        """
         states, hidden, cell = self.encoder(src_ids, src_lengths)
         mask = src_ids != PAD_ID  # (B, S)
-        step_weights = None if torch.is_grad_enabled() else self.decoder.step_weights()
+        step_weights = self.decoder.step_weights() if for_search else None
         encoded = Encoded(states, self.decoder.attention.keys(states), mask, step_weights)
         return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
 

@@ -1,36 +1,29 @@
 """`s2s prepare`: clean the raw corpus, train sentencepiece, and write encoded splits.
 
-Everything is written into ``RUN_DIR/data.partial`` and renamed to ``RUN_DIR/data`` only when
-complete, with ``manifest.json`` (hashes of the inputs and of the config that shaped the data)
-as the completion marker: a prepare killed half-way leaves nothing a later run would trust.
+The files and their manifest are described in s2s.prepared. Everything is written into
+``RUN_DIR/data.partial`` and renamed to ``RUN_DIR/data`` only when complete, with the
+manifest (hashes of the inputs and of the config that shaped the data) as the completion
+marker: a prepare killed half-way leaves nothing a later run would trust.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import sentencepiece as spm
-
-import s2s
-
-from s2s.config import Config, config_to_dict, dump_config
-from s2s.encoded import EncodedSide, EncodedSplit, save_split
+from s2s.config import Config, dump_config
 from s2s.errors import DataError
+from s2s.prepared import (SPLITS, EncodedSide, EncodedSplit, build_manifest, data_config_hash,
+                          inputs_hash, read_manifest, save_split, save_text, spm_paths,
+                          write_manifest, write_text)
 from s2s.report import Reporter, make_table
-from s2s.textio import parallel_paths, read_bytes, read_parallel, side_normalization
-from s2s.vocab import UNK_ID, Tokenizer, train_sentencepiece
+from s2s.rundir import RunDir
+from s2s.textio import read_parallel, side_normalization
+from s2s.vocab import Tokenizer, train_sentencepiece
 
-SPLITS = ("train", "valid", "test")
-MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
 FILTER_RULES = ("empty side", "too many characters", "duplicate pair", "too many tokens",
                 "length ratio")
 
@@ -42,56 +35,27 @@ class PrepareResult:
     manifest: dict[str, Any]
 
 
-def run_data_dir(run_dir: Path) -> Path:
-    return run_dir / "data"
-
-
-def data_dir(config: Config) -> Path:
-    return run_data_dir(config.run_dir)
-
-
-def spm_paths(directory: Path) -> tuple[Path, Path]:
-    """The source and target sentencepiece models (the same content when joint)."""
-    return directory / "spm.src.model", directory / "spm.tgt.model"
-
-
-def data_config_hash(config: Config) -> str:
-    """A hash of the settings that shape prepared data (not the input paths themselves)."""
-    sections = {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")}
-    for split in SPLITS:
-        sections["data"].pop(split)
-    sections["format"] = FORMAT_VERSION
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
-
-
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def prepare(config: Config, *, force: bool = False, reporter: Reporter = Reporter()
             ) -> PrepareResult:
     """Build ``RUN_DIR/data`` from the config's corpus, unless it is already up to date."""
-    target = data_dir(config)
-    inputs_hash = _inputs_hash(config)
-    config_hash = data_config_hash(config)
+    run = RunDir(config.run_dir)
+    target = run.data
+    input_hash, config_hash = inputs_hash(config), data_config_hash(config)
     existing = read_manifest(target)
-    if (not force and existing and existing.get("inputs_hash") == inputs_hash
+    if (not force and existing and existing.get("inputs_hash") == input_hash
             and existing.get("config_hash") == config_hash):
         reporter.info(f"prepared data in {target} is up to date")
         return PrepareResult(target, True, existing)
     if existing:
         reporter.info("inputs or data/vocab settings changed: rebuilding prepared data")
-    partial = _fresh_directory(config.run_dir / "data.partial")
+    partial = _fresh_directory(run.data_partial)
     started = time.perf_counter()
     manifest = _build(config, partial, reporter)
-    manifest.update(inputs_hash=inputs_hash, config_hash=config_hash,
+    manifest.update(inputs_hash=input_hash, config_hash=config_hash,
                     seconds=round(time.perf_counter() - started, 2))
-    _write_text(partial / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False))
+    write_manifest(partial, manifest)  # the completion marker, written last
     _swap_in(partial, target)
-    _write_text(config.run_dir / "config.yaml", dump_config(config))
+    write_text(run.config_file, dump_config(config))
     _report_summary(manifest, reporter)
     return PrepareResult(target, False, manifest)
 
@@ -116,13 +80,14 @@ def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
                 if not src_ids:
                     raise DataError(f"{config.data.train}: no training pairs left after filtering "
                                     f"({_dropped_text(dropped)}); relax the data.* limits")
-            else:
-                _save_lines(out, split, src_lines, tgt_lines)
+            else:  # the cleaned text of valid/test: evaluation translates these sources
+                save_text(out, split, "src", src_lines)
+                save_text(out, split, "tgt", tgt_lines)
             encoded[split] = EncodedSplit(EncodedSide.from_lists(src_ids, len(src_tok)),
                                           EncodedSide.from_lists(tgt_ids, len(tgt_tok)))
             save_split(out, split, encoded[split])
         progress.advance(amount=2, status="encoded")
-    return _manifest(config, tokenizers, encoded, dropped)
+    return build_manifest(config, (len(src_tok), len(tgt_tok)), encoded, dropped)
 
 
 def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[str], list[str]]:
@@ -190,36 +155,6 @@ def _train_vocabularies(config: Config, src: list[str], tgt: list[str], out: Pat
     return Tokenizer.from_file(src_path), Tokenizer.from_file(tgt_path)
 
 
-def _manifest(config: Config, tokenizers: tuple[Tokenizer, Tokenizer],
-              encoded: dict[str, EncodedSplit], dropped: dict[str, int]) -> dict[str, Any]:
-    splits = {}
-    for split, data in encoded.items():
-        splits[split] = {
-            "pairs": len(data),
-            "src_tokens": int(data.src.offsets[-1]),
-            "tgt_tokens": int(data.tgt.offsets[-1]),
-            "unknown_tokens": int(np.count_nonzero(data.src.ids == UNK_ID)
-                                  + np.count_nonzero(data.tgt.ids == UNK_ID)),
-        }
-    data = config.data
-    return {
-        "format": FORMAT_VERSION,
-        "src_lang": data.src_lang,
-        "tgt_lang": data.tgt_lang,
-        # what shaped these files, so that a difference between two machines can be traced
-        "normalization": {"src": side_normalization(data.normalization, data.src_lang),
-                          "tgt": side_normalization(data.normalization, data.tgt_lang)},
-        "settings": {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")},
-        "versions": {"s2s": s2s.__version__, "sentencepiece": spm.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "joint": config.vocab.joint,
-        "src_vocab_size": len(tokenizers[0]),
-        "tgt_vocab_size": len(tokenizers[1]),
-        "splits": splits,
-        "dropped": dropped,
-    }
-
-
 def _report_summary(manifest: dict[str, Any], reporter: Reporter) -> None:
     rows = []
     for split, stats in manifest["splits"].items():
@@ -237,22 +172,6 @@ def _report_summary(manifest: dict[str, Any], reporter: Reporter) -> None:
 
 def _dropped_text(dropped: dict[str, int]) -> str:
     return ", ".join(f"{rule}: {count}" for rule, count in dropped.items() if count) or "none"
-
-
-def _inputs_hash(config: Config) -> str:
-    """Hash the six input files' contents; also checks that they exist and are files."""
-    digest = hashlib.sha256()
-    for split in SPLITS:
-        for path in parallel_paths(getattr(config.data, split), config.data.src_lang,
-                                   config.data.tgt_lang):
-            digest.update(hashlib.sha256(read_bytes(path)).digest())
-    return digest.hexdigest()
-
-
-def _save_lines(out: Path, split: str, src_lines: list[str], tgt_lines: list[str]) -> None:
-    """Keep the cleaned text of valid/test: evaluation scores against these references."""
-    for side, lines in (("src", src_lines), ("tgt", tgt_lines)):
-        _write_text(out / f"{split}.{side}.txt", "".join(line + "\n" for line in lines))
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -273,9 +192,3 @@ def _swap_in(partial: Path, target: Path) -> None:
     partial.rename(target)
     shutil.rmtree(old, ignore_errors=True)
 
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as error:
-        raise DataError(f"{path}: cannot write: {error.strerror}") from None

@@ -8,13 +8,14 @@ from pathlib import Path
 from types import TracebackType
 
 from s2s.errors import RunLockedError, S2SError
+from s2s.rundir import RunDir
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds ``run_dir/train.lock``; a second holder is refused."""
+    """``with RunLock(run_dir):`` holds the run's lock file; a second holder is refused."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "train.lock"
+        self.path = RunDir(run_dir).lock
         self._handle = None
 
     def __enter__(self) -> "RunLock":

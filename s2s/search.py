@@ -9,7 +9,7 @@ after some of them end (as fairseq does) and stops a sentence once K hypotheses 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,7 +38,7 @@ def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
 def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig
                   ) -> list[list[Hypothesis]]:
     """The most probable next token at every step; one hypothesis per sentence."""
-    encoded, state = model.encode(src, src_lengths)
+    encoded, state = model.encode(src, src_lengths, for_search=True)
     limits = max_output_lengths(src_lengths, config).to(src.device)
     batch = len(src)
     steps = int(limits.max()) + 1
@@ -74,7 +74,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
     """The ``config.nbest`` best of ``config.beam_size`` beams for each sentence, best first."""
     beam, device = config.beam_size, src.device
     batch = len(src)
-    encoded, state = model.encode(src, src_lengths)
+    encoded, state = model.encode(src, src_lengths, for_search=True)
     # each sentence's K beams share one copy of its encoder states
     state = state.select(torch.arange(batch, device=device).repeat_interleave(beam))
     limits = max_output_lengths(src_lengths, config).to(device)
@@ -270,25 +270,19 @@ def _strip(row: list[int]) -> list[int]:
 
 
 def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
-                  config: DecodeConfig, device: torch.device, *, beam_size: int | None = None,
-                  on_batch=None) -> list[list[Hypothesis]]:
-    """Translate id sequences in length-sorted token batches; results come back in input order."""
-    beam = config.beam_size if beam_size is None else beam_size
+                  config: DecodeConfig, device: torch.device) -> list[list[Hypothesis]]:
+    """Translate id sequences in length-sorted token batches; results come back in input order.
+
+    Greedy search when ``config`` asks for one hypothesis of one beam, else beam search.
+    """
     lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     if not len(sentences):
         return results
-    search = greedy_search if beam == 1 and config.nbest == 1 else beam_search
-    settings = config if beam == config.beam_size else _with_beam(config, beam)
-    for indices in token_batches(lengths, max(config.batch_tokens // beam, 1)):
+    search = greedy_search if config.beam_size == 1 and config.nbest == 1 else beam_search
+    for indices in token_batches(lengths, max(config.batch_tokens // config.beam_size, 1)):
         src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
-        hypotheses = search(model, src.to(device), src_lengths.to(device), settings)
+        hypotheses = search(model, src.to(device), src_lengths.to(device), config)
         for index, hypothesis in zip(indices, hypotheses):
             results[index] = hypothesis
-        if on_batch is not None:
-            on_batch(len(indices))
     return results
-
-
-def _with_beam(config: DecodeConfig, beam: int) -> DecodeConfig:
-    return replace(config, beam_size=beam, nbest=min(config.nbest, beam))

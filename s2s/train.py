@@ -1,41 +1,46 @@
-"""`s2s train`: teacher-forced training with validation, checkpoints, resume and clean stops.
+"""`s2s train`: the training loop, with validation, checkpoints, resume and clean stops.
+
+``train`` sets a session up and ``_train_loop`` runs it; every event of a step (learning rate,
+update, log, validation, signals, limits) is visible in that loop, in order. The update itself
+is ``Learner.step`` (s2s.learner), validation is ``s2s.validation.validate`` (the same numbers
+`s2s evaluate` reports), the checkpoint format is s2s.checkpoint's and the files are where
+s2s.rundir says.
 
 Resuming reproduces an uninterrupted run: batches of an epoch come from a generator seeded by
 (seed, epoch), the checkpoint records how many of them were consumed, and RNG, optimizer and
-schedule state are restored. Ctrl-C or SIGTERM finishes the current update, saves, and exits.
+schedule state are restored. Ctrl-C, SIGTERM or SIGHUP finishes the current update, saves,
+and exits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
+import copy
 import math
-import shutil
 import signal
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from types import FrameType
+from typing import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
-from s2s.batching import Batch, collate, token_batches, training_lengths
-from s2s.checkpoint import (FORMAT, build_model, checkpoint_dir, link_atomic, load_checkpoint,
-                            save_atomic)
-from s2s.config import Config, TrainConfig, config_to_dict
-from s2s.device import autocast, check_precision, resolve_device, thread_scope
+from s2s.batching import collate, token_batches, training_lengths
+from s2s.checkpoint import (LoadedModel, TrainingCheckpoints, TrainingState,
+                            remove_partial_writes)
+from s2s.config import Config, TrainConfig
+from s2s.device import check_precision, resolve_device, thread_scope
 from s2s.distributed import World
-from s2s.encoded import load_split
-from s2s.errors import CheckpointError, DataError, Interrupted
-from s2s.prepare import data_config_hash, data_dir, read_manifest, spm_paths
+from s2s.errors import Interrupted
+from s2s.learner import Learner, StepResult
+from s2s.prepared import EncodedSplit, PreparedData
 from s2s.report import Reporter
+from s2s.rundir import RunDir
 from s2s.runlock import RunLock
-from s2s.scoring import bleu_tokenizer, score_corpus
-from s2s.search import decode_corpus
-from s2s.vocab import PAD_ID, Tokenizer
+from s2s.translate import Translator, decode_dtype
+from s2s.validation import EvaluationSet, Validation, validate
+from s2s.vocab import Tokenizer
 
 HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "loss": False}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -70,351 +75,328 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
     return max(rate * lr_scale, config.min_lr) if config.lr_schedule == "plateau" else rate
 
 
-def smoothed_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed NLL; logits (N, V), targets (N,)."""
-    logits = logits.float()
-    loss = F.cross_entropy(logits, targets, label_smoothing=smoothing, reduction="sum")
-    if not smoothing:
-        return loss, loss.detach()
-    with torch.no_grad():  # the NLL is only reported: no second graph through the softmax
-        nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
-    return loss, nll.sum()
+def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporter(),
+          should_stop: Callable[[TrainProgress], bool] | None = None) -> TrainProgress:
+    """Train the run described by ``config``, resuming from its last checkpoint if any.
 
-
-class Trainer:
-    """Owns the model, optimizer and data of one run directory."""
-
-    def __init__(self, config: Config, *, reporter: Reporter = Reporter(),
-                 should_stop: Callable[[TrainProgress], bool] | None = None) -> None:
-        self.config = config
-        self.train_config = config.train
-        self.world = World.from_environment()
-        self.reporter = reporter if self.world.is_main else Reporter()
-        self.should_stop = should_stop
-        self.device = self.world.device(resolve_device(config.train.device))
-        check_precision(self.device, config.train.precision, "train.precision")
-        self.world.start(self.device)
-        self.manifest = _checked_manifest(config)
-        directory = data_dir(config)
-        self.train_data = load_split(directory, "train")
-        self.valid_data = load_split(directory, "valid")
-        self.valid_refs = (directory / "valid.tgt.txt").read_text(encoding="utf-8").splitlines()
-        src_model, tgt_model = spm_paths(directory)
-        self.spm_bytes = {"src": src_model.read_bytes(), "tgt": tgt_model.read_bytes()}
-        self.tgt_tokenizer = Tokenizer(self.spm_bytes["tgt"])
-        self.tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
-        torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.manifest["src_vocab_size"],
-                                 self.manifest["tgt_vocab_size"], self.manifest["joint"])
-        self.model.to(self.device)
-        self._seed_dropout(step=0)
-        self.trained_model: torch.nn.Module = self.model
-        if self.world.distributed:
-            self.trained_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = self._make_optimizer()
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=config.train.precision == "fp16")
-        self.progress = TrainProgress()
-        self._signal: int | None = None
-        self._session_start = time.monotonic()
-        self._seconds_at_start = 0.0
-
-    def close(self) -> None:
-        """Leave the process group, after dropping the DDP wrapper that holds it.
-
-        A DDP wrapper still alive (its reducer is in reference cycles) keeps gloo's worker
-        threads until the interpreter shuts down, where destroying them aborts the process.
-        """
-        self.trained_model = self.model
-        gc.collect()
-        self.world.stop()
-
-    def _seed_dropout(self, step: int) -> None:
-        """Processes other than rank 0 draw their own dropout masks (rank 0 keeps its stream)."""
-        if self.world.rank > 0:
-            torch.manual_seed(self.train_config.seed + 1000 * self.world.rank + step)
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        settings = self.train_config
-        kind = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-        # the fused kernel updates all parameters in one pass (CPU and CUDA)
-        return kind(self.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
-                    fused=True)
-
-    # ----------------------------------------------------------------- resume and checkpoints
-
-    def resume_if_possible(self) -> bool:
-        """Load ``last.pt`` if the run has one; check that it belongs to this config."""
-        path = checkpoint_dir(self.config.run_dir) / "last.pt"
-        if not path.exists():
-            return False
-        payload = load_checkpoint(path)
-        _check_compatible(payload, self.config, self.manifest, path)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.progress = TrainProgress(**payload["progress"])
-        self.progress.stop_reason = ""
-        torch.set_rng_state(payload["rng"]["torch"])
-        if self.device.type == "cuda" and payload["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        self._seed_dropout(step=self.progress.step)
-        self._seconds_at_start = self.progress.seconds
-        _truncate_metrics(self.config.run_dir / "metrics.jsonl", self.progress.step)
-        self.reporter.info(f"resuming from {path} at step {self.progress.step}, "
-                           f"epoch {self.progress.epoch}")
-        return True
-
-    def save_checkpoint(self, *, best: bool = False) -> Path | None:
-        """Write a step checkpoint and point ``last`` (and ``best``) at it; rank 0 only."""
-        if not self.world.is_main:
-            return None
-        self.progress.seconds = self._elapsed()
-        payload = {
-            "format": FORMAT,
-            "config": config_to_dict(self.config),
-            "vocab": {**self.spm_bytes, "joint": self.manifest["joint"]},
-            "data_hash": self.manifest["config_hash"],
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "progress": asdict(self.progress),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(self.device)
-                    if self.device.type == "cuda" else None},
-        }
-        directory = checkpoint_dir(self.config.run_dir)
-        path = directory / f"step-{self.progress.step:08d}.pt"
-        save_atomic(payload, path)
-        link_atomic(path, directory / "last.pt")
-        if best:
-            link_atomic(path, directory / "best.pt")
-        for old in sorted(directory.glob("step-*.pt"))[:-self.train_config.keep_last]:
-            old.unlink(missing_ok=True)
-        return path
-
-    # ----------------------------------------------------------------------------- the loop
-
-    def train(self) -> TrainProgress:
-        """Train until a limit is reached; returns the final progress."""
-        with self._signals():
-            self.model.train()
-            if self._limit_reached():
-                self.reporter.warn(_nothing_to_do(self.progress, self.train_config))
-            while not self._limit_reached():
-                self._run_epoch()
-            if self.progress.stop_reason == "stopped by caller":
-                self.save_checkpoint()  # an interruption: validating would change the schedule
-            elif self.progress.step and self.progress.validated_step != self.progress.step:
-                self._validate_and_save()
-        return self.progress
-
-    def _run_epoch(self) -> None:
-        """Consume the rest of this epoch's batches, one optimizer step per global group."""
-        settings, world = self.train_config, self.world
-        batches = token_batches(training_lengths(self.train_data), settings.batch_tokens,
-                                seed=settings.seed, epoch=self.progress.epoch)
-        group_size = settings.accumulate * world.size  # batches per optimizer step, all ranks
-        steps_in_epoch = len(batches) // group_size if world.distributed else math.ceil(
-            len(batches) / group_size)  # ranks must take the same number of steps
-        window = _Window()
-        with self.reporter.progress(f"epoch {self.progress.epoch}", total=steps_in_epoch) as bar:
-            bar.update(completed=self.progress.batches_done // group_size)
-            while self.progress.batches_done < steps_in_epoch * group_size:
-                start = self.progress.batches_done + world.rank * settings.accumulate
-                mine = batches[start:start + settings.accumulate]
-                loss, nll, tokens = self._update([collate(self.train_data, i) for i in mine])
-                self.progress.step += 1
-                self.progress.batches_done += group_size
-                self.progress.target_tokens += tokens
-                window.add(loss, nll, tokens)
-                bar.advance(status=f"step {self.progress.step} " + window.status(self._lr()))
-                if self.progress.step % settings.log_every == 0:
-                    self._log_train(window.flush())
-                if self.progress.step % settings.valid_every == 0:
-                    self._validate_and_save()
-                self._check_interrupt()
-                if self._limit_reached():
-                    return
-        self.progress.epoch += 1
-        self.progress.batches_done = 0
-
-    def _update(self, batches: list[Batch]) -> tuple[float, float, int]:
-        """One optimizer step over ``batches`` (gradient accumulation, all processes).
-
-        Returns the summed loss, summed NLL and target tokens of the whole global batch. The
-        loss is normalised by the global token count, so N processes compute exactly the
-        gradient one process would on the same global batch.
-        """
-        local_tokens = sum(batch.target_tokens for batch in batches)
-        (tokens,) = self.world.sum([float(local_tokens)], self.device)
-        scale = self.world.size / tokens  # DDP averages gradients over processes
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr()
-        self.optimizer.zero_grad(set_to_none=True)
-        total_loss = total_nll = 0.0
-        for index, batch in enumerate(batches):
-            batch = batch.to(self.device)
-            positions = batch.tgt_out != PAD_ID
-            last = index == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.world.distributed else (
-                self.trained_model.no_sync())  # type: ignore[operator]
-            with sync:
-                with autocast(self.device, self.train_config.precision):
-                    logits = self.trained_model(batch.src, batch.src_lengths, batch.tgt_in,
-                                                positions)
-                loss, nll = smoothed_loss(logits, batch.tgt_out[positions],
-                                          self.train_config.label_smoothing)
-                self.scaler.scale(loss * scale).backward()
-            total_loss += float(loss.detach())
-            total_nll += float(nll)
-        self.scaler.unscale_(self.optimizer)
-        if self.train_config.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        total_loss, total_nll = self.world.sum([total_loss, total_nll], self.device)
-        return total_loss, total_nll, int(tokens)
-
-    def _lr(self) -> float:
-        return learning_rate(self.train_config, self.progress.step, self.progress.lr_scale)
-
-    def _limit_reached(self) -> bool:
-        settings, progress = self.train_config, self.progress
-        reasons = [
-            (settings.max_steps and progress.step >= settings.max_steps, "max_steps"),
-            (settings.max_epochs and progress.epoch > settings.max_epochs, "max_epochs"),
-            (settings.max_minutes and self._elapsed() >= 60 * settings.max_minutes,
-             "max_minutes"),
-            (settings.patience and progress.bad_validations >= settings.patience,
-             "early stopping"),
-            (self.should_stop is not None and self.should_stop(progress), "stopped by caller"),
-        ]
-        reason = next((reason for reached, reason in reasons if reached), "")
-        if self.world.any(bool(reason), self.device):  # every process stops at the same step
-            progress.stop_reason = reason or "another process stopped"
-            return True
-        return False
-
-    def _elapsed(self) -> float:
-        return self._seconds_at_start + time.monotonic() - self._session_start
-
-    # ----------------------------------------------------------------------------- validation
-
-    def _validate_and_save(self) -> None:
-        """Rank 0 validates and saves; every process then adopts its updated progress."""
-        if not self.world.is_main:
-            self.progress = self.world.share(None)
-            return
-        metrics = self.validate()
-        improved = self._track_best(metrics)
-        self.progress.validated_step = self.progress.step
-        self.save_checkpoint(best=improved)
-        self.world.share(self.progress)
-        self._write_metrics({"kind": "valid", "step": self.progress.step,
-                             "elapsed": round(self._elapsed(), 2), **metrics, "best": improved})
-        mark = " (new best)" if improved else ""
-        self.reporter.info(
-            f"validation at step {self.progress.step}: loss {metrics['loss']:.3f}, "
-            f"ppl {metrics['ppl']:.2f}, BLEU {metrics['bleu']:.2f}, chrF {metrics['chrf']:.2f}"
-            f"{mark}")
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
-        """Loss and perplexity under teacher forcing, BLEU/chrF of decoding the valid split."""
-        self.model.eval()
-        started = time.perf_counter()
-        nll_sum, tokens = 0.0, 0
-        lengths = training_lengths(self.valid_data)
-        for indices in token_batches(lengths, self.train_config.batch_tokens):
-            batch = collate(self.valid_data, indices).to(self.device)
-            positions = batch.tgt_out != PAD_ID
-            with autocast(self.device, self.train_config.precision):
-                logits = self.model(batch.src, batch.src_lengths, batch.tgt_in, positions)
-            _, nll = smoothed_loss(logits, batch.tgt_out[positions], 0.0)
-            nll_sum += float(nll)
-            tokens += int(positions.sum())
-        sources = [self.valid_data.src.sentence(i) for i in range(len(self.valid_data))]
-        hypotheses = decode_corpus(self.model, sources, self.config.decode, self.device,
-                                   beam_size=self.train_config.valid_beam_size)
-        texts = self.tgt_tokenizer.decode([h[0].tokens if h else [] for h in hypotheses])
-        scores = score_corpus(texts, self.valid_refs, self.tokenize)
-        self.model.train()
-        for index in range(min(3, len(texts))):
-            self.reporter.info(f"  ref: {self.valid_refs[index]}\n  hyp: {texts[index]}")
-        loss = nll_sum / max(tokens, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": scores.bleu,
-                "chrf": scores.chrf, "bleu_signature": scores.signatures["bleu"],
-                "seconds": time.perf_counter() - started}
-
-    def _track_best(self, metrics: dict[str, Any]) -> bool:
-        """Update best score, early-stopping and plateau counters; True when improved."""
-        metric = self.train_config.early_stopping_metric
-        score = metrics[metric] if HIGHER_IS_BETTER[metric] else -metrics[metric]
-        progress = self.progress
-        if progress.best_score is None or score > progress.best_score:
-            progress.best_score, progress.best_step = score, progress.step
-            progress.bad_validations = progress.plateau_bad = 0
-            return True
-        progress.bad_validations += 1
-        progress.plateau_bad += 1
-        if self.train_config.lr_schedule == "plateau" and (
-                progress.plateau_bad > self.train_config.plateau_patience):
-            progress.lr_scale *= self.train_config.plateau_factor
-            progress.plateau_bad = 0
-            self.reporter.info(f"no improvement in {metric}: learning rate now {self._lr():.2e}")
-        return False
-
-    # ------------------------------------------------------------------------- logs, signals
-
-    def _log_train(self, stats: dict[str, float]) -> None:
-        record = {"kind": "train", "step": self.progress.step, "epoch": self.progress.epoch,
-                  "lr": self._lr(), "elapsed": round(self._elapsed(), 2), **stats}
-        self._write_metrics(record)
-        if not (self.reporter.console and self.reporter.console.is_terminal):
-            self.reporter.info(
-                f"step {record['step']} epoch {record['epoch']} loss {stats['loss']:.3f} "
-                f"ppl {stats['ppl']:.2f} lr {record['lr']:.2e} "
-                f"{stats['tokens_per_second']:,.0f} tok/s")
-
-    def _write_metrics(self, record: dict[str, Any]) -> None:
-        path = self.config.run_dir / "metrics.jsonl"
-        with open(path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """Turn SIGINT/SIGTERM/SIGHUP into a flag checked between updates (main thread only).
-
-        SIGHUP (a closed terminal or a dropped ssh session) saves and stops like SIGTERM.
-        """
-        def remember(number: int, frame: Any) -> None:
-            self._signal = number
-            signal.signal(number, previous[number])  # a second signal acts at once
+    Started by torchrun, every process calls this; they train one model together.
+    ``should_stop`` (for tests and embedding) is asked after every step.
+    """
+    with thread_scope(config.train.threads), _own_rng(config.train.device):
+        world = World.from_environment()
+        reporter = reporter if world.is_main else Reporter()
+        device = world.device(resolve_device(config.train.device))
+        check_precision(device, config.train.precision, "train.precision")
+        prepared = PreparedData.of(config)
+        world.start(device)
+        learner = None
         try:
-            previous = {number: signal.signal(number, remember)
-                        for number in STOP_SIGNALS}
-        except ValueError:  # not the main thread: leave signals alone
-            yield
-            return
-        try:
-            yield
+            learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device,
+                              world=world)
+            session = _Session.open(config, prepared, learner, reporter, should_stop)
+            # one training job per run directory: rank 0 holds the lock before touching anything
+            lock = RunLock(config.run_dir) if world.is_main else contextlib.nullcontext()
+            with lock, StopSignals() as signals:
+                progress = _start(session, restart)
+                progress = _train_loop(session, progress, signals)
         finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+            if learner is not None:
+                learner.close()
+            world.stop()
+    reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
+                  f"best {config.train.early_stopping_metric} at step {progress.best_step}")
+    return progress
 
-    def _check_interrupt(self) -> None:
-        """After SIGINT/SIGTERM/SIGHUP on any process: save (rank 0) and stop every process."""
-        if not self.world.any(self._signal is not None, self.device):
-            return
-        number = self._signal or signal.SIGTERM
-        path = self.save_checkpoint() if self.world.is_main else None
-        self.world.barrier()
-        name = signal.Signals(number).name
-        raise Interrupted(f"{name} received: saved {path} at step {self.progress.step}; "
-                          "run the same command again to resume", number)
+
+@dataclass(frozen=True)
+class _Session:
+    """What one training session works with. Nothing here changes while it trains: the
+    changing state is the learner's weights and the ``TrainProgress``."""
+
+    config: Config
+    run: RunDir
+    world: World
+    learner: Learner
+    checkpoints: TrainingCheckpoints
+    train_data: EncodedSplit
+    valid_data: EvaluationSet | None  # rank 0 validates
+    tokenizers: tuple[Tokenizer, Tokenizer]
+    reporter: Reporter
+    clock: "_Clock"
+    should_stop: Callable[[TrainProgress], bool] | None
+
+    @classmethod
+    def open(cls, config: Config, prepared: PreparedData, learner: Learner, reporter: Reporter,
+             should_stop: Callable[[TrainProgress], bool] | None) -> "_Session":
+        vocabularies = prepared.vocabularies()
+        run = RunDir(config.run_dir)
+        checkpoints = TrainingCheckpoints(run, config, vocabularies, prepared.joint,
+                                          prepared.config_hash)
+        valid = EvaluationSet.of_run(config, "valid") if learner.world.is_main else None
+        tokenizers = (Tokenizer(vocabularies["src"]), Tokenizer(vocabularies["tgt"]))
+        return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
+                   valid, tokenizers, reporter, _Clock(), should_stop)
+
+    @property
+    def device(self) -> torch.device:
+        return self.learner.device
+
+
+def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignals"
+                ) -> TrainProgress:
+    """Train until a limit is reached; returns the final progress."""
+    settings, learner = session.config.train, session.learner
+    group_size = settings.accumulate * session.world.size  # batches per step, all processes
+    reason = _stop_reason(session, progress)
+    if reason:
+        session.reporter.warn(_nothing_to_do(progress, reason, settings))
+    while not reason:
+        steps_in_epoch, my_batches = _epoch_batches(session, progress)
+        window = _Window()
+        with session.reporter.progress(f"epoch {progress.epoch}", total=steps_in_epoch) as bar:
+            bar.update(completed=progress.batches_done // group_size)
+            for indices in my_batches:
+                lr = learning_rate(settings, progress.step, progress.lr_scale)
+                result = learner.step([collate(session.train_data, i) for i in indices], lr)
+                progress.step += 1
+                progress.batches_done += group_size
+                progress.target_tokens += result.target_tokens
+                window.add(result)
+                bar.advance(status=f"step {progress.step} " + window.status(lr))
+                if progress.step % settings.log_every == 0:
+                    _log_train(session, progress, window.flush(), lr)
+                if progress.step % settings.valid_every == 0:
+                    progress = _validate_and_save(session, progress)
+                _stop_if_signalled(session, progress, signals)
+                reason = _stop_reason(session, progress)
+                if reason:
+                    break
+            else:
+                progress.epoch += 1
+                progress.batches_done = 0
+                reason = _stop_reason(session, progress)
+    progress.stop_reason = reason
+    if reason == "stopped by caller":
+        _save(session, progress)  # an interruption: validating would change the schedule
+    elif progress.step and progress.validated_step != progress.step:
+        progress = _validate_and_save(session, progress)
+    return progress
+
+
+def _epoch_batches(session: _Session, progress: TrainProgress
+                   ) -> tuple[int, list[list[np.ndarray]]]:
+    """The number of steps in this epoch, and this process's batches (its share of each
+    step's global group) for every step the run has not taken yet."""
+    settings, world = session.config.train, session.world
+    batches = token_batches(training_lengths(session.train_data), settings.batch_tokens,
+                            seed=settings.seed, epoch=progress.epoch)
+    group_size = settings.accumulate * world.size
+    # with several processes, every one must take the same number of steps: drop the rest
+    steps = (len(batches) // group_size if world.distributed
+             else math.ceil(len(batches) / group_size))
+    mine = []
+    for step in range(progress.batches_done // group_size, steps):
+        start = step * group_size + world.rank * settings.accumulate
+        mine.append(batches[start:start + settings.accumulate])
+    return steps, mine
+
+
+# ------------------------------------------------------------------- start, resume, save
+
+def _start(session: _Session, restart: bool) -> TrainProgress:
+    """Clean the run directory (rank 0), then resume from ``last.pt`` if the run has one."""
+    if session.world.is_main:
+        if restart:
+            session.checkpoints.start_over()
+            session.run.remove_metrics()
+        remove_partial_writes(session.run.checkpoints)
+    session.world.barrier()
+    resumed = session.checkpoints.resume()
+    if resumed is None:
+        return TrainProgress()
+    state, path = resumed
+    session.learner.load_state(state.model, state.optimizer, state.scaler)
+    progress = replace(TrainProgress(**state.progress), stop_reason="")
+    torch.set_rng_state(state.rng["torch"])
+    if session.device.type == "cuda" and state.rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(state.rng["cuda"], session.device)
+    session.learner.seed_dropout(step=progress.step)
+    session.clock.resume_from(progress.seconds)
+    if session.world.is_main:
+        session.run.trim_metrics(progress.step)
+    session.reporter.info(f"resuming from {path} at step {progress.step}, "
+                          f"epoch {progress.epoch}")
+    return progress
+
+
+def _save(session: _Session, progress: TrainProgress, *, best: bool = False) -> str:
+    """Rank 0 writes a checkpoint; returns its path (for messages)."""
+    if not session.world.is_main:
+        return "a checkpoint"
+    progress.seconds = session.clock.elapsed()
+    device = session.device
+    rng = {"torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    state = TrainingState(**session.learner.state(), progress=asdict(progress), rng=rng)
+    return str(session.checkpoints.save(state, best=best))
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgress:
+    """Rank 0 validates and saves; every process then adopts its updated progress."""
+    if not session.world.is_main:
+        return session.world.share(None)
+    validation = _validate(session, progress.step)
+    metrics = {"loss": validation.loss, "ppl": validation.ppl,
+               "bleu": validation.scores.bleu, "chrf": validation.scores.chrf}
+    improved = _track_best(session, progress, metrics)
+    progress.validated_step = progress.step
+    _save(session, progress, best=improved)
+    session.world.share(progress)
+    session.run.append_metrics({
+        "kind": "valid", "step": progress.step, "elapsed": round(session.clock.elapsed(), 2),
+        **metrics, "bleu_signature": validation.scores.signatures["bleu"],
+        "seconds": validation.seconds, "best": improved})
+    mark = " (new best)" if improved else ""
+    session.reporter.info(
+        f"validation at step {progress.step}: loss {validation.loss:.3f}, "
+        f"ppl {validation.ppl:.2f}, BLEU {validation.scores.bleu:.2f}, "
+        f"chrF {validation.scores.chrf:.2f}{mark}")
+    return progress
+
+
+def _validate(session: _Session, step: int) -> Validation:
+    """Validate the weights as they are now, decoding as `s2s evaluate` would with
+    ``train.valid_beam_size`` beams; the model goes back to training mode afterwards."""
+    config, learner = session.config, session.learner
+    decode = replace(config.decode, beam_size=config.train.valid_beam_size, nbest=1)
+    dtype = decode_dtype(decode, config.train.precision, session.device)
+    # decoding in another dtype converts the model in place: give the translator a copy
+    model = learner.model if dtype == torch.float32 else copy.deepcopy(learner.model)
+    loaded = LoadedModel(config, model, *session.tokenizers, step=step)
+    translator = Translator(loaded, decode=decode, device=session.device,
+                            threads=config.train.threads)
+    assert session.valid_data is not None
+    validation = validate(translator, session.valid_data)
+    learner.model.train()
+    for index in range(min(3, len(validation.hypotheses))):
+        session.reporter.info(f"  ref: {session.valid_data.references[index]}\n"
+                              f"  hyp: {validation.hypotheses[index]}")
+    return validation
+
+
+def _track_best(session: _Session, progress: TrainProgress, metrics: dict[str, float]
+                ) -> bool:
+    """Update best score, early-stopping and plateau counters; True when improved."""
+    settings = session.config.train
+    metric = settings.early_stopping_metric
+    score = metrics[metric] if HIGHER_IS_BETTER[metric] else -metrics[metric]
+    if progress.best_score is None or score > progress.best_score:
+        progress.best_score, progress.best_step = score, progress.step
+        progress.bad_validations = progress.plateau_bad = 0
+        return True
+    progress.bad_validations += 1
+    progress.plateau_bad += 1
+    if settings.lr_schedule == "plateau" and progress.plateau_bad > settings.plateau_patience:
+        progress.lr_scale *= settings.plateau_factor
+        progress.plateau_bad = 0
+        rate = learning_rate(settings, progress.step, progress.lr_scale)
+        session.reporter.info(f"no improvement in {metric}: learning rate now {rate:.2e}")
+    return False
+
+
+# ------------------------------------------------------------------- limits, logs, signals
+
+def _stop_reason(session: _Session, progress: TrainProgress) -> str:
+    """Why training stops now ("" to go on); every process stops at the same step."""
+    settings = session.config.train
+    reasons = [
+        (settings.max_steps and progress.step >= settings.max_steps, "max_steps"),
+        (settings.max_epochs and progress.epoch > settings.max_epochs, "max_epochs"),
+        (settings.max_minutes and session.clock.elapsed() >= 60 * settings.max_minutes,
+         "max_minutes"),
+        (settings.patience and progress.bad_validations >= settings.patience,
+         "early stopping"),
+        (session.should_stop is not None and session.should_stop(progress),
+         "stopped by caller"),
+    ]
+    reason = next((reason for reached, reason in reasons if reached), "")
+    if session.world.any(bool(reason), session.device):
+        return reason or "another process stopped"
+    return ""
+
+
+def _log_train(session: _Session, progress: TrainProgress, stats: dict[str, float],
+               lr: float) -> None:
+    if not session.world.is_main:
+        return
+    record = {"kind": "train", "step": progress.step, "epoch": progress.epoch, "lr": lr,
+              "elapsed": round(session.clock.elapsed(), 2), **stats}
+    session.run.append_metrics(record)
+    console = session.reporter.console
+    if not (console and console.is_terminal):  # a terminal has the progress bar instead
+        session.reporter.info(
+            f"step {record['step']} epoch {record['epoch']} loss {stats['loss']:.3f} "
+            f"ppl {stats['ppl']:.2f} lr {lr:.2e} {stats['tokens_per_second']:,.0f} tok/s")
+
+
+def _stop_if_signalled(session: _Session, progress: TrainProgress,
+                       signals: "StopSignals") -> None:
+    """After SIGINT/SIGTERM/SIGHUP on any process: save (rank 0) and stop every process."""
+    if not session.world.any(signals.received is not None, session.device):
+        return
+    number = signals.received or signal.SIGTERM
+    path = _save(session, progress)
+    session.world.barrier()
+    raise Interrupted(f"{signal.Signals(number).name} received: saved {path} at step "
+                      f"{progress.step}; run the same command again to resume", number)
+
+
+class StopSignals:
+    """Inside ``with``, SIGINT/SIGTERM/SIGHUP set ``received`` instead of stopping the process;
+    a second signal acts at once. Outside the main thread, signals are left alone.
+
+    SIGHUP (a closed terminal or a dropped ssh session) saves and stops like SIGTERM.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for number in STOP_SIGNALS:
+                self._previous[number] = signal.signal(number, self._remember)
+        except ValueError:  # not the main thread
+            self._restore()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._restore()
+
+    def _remember(self, number: int, frame: FrameType | None) -> None:
+        self.received = number
+        signal.signal(number, self._previous[number])  # type: ignore[arg-type]
+
+    def _restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+class _Clock:
+    """Training time of the whole run: earlier sessions' seconds plus this session's."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.before = 0.0
+
+    def resume_from(self, seconds: float) -> None:
+        self.before = seconds
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.started
 
 
 class _Window:
@@ -428,10 +410,10 @@ class _Window:
         self.tokens = 0
         self.started = time.perf_counter()
 
-    def add(self, loss: float, nll: float, tokens: int) -> None:
-        self.loss += loss
-        self.nll += nll
-        self.tokens += tokens
+    def add(self, result: StepResult) -> None:
+        self.loss += result.loss
+        self.nll += result.nll
+        self.tokens += result.target_tokens
 
     def stats(self) -> dict[str, float]:
         tokens = max(self.tokens, 1)
@@ -450,40 +432,14 @@ class _Window:
         return stats
 
 
-def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporter(),
-          should_stop: Callable[[TrainProgress], bool] | None = None) -> TrainProgress:
-    """Train the run described by ``config``, resuming from its last checkpoint if any.
-
-    Started by torchrun, every process calls this; they train one model together.
-    """
-    with thread_scope(config.train.threads), _own_rng(config.train.device):
-        trainer = Trainer(config, reporter=reporter, should_stop=should_stop)
-        # one training job per run directory: rank 0 holds the lock before touching anything
-        lock = RunLock(config.run_dir) if trainer.world.is_main else contextlib.nullcontext()
-        try:
-            with lock:
-                if trainer.world.is_main:
-                    _clean_checkpoint_dir(config.run_dir, restart)
-                trainer.world.barrier()
-                trainer.resume_if_possible()
-                progress = trainer.train()
-        finally:
-            trainer.close()
-    trainer.reporter.info(f"training stopped ({progress.stop_reason}) at step {progress.step}; "
-                          f"best {config.train.early_stopping_metric} at step "
-                          f"{progress.best_step}")
-    return progress
-
-
 def _own_rng(device: str) -> contextlib.AbstractContextManager:
     """Training seeds torch's generators; the caller's streams are restored afterwards."""
     cuda = device != "cpu" and torch.cuda.is_available()
     return torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else [])
 
 
-def _nothing_to_do(progress: TrainProgress, settings: TrainConfig) -> str:
+def _nothing_to_do(progress: TrainProgress, reason: str, settings: TrainConfig) -> str:
     """Why a resumed run trains no further, and what to change."""
-    reason = progress.stop_reason
     limits = {"max_steps": f"train.max_steps ({settings.max_steps})",
               "max_epochs": f"train.max_epochs ({settings.max_epochs})",
               "max_minutes": f"train.max_minutes ({settings.max_minutes:g} minutes of training, "
@@ -493,49 +449,3 @@ def _nothing_to_do(progress: TrainProgress, settings: TrainConfig) -> str:
         return f"nothing to train ({reason}) at step {progress.step}"
     return (f"this run already reached {limits[reason]} at step {progress.step}: nothing to "
             "train; raise the limit with --set, or start over with --restart")
-
-
-def _clean_checkpoint_dir(run_dir: Path, restart: bool) -> None:
-    """Remove temporary files of interrupted writes; with ``restart``, everything."""
-    directory = checkpoint_dir(run_dir)
-    if restart:
-        shutil.rmtree(directory, ignore_errors=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    for leftover in directory.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
-
-
-def _checked_manifest(config: Config) -> dict[str, Any]:
-    directory = data_dir(config)
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise DataError(f"{directory}: no prepared data; run `s2s prepare` with this config "
-                        "(and the same --set options) first")
-    if manifest.get("config_hash") != data_config_hash(config):
-        raise DataError(f"{directory}: prepared data no longer matches the config's data/vocab "
-                        "settings; run `s2s prepare` again (with the same --set options)")
-    return manifest
-
-
-def _check_compatible(payload: dict[str, Any], config: Config, manifest: dict[str, Any],
-                      path: Path) -> None:
-    stored_model = payload["config"].get("model", {})
-    current_model = config_to_dict(config.model)
-    changed = [key for key in current_model if stored_model.get(key) != current_model[key]]
-    if changed:
-        key = changed[0]
-        raise CheckpointError(f"{path}: trained with model.{key}={stored_model.get(key)!r} but the "
-                              f"config says {current_model[key]!r}; use --restart to start over")
-    if payload.get("data_hash") != manifest["config_hash"]:
-        raise CheckpointError(f"{path}: was trained on differently prepared data; "
-                              "use --restart to start over")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log records written after the checkpoint a run resumes from."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-

@@ -14,43 +14,15 @@ from typing import BinaryIO, Iterator, Mapping, Sequence, TextIO
 
 import torch
 
-from s2s.checkpoint import LoadedModel, average_checkpoints, checkpoint_dir, load_model
+from s2s.checkpoint import LoadedModel, load_model
 from s2s.config import DecodeConfig
 from s2s.device import check_precision, cpu_supports_bf16, resolve_device, thread_scope
-from s2s.errors import CheckpointError
-from s2s.prepare import run_data_dir, spm_paths
 from s2s.report import Reporter
 from s2s.search import decode_corpus
 from s2s.splitting import split_to_limit
 from s2s.textio import joiner, normalize, side_normalization
 
 CHUNK_LINES = 2000
-
-
-def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    """``best``, ``last`` or ``avg`` inside a run directory, or a checkpoint file path."""
-    if checkpoint not in ("best", "last", "avg"):
-        return Path(checkpoint)
-    path = checkpoint_dir(run_dir) / f"{checkpoint}.pt"
-    if checkpoint == "avg" and not path.exists():
-        return average_checkpoints(run_dir)
-    if not path.exists():
-        found = sorted(p.name for p in checkpoint_dir(run_dir).glob("*.pt"))
-        listing = ", ".join(found) if found else "none; train first"
-        raise CheckpointError(f"{path}: no {checkpoint} checkpoint in this run "
-                              f"(checkpoints: {listing})")
-    return path
-
-
-def check_vocabulary(loaded: LoadedModel, run_dir: Path) -> None:
-    """Refuse a checkpoint whose vocabulary is not the one ``run_dir`` was prepared with."""
-    src_model, tgt_model = spm_paths(run_data_dir(run_dir))
-    for name, path, tokenizer in (("source", src_model, loaded.src_tokenizer),
-                                  ("target", tgt_model, loaded.tgt_tokenizer)):
-        if path.exists() and path.read_bytes() != tokenizer.model_proto:
-            raise CheckpointError(f"{loaded.path}: its {name} vocabulary is not the one of the "
-                                  f"run in {run_dir} (another run's checkpoint?); use that "
-                                  "run's --run directory or one of this run's checkpoints")
 
 
 @dataclass(frozen=True)
@@ -69,11 +41,14 @@ class Translator:
     """A loaded model with its tokenizers and decoding settings; translates lists of lines."""
 
     def __init__(self, loaded: LoadedModel, *, decode: DecodeConfig | None = None,
-                 device: str = "auto", threads: int | None = None,
+                 device: str | torch.device = "auto", threads: int | None = None,
                  reporter: Reporter = Reporter()) -> None:
-        """``decode`` and ``threads`` replace the settings stored in the checkpoint."""
+        """``decode`` and ``threads`` replace the settings stored in the checkpoint.
+
+        The model is moved to the device and decoding dtype, and put in eval mode, in place.
+        """
         self.loaded = loaded
-        self.device = resolve_device(device)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.threads = loaded.config.train.threads if threads is None else threads
         self.decode: DecodeConfig = decode if decode is not None else loaded.config.decode
         dtype = decode_dtype(self.decode, loaded.config.train.precision, self.device)
@@ -104,7 +79,7 @@ class Translator:
         for index, ids in zip(wanted, self.loaded.src_tokenizer.encode(
                 [texts[i] for i in wanted])):
             parts = [ids] if len(ids) <= self.max_tokens else split_to_limit(
-                texts[index], self._encode, self.max_tokens)
+                texts[index], self.encode_source, self.max_tokens)
             if len(parts) > 1:
                 self.reporter.warn(f"line {first_line + index}: longer than the model's limit "
                                    f"of {self.max_tokens} tokens, translated in {len(parts)} "
@@ -125,7 +100,8 @@ class Translator:
             results[index] = self._joined(parts)
         return results
 
-    def _encode(self, text: str) -> list[int]:
+    def encode_source(self, text: str) -> list[int]:
+        """The source token ids of one normalised line (no EOS)."""
         return self.loaded.src_tokenizer.encode([text])[0]
 
     def _joined(self, parts: list[tuple[list[str], list[float]]]) -> TranslationResult:

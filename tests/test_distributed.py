@@ -13,7 +13,7 @@ import torch
 from s2s.checkpoint import load_checkpoint
 from s2s.config import load_config
 from s2s.prepare import prepare
-from s2s.checkpoint import checkpoint_dir
+from s2s.rundir import RunDir
 from s2s.train import train
 from tests.conftest import config_dict, write_config
 
@@ -55,8 +55,8 @@ def _torchrun(path: Path, *overrides: str) -> None:
 
 
 def _assert_same_weights(first: Path, second: Path) -> None:
-    expected = load_checkpoint(checkpoint_dir(load_config(first).run_dir) / "last.pt")["model"]
-    actual = load_checkpoint(checkpoint_dir(load_config(second).run_dir) / "last.pt")["model"]
+    expected = load_checkpoint(RunDir(load_config(first).run_dir).checkpoint("last"))["model"]
+    actual = load_checkpoint(RunDir(load_config(second).run_dir).checkpoint("last"))["model"]
     for name in expected:
         assert torch.allclose(expected[name], actual[name], atol=1e-5), name
 
@@ -71,7 +71,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(demo_corpus:
     run_dir = load_config(double).run_dir
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "valid"] == [3, 6]  # rank 0 alone writes
-    assert sorted(p.name for p in checkpoint_dir(run_dir).glob("step-*.pt")) == [
+    assert sorted(p.name for p in RunDir(run_dir).checkpoints.glob("step-*.pt")) == [
         "step-00000003.pt", "step-00000006.pt"]
 
 
@@ -81,7 +81,7 @@ def test_resume_across_process_counts(demo_corpus: Path, tmp_path: Path) -> None
     # two processes first, then one
     path = _config(tmp_path, demo_corpus, "two-then-one", accumulate=1)
     _torchrun(path, "train.max_steps=3")
-    assert load_checkpoint(checkpoint_dir(tmp_path / "two-then-one") / "last.pt"
+    assert load_checkpoint(RunDir(tmp_path / "two-then-one").checkpoint("last")
                            )["progress"]["step"] == 3
     train(load_config(path, ["train.accumulate=2"]))
     _assert_same_weights(reference, path)

@@ -45,7 +45,7 @@ def copy_translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
                "vocab": {"src": tokenizer.model_proto, "tgt": tokenizer.model_proto,
                          "joint": False},
                "progress": {"step": 600}}
-    return Translator(LoadedModel(payload, directory / "copy.pt"), device="cpu")
+    return Translator(LoadedModel.from_payload(payload, directory / "copy.pt"), device="cpu")
 
 
 def _train_copy_model(tokenizer: Tokenizer, config: ModelConfig) -> Seq2Seq:
@@ -103,7 +103,7 @@ def test_split_pieces_are_joined_back_in_order(copy_translator: Translator,
 
     monkeypatch.setattr("s2s.translate.decode_corpus", echo)
     lines = _long_lines()
-    assert all(len(copy_translator._encode(line)) >= 3 * LIMIT for line in lines[::2])
+    assert all(len(copy_translator.encode_source(line)) >= 3 * LIMIT for line in lines[::2])
     assert [result.text for result in copy_translator.translate(lines)] == lines
 
 

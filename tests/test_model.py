@@ -120,13 +120,14 @@ def _search_step_matches_training_path(model: Seq2Seq) -> bool:
     """Compare a search step (no grad, eval) with the training path over the same one step."""
     src, lengths = _sources([6, 4])
     prev = torch.tensor([5, 9])
-    encoded, state = model.encode(src, lengths)  # with grad: no step weights
-    assert encoded.step_weights is None
+    encoded, state = model.encode(src, lengths)
+    assert encoded.step_weights is None  # only search asks for them
     if model.config.input_feeding:  # a nonzero feed, as every step after the first has
         state = state._replace(feed=torch.randn_like(state.feed))
     trained, trained_state = model.decoder(prev[:, None], state, encoded)
     with torch.no_grad():
-        search_encoded, _ = model.encode(src, lengths)
+        assert model.encode(src, lengths)[0].step_weights is None  # grad mode changes nothing
+        search_encoded, _ = model.encode(src, lengths, for_search=True)
         assert search_encoded.step_weights is not None
         searched, searched_state = model.decoder(prev[:, None], state, search_encoded)
     return (torch.allclose(trained, searched, atol=1e-10)

@@ -13,9 +13,10 @@ import pytest
 import sentencepiece as spm
 
 from s2s.config import config_from_dict, load_config
-from s2s.encoded import load_split
+from s2s.prepared import load_split, spm_paths
 from s2s.errors import DataError
-from s2s.prepare import data_dir, prepare, spm_paths
+from s2s.prepare import prepare
+from s2s.rundir import RunDir
 from s2s.textio import normalize
 from s2s.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from tests.conftest import config_dict, write_config
@@ -140,7 +141,7 @@ def test_interrupted_prepare_leaves_no_trusted_data(demo_corpus: Path, tmp_path:
     monkeypatch.setattr("s2s.prepare.save_split", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(config)
-    assert not data_dir(config).exists()
+    assert not RunDir(config.run_dir).data.exists()
     monkeypatch.undo()
     assert not prepare(config).up_to_date
 
@@ -200,7 +201,7 @@ def test_the_same_corpus_gives_identical_files_on_any_core_count(demo_corpus: Pa
         subprocess.run([sys.executable, "-c", PREPARE_ON_A_MACHINE, str(path), str(run_dir),
                         str(cores), str(reported)], cwd=REPO, check=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
-        directory = data_dir(load_config(path, [f"run_dir={run_dir}"]))
+        directory = RunDir(load_config(path, [f"run_dir={run_dir}"]).run_dir).data
         outputs.append({item.name: item.read_bytes() for item in sorted(directory.iterdir())
                         if item.suffix in (".model", ".npy", ".txt")})
     assert len(outputs[0]) == 2 + 12 + 4  # two models, 3 splits x 2 sides x 2 arrays, texts

@@ -25,7 +25,7 @@ from s2s.config import Config, config_from_dict, load_config
 from s2s.errors import CheckpointError
 from s2s.prepare import prepare
 from s2s.runlock import RunLock
-from s2s.checkpoint import checkpoint_dir
+from s2s.rundir import RunDir
 from s2s.train import train
 from tests.conftest import config_dict, write_config
 
@@ -146,7 +146,7 @@ def test_translate_with_another_runs_checkpoint(trained_run: Path, corpus: Path,
                                                 tmp_path: Path) -> None:
     other = _config_file(tmp_path, corpus, vocab={"src_size": 380, "tgt_size": 380})
     assert runner.invoke(app, ["prepare", str(other)]).exit_code == 0
-    foreign = checkpoint_dir(load_config(trained_run).run_dir) / "best.pt"
+    foreign = RunDir(load_config(trained_run).run_dir).checkpoint("best")
     result = runner.invoke(app, ["translate", str(other), "--checkpoint", str(foreign)],
                            input="A dog.\n")
     _one_error_line(result, 1, "vocabulary is not the one of the run")
@@ -154,7 +154,7 @@ def test_translate_with_another_runs_checkpoint(trained_run: Path, corpus: Path,
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "not s2s"])
 def test_damaged_checkpoints_are_refused(trained_run: Path, tmp_path: Path, damage: str) -> None:
-    source = checkpoint_dir(load_config(trained_run).run_dir) / "best.pt"
+    source = RunDir(load_config(trained_run).run_dir).checkpoint("best")
     broken = tmp_path / "broken.pt"
     if damage == "truncated":
         broken.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
@@ -209,7 +209,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
                                           train={"max_steps": 4, "valid_every": 2}))
     prepare(config)
     train(config, should_stop=lambda p: p.step == 2)
-    last = checkpoint_dir(config.run_dir) / "last.pt"
+    last = RunDir(config.run_dir).checkpoint("last")
     before = last.read_bytes()
     real_save = torch.save
 
@@ -222,7 +222,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
         train(config)
     assert last.read_bytes() == before
     assert load_checkpoint(last)["progress"]["step"] == 2
-    assert not list(checkpoint_dir(config.run_dir).glob(".*.tmp"))
+    assert not list(RunDir(config.run_dir).checkpoints.glob(".*.tmp"))
 
 
 def _train_process(config_path: Path, log: Path) -> subprocess.Popen:
@@ -233,7 +233,7 @@ def _train_process(config_path: Path, log: Path) -> subprocess.Popen:
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(checkpoint_dir(run_dir) / "last.pt")["model"]
+    return load_checkpoint(RunDir(run_dir).checkpoint("last"))["model"]
 
 
 def _last_step(directory: Path) -> int:
@@ -254,7 +254,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
                         config_dict(demo_corpus, tmp_path / "killed", **sections))
     killed = load_config(path)
     prepare(killed)
-    directory = checkpoint_dir(killed.run_dir)
+    directory = RunDir(killed.run_dir).checkpoints
     chance = random.Random(1234)
     steps_seen, torn_writes = [], 0
     for _ in range(6):
@@ -315,7 +315,7 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(demo_corpus: Path,
     died = subprocess.run([sys.executable, "-c", DIE_IN_THIRD_SAVE, str(path)], cwd=REPO,
                           env=environment, capture_output=True, timeout=300)
     assert died.returncode == -signal.SIGKILL
-    directory = checkpoint_dir(config.run_dir)
+    directory = RunDir(config.run_dir).checkpoints
     assert len(list(directory.glob(".*.tmp"))) == 1  # the torn write, never renamed
     assert _last_step(directory) == 8  # the second checkpoint is intact
     final = _train_process(path, tmp_path / "train.log")
@@ -336,7 +336,7 @@ def test_sigint_sigterm_and_sighup_save_and_exit_cleanly(demo_corpus: Path, tmp_
                              log_every=2)
     log = tmp_path / "train.log"
     process = _train_process(path, log)
-    last = checkpoint_dir(config.run_dir) / "last.pt"
+    last = RunDir(config.run_dir).checkpoint("last")
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -378,7 +378,7 @@ def test_a_closed_log_pipe_stops_the_output_not_the_training(demo_corpus: Path,
         text=True, timeout=300)
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and lines[-1] == "exit 0", result.stdout + result.stderr
-    assert load_checkpoint(checkpoint_dir(config.run_dir) / "last.pt")["progress"]["step"] == 40
+    assert load_checkpoint(RunDir(config.run_dir).checkpoint("last"))["progress"]["step"] == 40
     assert [r["step"] for r in _metrics(config.run_dir) if r["kind"] == "valid"] == [20, 40]
 
 

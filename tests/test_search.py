@@ -173,3 +173,78 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
             tokens = hypotheses[0].tokens
             bigrams = list(zip(tokens, tokens[1:]))
             assert len(bigrams) == len(set(bigrams))
+
+
+# ------------------------------------------------------------------------------------------
+# A deliberately naive reference: one sentence at a time, one hypothesis at a time, plain
+# Python over decode_step (through the model's ordinary decoder path, not search's joined
+# weights). The batched searches must find the same translations with the same scores.
+
+def _reference_search(model: Seq2Seq, sentence: list[int], config: DecodeConfig
+                      ) -> list[tuple[list[int], float]]:
+    src, src_lengths = pad([sentence], suffix=EOS_ID)
+    encoded, start = model.encode(src, src_lengths)
+    limit = int(max_output_lengths(src_lengths, config)[0])  # at this step only EOS may come
+
+    def next_log_probs(tokens: list[int], state):  # -> {token: log-probability}, new state
+        previous = torch.tensor([tokens[-1] if tokens else BOS_ID])
+        logits, state = model.decode_step(previous, state, encoded)
+        log_probs = torch.log_softmax(logits[0].float(), dim=-1).tolist()
+        allowed = {token: value for token, value in enumerate(log_probs)
+                   if token not in (PAD_ID, BOS_ID)}
+        if len(tokens) >= limit:
+            allowed = {EOS_ID: allowed[EOS_ID]}
+        return allowed, state
+
+    if config.beam_size == 1 and config.nbest == 1:  # greedy: the best token at every step
+        tokens, score, state = [], 0.0, start
+        while True:
+            allowed, state = next_log_probs(tokens, state)
+            token = max(allowed, key=allowed.get)
+            score += allowed[token]
+            if token == EOS_ID:
+                return [(tokens, score)]
+            tokens.append(token)
+
+    def penalty(length: int) -> float:  # length counts the EOS
+        if config.length_penalty == "gnmt":
+            return ((5 + length) / 6) ** config.alpha
+        return float(length) if config.length_penalty == "average" else 1.0
+
+    size = config.beam_size
+    beams = [([], 0.0, start)]  # (tokens, log-probability, decoder state)
+    finished: list[tuple[list[int], float]] = []  # (tokens, length-penalised score)
+    while len(finished) < size and beams:
+        candidates = []
+        for tokens, score, state in beams:
+            allowed, new_state = next_log_probs(tokens, state)
+            candidates += [(tokens + [token], score + value, new_state)
+                           for token, value in allowed.items()]
+        candidates.sort(key=lambda candidate: -candidate[1])
+        best = candidates[:2 * size]
+        # an EOS among the K best ends a hypothesis; the K best others go on
+        finished += [(tokens[:-1], score / penalty(len(tokens)))
+                     for tokens, score, _ in best[:size] if tokens[-1] == EOS_ID]
+        finished = sorted(finished, key=lambda hypothesis: -hypothesis[1])[:size]
+        beams = [beam for beam in best if beam[0][-1] != EOS_ID][:size]
+    return finished[:config.nbest]
+
+
+@pytest.mark.parametrize("beam,nbest,length_penalty", [
+    (1, 1, "none"), (4, 1, "gnmt"), (4, 3, "gnmt"), (4, 1, "average")])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_batched_search_equals_the_naive_reference(copy_models: dict[bool, Seq2Seq],
+                                                   input_feeding: bool, beam: int, nbest: int,
+                                                   length_penalty: str) -> None:
+    model = copy_models[input_feeding]
+    sentences = _batch(25, seed=4)
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000,
+                            length_penalty=length_penalty)  # type: ignore[arg-type]
+    batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    with torch.no_grad():
+        expected = [_reference_search(model, sentence, settings) for sentence in sentences]
+    assert len({len(found[0][0]) for found in expected}) >= 4  # outputs of many lengths
+    for ours, theirs in zip(batched, expected):
+        assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [score for _, score in theirs], abs=1e-4)

@@ -12,7 +12,7 @@ from s2s.checkpoint import load_checkpoint, load_model
 from s2s.config import TrainConfig, config_from_dict, load_config
 from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.prepare import prepare
-from s2s.checkpoint import checkpoint_dir
+from s2s.rundir import RunDir
 from s2s.train import learning_rate, train
 from tests.conftest import config_dict, write_config
 
@@ -31,7 +31,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(trained_run: Path) -> None:
     config = load_config(trained_run)
-    path = checkpoint_dir(config.run_dir) / "last.pt"
+    path = RunDir(config.run_dir).checkpoint("last")
     payload = torch.load(path, weights_only=True)  # plain data only
     assert payload["progress"]["step"] == 150
     loaded = load_model(path)
@@ -43,7 +43,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(trained_run: Path) -> Non
 
 def test_run_directory_has_best_last_metrics_and_resolved_config(trained_run: Path) -> None:
     run_dir = load_config(trained_run).run_dir
-    names = {p.name for p in checkpoint_dir(run_dir).glob("*.pt")}
+    names = {p.name for p in RunDir(run_dir).checkpoints.glob("*.pt")}
     assert {"best.pt", "last.pt", "step-00000075.pt", "step-00000150.pt"} <= names
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["kind"] == "valid"]
@@ -60,10 +60,10 @@ def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Pat
     resumed = _prepared(demo_corpus, tmp_path / "resumed", **sections)
     progress = train(resumed, should_stop=lambda p: p.step == 13)  # mid-epoch, between saves
     assert progress.step == 13
-    assert load_checkpoint(checkpoint_dir(resumed.run_dir) / "last.pt")["progress"]["step"] == 13
+    assert load_checkpoint(RunDir(resumed.run_dir).checkpoint("last"))["progress"]["step"] == 13
     train(resumed)
-    expected = _weights(checkpoint_dir(straight.run_dir) / "last.pt")
-    actual = _weights(checkpoint_dir(resumed.run_dir) / "last.pt")
+    expected = _weights(RunDir(straight.run_dir).checkpoint("last"))
+    actual = _weights(RunDir(resumed.run_dir).checkpoint("last"))
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
 
@@ -135,7 +135,7 @@ def test_cuda_smoke(demo_corpus: Path, tmp_path: Path) -> None:
         "device": "cuda", "precision": "bf16", "max_steps": 10, "valid_every": 5})
     progress = train(config)
     assert progress.step == 10
-    loaded = load_model(checkpoint_dir(config.run_dir) / "best.pt")
+    loaded = load_model(RunDir(config.run_dir).checkpoint("best"))
     assert next(loaded.model.parameters()).device.type == "cpu"  # checkpoints load anywhere
 
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from s2s.checkpoint import load_checkpoint
 from s2s.cli import app
 from s2s.config import load_config
-import torch
-
-from s2s.checkpoint import checkpoint_dir, load_checkpoint
+from s2s.rundir import RunDir
 from s2s.translate import Translator, translate_stream
 
 runner = CliRunner()
@@ -22,7 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def translator(trained_run: Path) -> Translator:
-    path = checkpoint_dir(load_config(trained_run).run_dir) / "best.pt"
+    path = RunDir(load_config(trained_run).run_dir).checkpoint("best")
     return Translator.from_checkpoint(path, overrides=("decode.beam_size=2",), device="cpu")
 
 
@@ -120,7 +121,7 @@ def test_average_checkpoints(trained_run: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "averaged 2 checkpoints (steps 75, 150)" in result.stderr
     assert "warning" not in result.stderr
-    directory = checkpoint_dir(run_dir)
+    directory = RunDir(run_dir).checkpoints
     inputs = [load_checkpoint(directory / f"step-{step:08d}.pt")["model"] for step in (75, 150)]
     averaged = load_checkpoint(directory / "avg.pt")["model"]
     for name, tensor in averaged.items():
@@ -129,3 +130,27 @@ def test_average_checkpoints(trained_run: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "asked to average the last 3 checkpoints, but" in result.stderr
     assert "keeps only 2" in result.stderr and "steps 75, 150" in result.stderr
+
+
+def test_crlf_input_translates_and_scores_exactly_like_lf(trained_run: Path,
+                                                          tmp_path: Path) -> None:
+    """Files written on Windows end lines with CRLF: the CR is not part of the sentence."""
+    lines = ["The old dog sees a small cat.", "", "A happy woman buys the new car."]
+    references = ["Der alte Hund sieht eine kleine Katze.", "", "Eine glückliche Frau kauft."]
+    outputs = {}
+    for name, ending in (("lf", "\n"), ("crlf", "\r\n")):
+        source = tmp_path / f"{name}.en"
+        source.write_bytes("".join(line + ending for line in lines).encode())
+        (tmp_path / f"{name}.de").write_bytes(
+            "".join(line + ending for line in references).encode())
+        result = runner.invoke(app, ["translate", str(trained_run), "--input", str(source)])
+        assert result.exit_code == 0, result.output
+        evaluated = runner.invoke(app, ["evaluate", str(trained_run), "--src", str(source),
+                                        "--ref", str(tmp_path / f"{name}.de")])
+        assert evaluated.exit_code == 0, evaluated.output
+        record = RunDir(load_config(trained_run).run_dir).eval_file(f"{name}.en", "best",
+                                                                    ".json")
+        outputs[name] = (result.stdout, json.loads(record.read_text())["bleu"])
+    assert "\r" not in outputs["crlf"][0]
+    assert outputs["crlf"] == outputs["lf"]
+    assert outputs["lf"][0].split("\n")[1] == ""  # the empty line stays empty
