@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine  # noqa: E402
 from benchmarks.flops import training_flops  # noqa: E402
 from s2s.batching import collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.device import resolve_device  # noqa: E402
+from s2s.device import cpu_supports_bf16, resolve_device  # noqa: E402
 from s2s.learner import Learner  # noqa: E402
 from s2s.prepared import PreparedData  # noqa: E402
 from s2s.train import learning_rate  # noqa: E402
@@ -92,14 +92,19 @@ def main() -> None:
         for text in args.variant:
             name, _, settings = text.partition("=")
             variants[name] = [item for item in settings.split(",") if item]
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s")
+    # bf16 matmuls are emulated on CPUs without bf16 kernels: minutes for one 2048^3 product
+    has_bf16 = cpu_supports_bf16()
+    peaks = {"fp32": matmul_peak(torch.float32),
+             "bf16": matmul_peak(torch.bfloat16) if has_bf16 else None}
+    print(f"machine: {machine()}; {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+          + (f"{peaks['bf16']:.0f} GFLOP/s" if has_bf16 else "not run (no bf16 kernels)"))
     print(f"{'variant':<28} {'tok/s':>8} {'sent/batch':>10} {'GFLOP/s':>8} {'util':>6}")
     results = {}
     for name, overrides in variants.items():
+        if "train.precision=bf16" in args.overrides + overrides and not has_bf16:
+            print(f"{name:<28} skipped: this CPU has no bf16 kernels", flush=True)
+            continue
         result = measure(args.config, args.overrides + overrides, args.steps, args.warmup)
         result["utilisation"] = result["gflop_per_second"] / peaks[
             "bf16" if result["precision"] == "bf16" else "fp32"]

@@ -4,7 +4,9 @@ Shapes: B batch, S source length, T target length, E embedding size, He encoder 
 direction, M = 2 He (encoder states), H decoder hidden size, L decoder layers, O attentional
 vector size (E when embeddings are tied, else H), V target vocabulary.
 
-Search needs only ``encode`` and ``decode_step``; training uses ``forward``.
+Search needs only ``encode`` (asking ``for_search=True`` for the joined step weights) and
+``decode_step``; training and the validation loss use ``forward``. Nothing here depends on
+torch's global grad mode.
 """
 
 from __future__ import annotations

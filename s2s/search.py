@@ -51,7 +51,7 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Deco
         logits, state = model.decode_step(prev, state, encoded)
         log_probs = _next_token_log_probs(logits, outputs[active, :step],
                                           step >= limits[active], config)  # (n, V)
-        best, tokens = (column[:, 0] for column in _row_topk(log_probs, 1))  # (n,)
+        best, tokens = (column[:, 0] for column in row_topk(log_probs, 1))  # (n,)
         best = best.float()
         tokens, best = tokens.masked_fill(ended, PAD_ID), best.masked_fill(ended, 0.0)
         outputs[active, step] = tokens
@@ -91,7 +91,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
         log_probs = _next_token_log_probs(logits, history, at_limit, config)  # (n K, V)
         # a sentence's best 2K continuations are among each beam's best 2K: select per beam
         width = min(2 * beam, log_probs.size(1))
-        row_scores, row_tokens = _row_topk(log_probs, width)  # (n K, 2K)
+        row_scores, row_tokens = row_topk(log_probs, width)  # (n K, 2K)
         row_scores = row_scores.float()
         candidates = (scores.view(-1, 1) + row_scores).view(len(sentences), -1)
         top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
@@ -130,14 +130,14 @@ def _rows_to_keep(done: Tensor) -> Tensor | None:
     than one size for every count of running sentences.
     """
     running = (~done).nonzero().squeeze(1)
-    size = _bucket(len(running))
+    size = bucket_size(len(running))
     if size >= len(done):
         return None
     passengers = done.nonzero().squeeze(1)[:size - len(running)]
     return torch.cat([running, passengers])
 
 
-def _bucket(count: int) -> int:
+def bucket_size(count: int) -> int:
     """``count`` rounded up to one of four sizes per power of two (at most 25% more)."""
     if count <= 8:
         return count
@@ -209,7 +209,7 @@ def _next_token_log_probs(logits: Tensor, history: Tensor, at_limit: Tensor,
     return log_probs
 
 
-def _row_topk(scores: Tensor, k: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
+def row_topk(scores: Tensor, k: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
     """``scores.topk(k, dim=1)`` in two passes, each cheaper than a top-k over a whole row.
 
     The k best entries of a row lie in the k chunks with the largest maxima, so only those

@@ -10,8 +10,8 @@ import torch
 from s2s.batching import pad
 from s2s.config import DecodeConfig, ModelConfig
 from s2s.model import Seq2Seq
-from s2s.search import (_bucket, _row_topk, beam_search, decode_corpus, greedy_search,
-                        max_output_lengths)
+from s2s.search import (beam_search, bucket_size, decode_corpus, greedy_search,
+                        max_output_lengths, row_topk)
 from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -123,7 +123,7 @@ def test_two_pass_top_k_equals_torch_topk(width: int) -> None:
     scores[3] = float("-inf")  # a fully restricted row
     scores[5, : width // 2] = float("-inf")
     for k in (1, 10):
-        values, tokens = _row_topk(scores, k)
+        values, tokens = row_topk(scores, k)
         expected = scores.topk(k, dim=1)
         assert torch.equal(values, expected.values)
         finite = ~torch.isinf(expected.values)
@@ -131,10 +131,10 @@ def test_two_pass_top_k_equals_torch_topk(width: int) -> None:
 
 
 def test_bucket_sizes_cover_every_count_with_at_most_a_quarter_more() -> None:
-    sizes = {_bucket(count) for count in range(1, 1025)}
+    sizes = {bucket_size(count) for count in range(1, 1025)}
     assert len(sizes) < 40
     for count in range(1, 1025):
-        assert count <= _bucket(count) <= count * 1.25
+        assert count <= bucket_size(count) <= count * 1.25
 
 
 def test_nbest_lists_are_sorted_and_distinct() -> None:
