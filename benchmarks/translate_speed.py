@@ -1,7 +1,7 @@
 """Decoding speed of `s2s translate` as a user runs it, with BLEU to show speed at equal quality.
 
 Usage: python benchmarks/translate_speed.py CONFIG [--checkpoint best] [--beams 1,5]
-       [--set decode.precision=bf16 ...]
+       [--set decode.precision=bf16 ...] [--alignment hard]
 
 For each beam size: the whole command (`s2s translate --input test --beam K`, model load
 included) with wall time and peak memory, and, in-process, model load time and pure decoding
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="decoding setting for both the command and the in-process run")
+    parser.add_argument("--alignment", default="none", choices=("none", "hard", "soft"),
+                        help="also compute word alignments (the cost of carrying attention)")
     args = parser.parse_args()
     config = load_config(args.config)
     source = text_path(RunDir(config.run_dir).data, "test", "src")
@@ -52,12 +54,14 @@ def main() -> None:
             command = run_command(s2s_command(
                 "translate", "--run", str(config.run_dir), "--checkpoint", str(path),
                 "--input", str(source), "--output", output.name, "--beam", str(beam),
+                "--alignment", args.alignment,
                 *(option for setting in args.set for option in ("--set", setting))))
             hypotheses = Path(output.name).read_text(encoding="utf-8").splitlines()
         assert command.returncode == 0 and len(hypotheses) == len(test_set.sources)
         started = time.perf_counter()
         translator = Translator.from_checkpoint(
-            path, overrides=(f"decode.beam_size={beam}", *args.set), device="cpu")
+            path, overrides=(f"decode.beam_size={beam}", *args.set), device="cpu",
+            alignment=args.alignment)
         loaded = time.perf_counter()
         validation = validate(translator, test_set)
         lines, bleu = len(test_set.sources), validation.scores.bleu

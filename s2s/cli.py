@@ -26,6 +26,9 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 
 BeamOption = Annotated[Optional[int], typer.Option(metavar="K", help="Beam size.")]
 DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+AlignmentOption = Annotated[str, typer.Option(
+    metavar="hard|soft", help="Add word alignments: hard as src-tgt pairs, soft as a JSON "
+                              "matrix (target words x source words).")]
 
 
 def _show_version(value: bool) -> None:
@@ -139,12 +142,14 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              ref: Annotated[Optional[Path], typer.Option(
                   metavar="FILE", help="Reference file for --src.")] = None,
              beam: BeamOption = None, device: DeviceOption = "auto",
-             ter: Annotated[bool, typer.Option(help="Also report TER.")] = False) -> None:
+             ter: Annotated[bool, typer.Option(help="Also report TER.")] = False,
+             alignment: AlignmentOption = "none") -> None:
     """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
     from s2s.evaluate import evaluate as run_evaluate
     settings = list(overrides or []) + _decode_overrides(beam, None, None)
     run_evaluate(_load(config, settings), split=split, checkpoints=checkpoint.split(","),
-                 src_file=src, ref_file=ref, device=device, with_ter=ter, reporter=_reporter())
+                 src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
+                 reporter=_reporter())
 
 
 @app.command()
@@ -168,6 +173,7 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
                                                            help="Hypotheses per line.")] = None,
               batch_tokens: Annotated[Optional[int], typer.Option(
                   metavar="N", help="Source tokens x beam per batch.")] = None,
+              alignment: AlignmentOption = "none",
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.checkpoint import check_vocabulary, resolve_checkpoint
@@ -181,7 +187,7 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
         overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
         decode=None if experiment is None else experiment.decode,
         threads=None if experiment is None else experiment.train.threads,
-        device=device, reporter=reporter)
+        device=device, alignment=alignment, reporter=reporter)
     check_vocabulary(translator.loaded, run_dir)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
@@ -197,6 +203,32 @@ def average(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run
     """Average the newest step checkpoints of a run into checkpoints/avg.pt."""
     from s2s.checkpoint import average_checkpoints
     average_checkpoints(run_dir, last, reporter=_reporter())
+
+
+@app.command()
+@_handle_errors
+def plot(run_dirs: Annotated[list[Path], typer.Argument(
+             metavar="RUN_DIR...", help="Run directories; several are overlaid.",
+             show_default=False)],
+         attention: Annotated[Optional[str], typer.Option(
+             metavar="SENTENCE", help="Translate SENTENCE and draw its attention heatmap.")
+                              ] = None,
+         checkpoint: Annotated[str, typer.Option(metavar="NAME",
+                                                 help="best, last, avg or a path.")] = "best",
+         device: DeviceOption = "auto") -> None:
+    """Draw learning curves (RUN_DIR/plots/curves.png) or an attention heatmap; print the path."""
+    from s2s.plots import plot_attention, plot_curves
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise UsageError(f"{run_dir}: not a run directory")
+    if attention is None:
+        path = plot_curves(run_dirs, reporter=_reporter())
+    else:
+        if len(run_dirs) > 1:
+            raise UsageError("--attention draws one run's model: give one RUN_DIR")
+        path = plot_attention(run_dirs[0], attention, checkpoint=checkpoint, device=device,
+                              reporter=_reporter())
+    print(path)
 
 
 @app.command("demo-data")

@@ -114,6 +114,8 @@ class TrainConfig:
     early_stopping_metric: Literal["bleu", "chrf", "loss"] = "bleu"
     patience: int = _option(0, minimum=0)  # validations without improvement; 0 = never stop early
     keep_last: int = _option(3, minimum=1)  # step checkpoints kept besides best and last
+    # also write RUN_DIR/tensorboard (needs the tensorboard package: pip install s2s[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,14 @@ class Evaluation:
 
 def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] = ("best",),
              src_file: Path | None = None, ref_file: Path | None = None,
-             device: str = "auto", with_ter: bool = False,
+             device: str = "auto", with_ter: bool = False, alignment: str = "none",
              reporter: Reporter = Reporter()) -> list[Evaluation]:
     """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
 
     Decoding follows ``config.decode`` and ``config.train.threads``, not the settings stored
-    in the checkpoints. Scoring is ``s2s.validation.validate``, as in training.
+    in the checkpoints. Scoring is ``s2s.validation.validate``, as in training. With an
+    ``alignment`` (hard or soft), the best translations' word alignments go to a ``.align``
+    file beside the ``.hyp`` file, line by line.
     """
     data = _inputs(config, split, src_file, ref_file)
     run = RunDir(config.run_dir)
@@ -54,7 +56,8 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
         started = time.perf_counter()
         translator = Translator.from_checkpoint(
             resolve_checkpoint(config.run_dir, name, reporter=reporter), decode=config.decode,
-            device=device, threads=config.train.threads, reporter=reporter)
+            device=device, threads=config.train.threads, alignment=alignment,
+            reporter=reporter)
         if src_file is None:  # the run's own split: the checkpoint must share its vocabulary
             check_vocabulary(translator.loaded, config.run_dir)
         loaded = time.perf_counter()
@@ -80,6 +83,10 @@ def _write_outputs(run: RunDir, result: Evaluation, translator: Translator) -> N
     result.hypothesis_file.parent.mkdir(parents=True, exist_ok=True)
     result.hypothesis_file.write_text("".join(line + "\n" for line in result.result.hypotheses),
                                       encoding="utf-8")
+    if translator.alignment != "none":
+        alignments = [translator.alignment_of(line) for line in result.result.results]
+        result.hypothesis_file.with_suffix(".align").write_text(
+            "".join(line + "\n" for line in alignments), encoding="utf-8")
     validation = result.result
     record: dict[str, Any] = {
         "split": result.split, "checkpoint": result.checkpoint,

@@ -179,8 +179,9 @@ class Decoder(nn.Module):
         return like.new_zeros(batch, width)
 
     def forward(self, tgt_ids: Tensor, state: DecoderState, encoded: Encoded
-                ) -> tuple[Tensor, DecoderState]:
-        """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, and the new state."""
+                ) -> tuple[Tensor, DecoderState, Tensor]:
+        """tgt_ids (B, T) -> attentional vectors (B, T, O) after dropout, the new state, and
+        the attention weights (B, T, S)."""
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
         # Three paths give the same numbers (tests pin them to each other): search's single
         # steps use the joined weights it asked ``encode`` for (one matmul per layer, no
@@ -192,12 +193,12 @@ class Decoder(nn.Module):
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
         output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
-        context, _ = self.attention(output, encoded)  # (B, T, M)
+        context, weights = self.attention(output, encoded)  # (B, T, M), (B, T, S)
         vectors = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
-        return vectors, DecoderState(hidden, cell, state.feed)
+        return vectors, DecoderState(hidden, cell, state.feed), weights
 
     def _search_step(self, embedded: Tensor, state: DecoderState, encoded: Encoded
-                     ) -> tuple[Tensor, DecoderState]:
+                     ) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoding step for search, embedded (B, E): one matmul per layer.
 
         Plain matmuls, not the fused ``nn.LSTM`` kernel, which would build a new oneDNN
@@ -212,10 +213,10 @@ class Decoder(nn.Module):
             hiddens.append(layer_input)
             cells.append(cell)
         top = layer_input[:, None]  # (B, 1, H)
-        context, _ = self.attention(top, encoded)  # (B, 1, M)
+        context, weights = self.attention(top, encoded)  # (B, 1, M), (B, 1, S)
         vectors = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
         feed = vectors[:, 0] if self.input_feeding else state.feed
-        return vectors, DecoderState(torch.stack(hiddens), torch.stack(cells), feed)
+        return vectors, DecoderState(torch.stack(hiddens), torch.stack(cells), feed), weights
 
     @torch.no_grad()
     def step_weights(self) -> list[tuple[Tensor, Tensor]]:
@@ -235,11 +236,11 @@ class Decoder(nn.Module):
         return [_joined_lstm_layer(self.rnn, layer) for layer in range(self.rnn.num_layers)]
 
     def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
-                      ) -> tuple[Tensor, DecoderState]:
+                      ) -> tuple[Tensor, DecoderState, Tensor]:
         # unbind once: slicing per step would make backward build a full-size zero tensor per step
         embedding_gates = self.embedding_gates(embedded).unbind(1)  # T x (B, 4H)
         hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0))
-        feed, vectors = state.feed, []
+        feed, vectors, attention = state.feed, [], []
         # one record per layer for the deferred weight gradients (see _StepLinear)
         records = [[] if torch.is_grad_enabled() and self.training else None
                    for _ in self.recurrent]
@@ -253,11 +254,12 @@ class Decoder(nn.Module):
                 hidden[layer], cell[layer] = _lstm_cell(gates, cell[layer])
                 layer_input = self.dropout(hidden[layer])
             top = hidden[-1][:, None]  # (B, 1, H)
-            context, _ = self.attention(top, encoded)  # (B, 1, M)
+            context, weights = self.attention(top, encoded)  # (B, 1, M), (B, 1, S)
             feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=-1))[:, 0]))
             vectors.append(feed)
+            attention.append(weights)
         new_state = DecoderState(torch.stack(hidden), torch.stack(cell), feed)
-        return torch.stack(vectors, dim=1), new_state
+        return torch.stack(vectors, dim=1), new_state, torch.cat(attention, dim=1)
 
 
 def _joined_lstm_layer(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
@@ -317,19 +319,20 @@ class Seq2Seq(nn.Module):
         return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
-                    ) -> tuple[Tensor, DecoderState]:
-        """prev_tokens (B G,) -> logits (B G, V) for the next token, and the new state.
+                    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """prev_tokens (B G,) -> logits (B G, V) for the next token, the new state, and the
+        attention weights (B G, S) over the source that chose them.
 
         ``encoded`` holds B sentences; G consecutive rows of tokens and state (beams) share each.
         """
-        vectors, state = self.decoder(prev_tokens[:, None], state, encoded)
-        return self.decoder.output(vectors[:, 0]), state
+        vectors, state, weights = self.decoder(prev_tokens[:, None], state, encoded)
+        return self.decoder.output(vectors[:, 0]), state, weights[:, 0]
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
                 positions: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, V), or (N, V) for the N ``positions`` (B, T) selected."""
         encoded, state = self.encode(src_ids, src_lengths)
-        vectors, _ = self.decoder(tgt_in, state, encoded)  # (B, T, O)
+        vectors, _, _ = self.decoder(tgt_in, state, encoded)  # (B, T, O)
         if positions is not None:
             vectors = vectors[positions]  # (N, O): no output layer work on padding
         return self.decoder.output(vectors)

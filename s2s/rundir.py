@@ -7,7 +7,9 @@
       checkpoints/       step-00001000.pt ..., last.pt, best.pt, avg.pt (format: s2s.checkpoint)
       metrics.jsonl      one JSON record per training log line and per validation
       train.lock         held by the one training process (s2s.runlock)
-      eval/              <split>.<checkpoint>.hyp and .json from `s2s evaluate`
+      eval/              <split>.<checkpoint>.hyp, .json (and .align) from `s2s evaluate`
+      plots/             curves.png and attention-<n>.png from `s2s plot`
+      tensorboard/       event files, with train.tensorboard: true
 
 No other module spells a name inside RUN_DIR; they ask a ``RunDir``.
 """
@@ -50,6 +52,14 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.root / "train.lock"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
 
     def checkpoint(self, name: str) -> Path:
         """``best``, ``last`` or ``avg``: the checkpoint of that name."""

@@ -26,6 +26,9 @@ from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
 class Hypothesis:
     tokens: list[int]  # without BOS/EOS
     score: float  # log-probability, length-penalised for beam search
+    # only when asked for: (len(tokens) + 1, source length + 1) attention weights, the last
+    # row the step that chose EOS, the last column the source EOS
+    attention: np.ndarray | None = None
 
 
 def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
@@ -35,8 +38,8 @@ def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig
-                  ) -> list[list[Hypothesis]]:
+def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
+                  with_attention: bool = False) -> list[list[Hypothesis]]:
     """The most probable next token at every step; one hypothesis per sentence."""
     encoded, state = model.encode(src, src_lengths, for_search=True)
     limits = max_output_lengths(src_lengths, config).to(src.device)
@@ -47,8 +50,12 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Deco
     active = torch.arange(batch, device=src.device)  # the sentence of each row
     ended = torch.zeros(batch, dtype=torch.bool, device=src.device)  # rows that are passengers
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    attention = torch.zeros((batch, steps, src.size(1)), device=src.device) if (
+        with_attention) else None
     for step in range(steps):
-        logits, state = model.decode_step(prev, state, encoded)
+        logits, state, weights = model.decode_step(prev, state, encoded)
+        if attention is not None:
+            attention[active, step] = weights.float()
         log_probs = _next_token_log_probs(logits, outputs[active, :step],
                                           step >= limits[active], config)  # (n, V)
         best, tokens = (column[:, 0] for column in row_topk(log_probs, 1))  # (n,)
@@ -64,13 +71,15 @@ def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Deco
             active, ended, tokens = active[kept], ended[kept], tokens[kept]
             encoded, state = encoded.select(kept), state.select(kept)
         prev = tokens
-    return [[Hypothesis(_strip(row), float(score))] for row, score in
-            zip(outputs.tolist(), scores.tolist())]
+    tokens = [_strip(row) for row in outputs.tolist()]
+    return [[Hypothesis(row, float(score), _attention_of(attention, index, len(row),
+                                                         src_lengths))]
+            for index, (row, score) in enumerate(zip(tokens, scores.tolist()))]
 
 
 @torch.inference_mode()
-def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig
-                ) -> list[list[Hypothesis]]:
+def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
+                with_attention: bool = False) -> list[list[Hypothesis]]:
     """The ``config.nbest`` best of ``config.beam_size`` beams for each sentence, best first."""
     beam, device = config.beam_size, src.device
     batch = len(src)
@@ -79,14 +88,19 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
     state = state.select(torch.arange(batch, device=device).repeat_interleave(beam))
     limits = max_output_lengths(src_lengths, config).to(device)
     steps = int(limits.max()) + 1
-    finished = _Finished(batch, beam, steps, device)
+    finished = _Finished(batch, beam, steps, device, src.size(1) if with_attention else 0)
     sentences = torch.arange(batch, device=device)  # active sentences
     scores = torch.full((batch, beam), float("-inf"), device=device)  # raw log-probabilities
     scores[:, 0] = 0.0
     history = torch.empty((batch * beam, 0), dtype=torch.long, device=device)
+    # each beam's attention so far, (n K, steps, S); None unless asked for
+    looked = torch.empty((batch * beam, 0, src.size(1)), device=device) if (
+        with_attention) else None
     prev = torch.full((batch * beam,), BOS_ID, dtype=torch.long, device=device)
     for step in range(steps):
-        logits, state = model.decode_step(prev, state, encoded)
+        logits, state, weights = model.decode_step(prev, state, encoded)
+        if looked is not None:
+            looked = torch.cat([looked, weights.float()[:, None]], dim=1)
         at_limit = (step >= limits[sentences]).repeat_interleave(beam)
         log_probs = _next_token_log_probs(logits, history, at_limit, config)  # (n K, V)
         # a sentence's best 2K continuations are among each beam's best 2K: select per beam
@@ -98,7 +112,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
         origins = top_ids // width  # (n, 2K) beam of each candidate
         tokens = row_tokens.view(len(sentences), -1).gather(1, top_ids)
         rows = (torch.arange(len(sentences), device=device)[:, None] * beam + origins)
-        finished.add(sentences, top_scores, tokens == EOS_ID, history, rows, step + 1, config)
+        finished.add(sentences, top_scores, tokens == EOS_ID, history, rows, step + 1, config,
+                     looked)
         # the K best candidates that did not end continue
         ended = (tokens == EOS_ID) | torch.isinf(top_scores)
         position = torch.arange(top_scores.size(1), device=device)
@@ -106,6 +121,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
         scores = top_scores.gather(1, keep)
         chosen_rows = rows.gather(1, keep).view(-1)
         history = torch.cat([history[chosen_rows], tokens.gather(1, keep).view(-1, 1)], dim=1)
+        if looked is not None:
+            looked = looked[chosen_rows]
         state = state.select(chosen_rows)
         prev = history[:, -1]
         done = finished.complete(sentences) | torch.isinf(scores).all(dim=1)
@@ -117,8 +134,9 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: Decode
             beam_rows = (kept[:, None] * beam + torch.arange(beam, device=device)).view(-1)
             sentences, scores = sentences[kept], scores[kept]
             history, prev = history[beam_rows], prev[beam_rows]
+            looked = looked[beam_rows] if looked is not None else None
             encoded, state = encoded.select(kept), state.select(beam_rows)
-    return finished.best(config.nbest)
+    return finished.best(config.nbest, src_lengths)
 
 
 def _rows_to_keep(done: Tensor) -> Tensor | None:
@@ -148,16 +166,21 @@ def bucket_size(count: int) -> int:
 class _Finished:
     """The K best ended hypotheses of every sentence, kept as tensors (no per-sentence loop)."""
 
-    def __init__(self, batch: int, beam: int, steps: int, device: torch.device) -> None:
+    def __init__(self, batch: int, beam: int, steps: int, device: torch.device,
+                 source_length: int = 0) -> None:
+        """``source_length``: keep each hypothesis' attention too (0: do not)."""
         self.beam = beam
         self.scores = torch.full((batch, beam), float("-inf"), device=device)
         self.tokens = torch.full((batch, beam, steps), PAD_ID, dtype=torch.long, device=device)
+        self.attention = torch.zeros((batch, beam, steps, source_length), device=device) if (
+            source_length) else None
 
     def add(self, sentences: Tensor, raw_scores: Tensor, is_eos: Tensor, history: Tensor,
-            rows: Tensor, length: int, config: DecodeConfig) -> None:
+            rows: Tensor, length: int, config: DecodeConfig, looked: Tensor | None) -> None:
         """Merge candidates that chose EOS (among the first K) into each sentence's best K.
 
-        ``rows`` (n, 2K) are the history rows the candidates extend.
+        ``rows`` (n, 2K) are the history rows the candidates extend; ``looked`` their
+        attention, this step's included.
         """
         in_beam = torch.arange(raw_scores.size(1), device=raw_scores.device) < self.beam
         ending = is_eos & in_beam & ~torch.isinf(raw_scores)
@@ -175,16 +198,42 @@ class _Finished:
         self.scores[sentences] = best_scores
         self.tokens[sentences] = all_tokens.gather(
             1, best[:, :, None].expand(-1, -1, all_tokens.size(2)))
+        if self.attention is not None and looked is not None:
+            new_attention = torch.zeros((*rows.shape, *self.attention.shape[2:]),
+                                        device=looked.device)  # (n, 2K, steps, S)
+            new_attention[:, :, :looked.size(1)] = looked[rows.view(-1)].view(
+                *rows.shape, *looked.shape[1:])
+            all_attention = torch.cat([self.attention[sentences], new_attention], dim=1)
+            self.attention[sentences] = all_attention[
+                torch.arange(len(best), device=best.device)[:, None], best]
 
     def complete(self, sentences: Tensor) -> Tensor:
         return ~torch.isinf(self.scores[sentences, -1])
 
-    def best(self, nbest: int) -> list[list[Hypothesis]]:
+    def best(self, nbest: int, src_lengths: Tensor) -> list[list[Hypothesis]]:
         results = []
-        for scores, tokens in zip(self.scores.tolist(), self.tokens.tolist()):
-            results.append([Hypothesis(_strip(row), score) for score, row in
-                            zip(scores[:nbest], tokens[:nbest]) if score != float("-inf")])
+        for sentence, (scores, tokens) in enumerate(zip(self.scores.tolist(),
+                                                        self.tokens.tolist())):
+            hypotheses = []
+            for rank, (score, row) in enumerate(zip(scores[:nbest], tokens[:nbest])):
+                if score == float("-inf"):
+                    continue
+                row = _strip(row)
+                attention = None if self.attention is None else self.attention[sentence, rank]
+                hypotheses.append(Hypothesis(row, score, _attention_of(
+                    attention, None, len(row), src_lengths[sentence:sentence + 1])))
+            results.append(hypotheses)
         return results
+
+
+def _attention_of(attention: Tensor | None, index: int | None, length: int,
+                  src_lengths: Tensor) -> np.ndarray | None:
+    """One hypothesis' (length + 1, its source length) weights out of a padded tensor."""
+    if attention is None:
+        return None
+    rows = attention if index is None else attention[index]
+    source = int(src_lengths[0 if index is None else index])
+    return rows[:length + 1, :source].cpu().numpy()
 
 
 def _length_penalty(length: int, config: DecodeConfig) -> float:
@@ -270,7 +319,8 @@ def _strip(row: list[int]) -> list[int]:
 
 
 def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
-                  config: DecodeConfig, device: torch.device) -> list[list[Hypothesis]]:
+                  config: DecodeConfig, device: torch.device, *, with_attention: bool = False
+                  ) -> list[list[Hypothesis]]:
     """Translate id sequences in length-sorted token batches; results come back in input order.
 
     Greedy search when ``config`` asks for one hypothesis of one beam, else beam search.
@@ -282,7 +332,8 @@ def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
     search = greedy_search if config.beam_size == 1 and config.nbest == 1 else beam_search
     for indices in token_batches(lengths, max(config.batch_tokens // config.beam_size, 1)):
         src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
-        hypotheses = search(model, src.to(device), src_lengths.to(device), config)
+        hypotheses = search(model, src.to(device), src_lengths.to(device), config,
+                            with_attention=with_attention)
         for index, hypothesis in zip(indices, hypotheses):
             results[index] = hypothesis
     return results

@@ -10,6 +10,7 @@ between characters; the pieces' translations are joined again by the caller.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 # end of a sentence: terminal punctuation and closing quotes/brackets, then a space; full-width
@@ -24,27 +25,38 @@ def split_sentences(text: str) -> list[str]:
     return [part.strip() for part in _SENTENCE_END.split(text) if part.strip()]
 
 
-def split_to_limit(text: str, encode: Encode, limit: int) -> list[list[int]]:
-    """Token ids of ``text`` in pieces of at most ``limit`` tokens, in order.
+@dataclass(frozen=True)
+class SourcePiece:
+    """Part of a line: the ids of ``text`` encoded alone, or (a word over the limit, cut)
+    ids ``start`` onwards of its encoding."""
+
+    text: str
+    ids: list[int]
+    start: int = 0
+
+
+def split_to_limit(text: str, encode: Encode, limit: int) -> list[SourcePiece]:
+    """``text`` in pieces of at most ``limit`` tokens, in order, each at most a few sentences
+    or words of it.
 
     The pieces' ids are those of their own text, encoded alone, so each piece is a
     well-formed input; a line within the limit comes back whole.
     """
     ids = encode(text)
     if len(ids) <= limit:
-        return [ids]
-    pieces: list[list[int]] = []
+        return [SourcePiece(text, ids)]
+    pieces: list[SourcePiece] = []
     for part in _pack(split_sentences(text), " ", encode, limit):
         part_ids = encode(part)
         if len(part_ids) <= limit:
-            pieces.append(part_ids)
+            pieces.append(SourcePiece(part, part_ids))
             continue
         words = part.split(" ")
         units, glue = (words, " ") if len(words) > 1 else (list(part), "")
         for chunk in _pack(units, glue, encode, limit):
             chunk_ids = encode(chunk)
             # a single unit over the limit (a very long "word"): cut its ids
-            pieces.extend(chunk_ids[start:start + limit]
+            pieces.extend(SourcePiece(chunk, chunk_ids[start:start + limit], start)
                           for start in range(0, len(chunk_ids), limit))
     return pieces
 

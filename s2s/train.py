@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from s2s.batching import collate, token_batches, training_lengths
+from s2s.board import Board
 from s2s.checkpoint import (LoadedModel, TrainingCheckpoints, TrainingState,
                             remove_partial_writes)
 from s2s.config import Config, TrainConfig
@@ -89,7 +90,7 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
         check_precision(device, config.train.precision, "train.precision")
         prepared = PreparedData.of(config)
         world.start(device)
-        learner = None
+        learner = session = None
         try:
             learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device,
                               world=world)
@@ -100,6 +101,8 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
                 progress = _start(session, restart)
                 progress = _train_loop(session, progress, signals)
         finally:
+            if session is not None and session.board is not None:
+                session.board.close()
             if learner is not None:
                 learner.close()
             world.stop()
@@ -124,6 +127,7 @@ class _Session:
     reporter: Reporter
     clock: "_Clock"
     should_stop: Callable[[TrainProgress], bool] | None
+    board: Board | None  # TensorBoard, on rank 0 with train.tensorboard
 
     @classmethod
     def open(cls, config: Config, prepared: PreparedData, learner: Learner, reporter: Reporter,
@@ -134,8 +138,10 @@ class _Session:
                                           prepared.config_hash)
         valid = EvaluationSet.of_run(config, "valid") if learner.world.is_main else None
         tokenizers = (Tokenizer(vocabularies["src"]), Tokenizer(vocabularies["tgt"]))
+        board = Board(run.tensorboard, reporter) if (
+            config.train.tensorboard and learner.world.is_main) else None
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
-                   valid, tokenizers, reporter, _Clock(), should_stop)
+                   valid, tokenizers, reporter, _Clock(), should_stop, board)
 
     @property
     def device(self) -> torch.device:
@@ -254,10 +260,13 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
     progress.validated_step = progress.step
     _save(session, progress, best=improved)
     session.world.share(progress)
-    session.run.append_metrics({
-        "kind": "valid", "step": progress.step, "elapsed": round(session.clock.elapsed(), 2),
-        **metrics, "bleu_signature": validation.scores.signatures["bleu"],
-        "seconds": validation.seconds, "best": improved})
+    record = {"kind": "valid", "step": progress.step,
+              "elapsed": round(session.clock.elapsed(), 2), **metrics,
+              "bleu_signature": validation.scores.signatures["bleu"],
+              "seconds": validation.seconds, "best": improved}
+    session.run.append_metrics(record)
+    if session.board is not None:
+        session.board.record(record)
     mark = " (new best)" if improved else ""
     session.reporter.info(
         f"validation at step {progress.step}: loss {validation.loss:.3f}, "
@@ -279,6 +288,12 @@ def _validate(session: _Session, step: int) -> Validation:
                             threads=config.train.threads)
     assert session.valid_data is not None
     validation = validate(translator, session.valid_data)
+    if session.board is not None and session.valid_data.sources:
+        # the same sentence every time: watch its attention sharpen
+        result = translator.translate(session.valid_data.sources[:1], with_attention=True)[0]
+        if result.attentions:
+            session.board.attention(result.attentions[0], step,
+                                    f"step {step}: {result.text[:60]}")
     learner.model.train()
     for index in range(min(3, len(validation.hypotheses))):
         session.reporter.info(f"  ref: {session.valid_data.references[index]}\n"
@@ -334,6 +349,8 @@ def _log_train(session: _Session, progress: TrainProgress, stats: dict[str, floa
     record = {"kind": "train", "step": progress.step, "epoch": progress.epoch, "lr": lr,
               "elapsed": round(session.clock.elapsed(), 2), **stats}
     session.run.append_metrics(record)
+    if session.board is not None:
+        session.board.record(record)
     console = session.reporter.console
     if not (console and console.is_terminal):  # a terminal has the progress bar instead
         session.reporter.info(

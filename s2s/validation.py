@@ -25,7 +25,7 @@ from s2s.prepared import EncodedSplit, load_split, prepared_sources
 from s2s.rundir import RunDir
 from s2s.scoring import Scores, bleu_tokenizer, score_corpus
 from s2s.textio import parallel_paths, read_lines, read_references, side_normalization
-from s2s.translate import Translator
+from s2s.translate import TranslationResult, Translator
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,14 @@ class EvaluationSet:
 @dataclass(frozen=True)
 class Validation:
     scores: Scores
-    hypotheses: list[str]
+    results: list[TranslationResult]  # what the translator gave for each source line
     loss: float | None  # NLL per target token under teacher forcing; None without targets
     seconds: float  # all of it
     translate_seconds: float  # translating the sources
+
+    @property
+    def hypotheses(self) -> list[str]:
+        return [result.text for result in self.results]
 
     @property
     def ppl(self) -> float | None:
@@ -89,11 +93,12 @@ def validate(translator: Translator, data: EvaluationSet, *, with_ter: bool = Fa
             translator.model, data.encoded, config.train.batch_tokens,
             config.train.precision, translator.device)
     translating = time.perf_counter()
-    hypotheses = [result.text for result in translator.translate(data.sources)]
+    results = translator.translate(data.sources)
     translated = time.perf_counter()
+    hypotheses = [result.text for result in results]
     tokenize = bleu_tokenizer(config.data.tgt_lang, translator.decode.bleu_tokenize)
     scores = score_corpus(hypotheses, data.references, tokenize, with_ter)
-    return Validation(scores, hypotheses, loss, time.perf_counter() - started,
+    return Validation(scores, results, loss, time.perf_counter() - started,
                       translated - translating)
 
 

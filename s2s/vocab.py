@@ -43,6 +43,20 @@ class Tokenizer:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return self._processor.decode([list(sentence) for sentence in ids])
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self._processor.id_to_piece(int(token)) for token in ids]
+
+    def encode_with_spans(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of one line and, per piece, the UTF-8 byte span of ``text`` it covers."""
+        proto = self._processor.encode(text, return_type="proto")
+        return ([piece.id for piece in proto.pieces],
+                [(piece.begin, piece.end) for piece in proto.pieces])
+
+    def decode_with_spans(self, ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+        """The text of one line and, per piece, the UTF-8 byte span of it that piece makes."""
+        proto = self._processor.decode([int(token) for token in ids], return_type="proto")
+        return proto.text, [(piece.begin, piece.end) for piece in proto.pieces]
+
 
 SAMPLE_SEED = 20_240_601  # fixed: which sentences train a vocabulary is part of the recipe
 

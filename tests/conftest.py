@@ -84,3 +84,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_corpus: Path) -> 
     prepare(config)
     train(config)
     return config_path
+
+
+@pytest.fixture(scope="session")
+def copy_translator(tmp_path_factory: pytest.TempPathFactory):
+    """A model trained to copy sentences of up to LIMIT tokens (about 98% exactly)."""
+    from tests.word_tasks import copy, word_task_translator
+    with torch.random.fork_rng():
+        return word_task_translator(tmp_path_factory.mktemp("copy"), copy)

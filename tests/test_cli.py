@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
+from s2s.rundir import RunDir
 from tests.conftest import TEST_THREADS, config_dict, write_config
 
 runner = CliRunner()
@@ -195,3 +196,19 @@ def test_evaluate_and_translate_take_threads_from_the_config_and_set(
                                  "--set", "train.threads=3"])
     assert result.exit_code == 0, result.output
     assert counts[:1] == [3]
+
+
+def test_evaluate_alignment_file_has_a_line_per_translation(trained_run: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--alignment", "hard"])
+    assert result.exit_code == 0, result.output
+    run = RunDir(load_config(trained_run).run_dir)
+    hypotheses = run.eval_file("valid", "best", ".hyp").read_text(encoding="utf-8")
+    alignments = run.eval_file("valid", "best", ".align").read_text(encoding="utf-8")
+    sources = (run.data / "valid.src.txt").read_text(encoding="utf-8").splitlines()
+    assert len(alignments.splitlines()) == len(hypotheses.splitlines()) == len(sources)
+    for source, hypothesis, links in zip(sources, hypotheses.splitlines(),
+                                         alignments.splitlines()):
+        pairs = [tuple(map(int, link.split("-"))) for link in links.split()]
+        assert [t for _, t in pairs] == list(range(len(hypothesis.split())))
+        assert all(0 <= s < len(source.split()) for s, _ in pairs)

@@ -124,13 +124,15 @@ def _search_step_matches_training_path(model: Seq2Seq) -> bool:
     assert encoded.step_weights is None  # only search asks for them
     if model.config.input_feeding:  # a nonzero feed, as every step after the first has
         state = state._replace(feed=torch.randn_like(state.feed))
-    trained, trained_state = model.decoder(prev[:, None], state, encoded)
+    trained, trained_state, trained_weights = model.decoder(prev[:, None], state, encoded)
     with torch.no_grad():
         assert model.encode(src, lengths)[0].step_weights is None  # grad mode changes nothing
         search_encoded, _ = model.encode(src, lengths, for_search=True)
         assert search_encoded.step_weights is not None
-        searched, searched_state = model.decoder(prev[:, None], state, search_encoded)
+        searched, searched_state, searched_weights = model.decoder(prev[:, None], state,
+                                                                   search_encoded)
     return (torch.allclose(trained, searched, atol=1e-10)
+            and torch.allclose(trained_weights, searched_weights, atol=1e-10)
             and all(torch.allclose(a, b, atol=1e-10) for a, b in zip(trained_state,
                                                                       searched_state)))
 

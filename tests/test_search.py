@@ -188,7 +188,7 @@ def _reference_search(model: Seq2Seq, sentence: list[int], config: DecodeConfig
 
     def next_log_probs(tokens: list[int], state):  # -> {token: log-probability}, new state
         previous = torch.tensor([tokens[-1] if tokens else BOS_ID])
-        logits, state = model.decode_step(previous, state, encoded)
+        logits, state, _ = model.decode_step(previous, state, encoded)
         log_probs = torch.log_softmax(logits[0].float(), dim=-1).tolist()
         allowed = {token: value for token, value in enumerate(log_probs)
                    if token not in (PAD_ID, BOS_ID)}
