@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 
 from s2s.alignment import Attention
 from s2s.checkpoint import resolve_checkpoint
@@ -104,7 +105,9 @@ def draw_curves(runs: list[Curves], output: Path, title: str) -> Path:
                             xycoords=("data", "axes fraction"), xytext=(3, 4),
                             textcoords="offset points", fontsize=8, color=colour)
     loss.set(title="loss per target token", ylabel="nats")
-    ppl.set(title="validation perplexity", yscale="log")
+    perplexities = [value for run in runs for value in run.valid_ppl.values]
+    wide = bool(perplexities) and max(perplexities) > 10 * min(perplexities)
+    ppl.set(title="validation perplexity", yscale="log" if wide else "linear")
     scores.set(title="validation BLEU and chrF", ylabel="score")
     rate.set(title="learning rate", yscale="log")
     for axes in (loss, ppl, scores, rate):
@@ -114,6 +117,7 @@ def draw_curves(runs: list[Curves], output: Path, title: str) -> Path:
             axes.legend(fontsize=8)
     if len(runs) == 1 and len(runs[0].minutes.steps) > 1:
         _minutes_axis(loss, runs[0].minutes)
+        loss.set_title("loss per target token", pad=32)  # above the minutes axis
     figure.suptitle(title)
     return save_figure(figure, output)
 
@@ -149,14 +153,16 @@ def attention_figure(attention: Attention, title: str) -> tuple[Figure, bool]:
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     image = axes.imshow(attention.weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-    font_options = {"fontfamily": font} if font else {}
+    # by file, not by family name: a family matplotlib has not cached would be looked up again
+    font_options = {"fontproperties": FontProperties(fname=font)} if font else {}
     axes.set_xticks(range(columns), src_labels, rotation=70, ha="right", **font_options)
     axes.set_yticks(range(rows), tgt_labels, **font_options)
     axes.set_xlabel("source pieces")
     axes.set_ylabel("target pieces")
     figure.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     axes.set_title(title if drawable else title.encode("ascii", "replace").decode(),
-                   fontsize=10, **font_options)
+                   **({"fontproperties": FontProperties(fname=font, size=10)} if font
+                      else {"fontsize": 10}))
     return figure, drawable
 
 
@@ -165,7 +171,7 @@ NO_FONT = ("no installed font draws these pieces' characters: the heatmap is lab
 
 
 def font_for(text: str) -> tuple[str | None, bool]:
-    """A font family that draws every character of ``text`` (None: matplotlib's default
+    """The file of a font that draws every character of ``text`` (None: matplotlib's default
     does), and whether one was found."""
     return _font_covering(frozenset(ord(c) for c in text if not c.isspace()))
 
@@ -188,13 +194,12 @@ def _font_covering(needed: frozenset[int]) -> tuple[str | None, bool]:
     for entry in known:
         # matplotlib's Last Resort font "covers" everything with placeholder boxes
         if not entry.name.startswith("Last Resort") and covers(entry.fname):
-            return entry.name, True
+            return entry.fname, True
     # matplotlib's font cache predates fonts installed since: look at the system's own list
     cached = {entry.fname for entry in known}
     for path in font_manager.findSystemFonts():
         if path not in cached and "LastResort" not in path and covers(path):
-            font_manager.fontManager.addfont(path)
-            return FT2Font(path).family_name, True
+            return path, True
     return None, False
 
 

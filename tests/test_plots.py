@@ -99,7 +99,7 @@ def test_heatmap_labels_fall_back_to_indices_without_a_font(tmp_path: Path) -> N
     assert font_for("plain ascii") == (None, True)  # matplotlib's own font suffices
     # no font draws private-use characters: never matplotlib's "Last Resort" boxes
     assert font_for("\U000f0001") == (None, False)
-    assert font is None or not font.startswith("Last Resort")
+    assert font is None or "LastResort" not in font
     assert _png_size(save_figure(figure, tmp_path / "cjk.png"))[0] >= 600
 
 
@@ -134,3 +134,13 @@ def test_tensorboard_without_the_package_is_a_one_line_error(
     assert result.stderr.strip() == ("error: train.tensorboard: true needs the tensorboard "
                                      "package; install it with pip install "
                                      "'s2s[tensorboard]', or set train.tensorboard: false")
+
+
+def test_a_heatmap_without_a_font_for_its_pieces_warns_once(
+        trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("s2s.plots.font_for", lambda text: (None, False))
+    run_dir = load_config(trained_run).run_dir
+    result = runner.invoke(app, ["plot", str(run_dir), "--attention", "A dog."])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("no installed font draws these pieces") == 1
+    assert _png_size(Path(result.stdout.strip()))[0] >= 600
