@@ -167,6 +167,7 @@ class LoadedModel:
     tgt_tokenizer: Tokenizer
     step: int
     path: Path | None = None  # the checkpoint file, if it came from one
+    best_score: float | None = None  # of train.early_stopping_metric (negated for loss)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], path: Path, overrides: Sequence[str] = (),
@@ -186,8 +187,9 @@ class LoadedModel:
         except RuntimeError as error:
             raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                                   f"{str(error).splitlines()[0]}") from None
-        return cls(config, model, src_tokenizer, tgt_tokenizer, payload["progress"]["step"],
-                   path)
+        progress = payload["progress"]
+        return cls(config, model, src_tokenizer, tgt_tokenizer, progress["step"], path,
+                   progress.get("best_score"))
 
     @property
     def name(self) -> str:

@@ -196,6 +196,55 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
 
 @app.command()
 @_handle_errors
+def serve(config: Annotated[Optional[Path], typer.Argument(
+              metavar="CONFIG", help="Config of the run (or use --run).",
+              show_default=False)] = None,
+          run: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR",
+                                                      help="Run directory.")] = None,
+          checkpoint: Annotated[str, typer.Option(metavar="NAME",
+                                                  help="best, last, avg or a path.")] = "best",
+          host: Annotated[str, typer.Option(metavar="HOST", help=(
+              "Address to listen on; 0.0.0.0 exposes the server to the network."))
+                          ] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT")] = 8080,
+          device: DeviceOption = "auto",
+          max_batch_sentences: Annotated[int, typer.Option(
+              min=1, metavar="N", help="Close a batch at N lines.")] = 64,
+          max_wait_ms: Annotated[float, typer.Option(
+              min=0, metavar="MS", help="Close a batch MS after its first request.")] = 10.0,
+          max_lines: Annotated[int, typer.Option(
+              min=1, metavar="N", help="Most lines in one request.")] = 256,
+          max_chars: Annotated[int, typer.Option(
+              min=1, metavar="N", help="Most characters in one request.")] = 100_000,
+          overrides: SetOption = None) -> None:
+    """Serve translations over HTTP (JSON API and a web page) until Ctrl-C or SIGTERM."""
+    try:
+        from s2s.serve import Limits, create_app, serve as run_server
+    except ImportError as error:
+        raise UsageError(f"s2s serve needs the serve extra ({error.name} is missing): "
+                         "pip install 's2s[serve]'") from None
+    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
+    from s2s.translate import Translator
+    settings = list(overrides or [])
+    experiment = _translation_config(config, run, settings)
+    run_dir = run if experiment is None else experiment.run_dir
+    reporter = _reporter()
+    translator = Translator.from_checkpoint(
+        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
+        overrides=settings if experiment is None else (),
+        decode=None if experiment is None else experiment.decode,
+        threads=None if experiment is None else experiment.train.threads,
+        device=device, reporter=reporter)
+    check_vocabulary(translator.loaded, run_dir)
+    application = create_app(translator, max_batch_sentences=max_batch_sentences,
+                             max_wait_ms=max_wait_ms,
+                             limits=Limits(max_lines=max_lines, max_chars=max_chars))
+    run_server(application, host, port,
+               on_ready=lambda url: print(f"serving {run_dir} at {url}", flush=True))
+
+
+@app.command()
+@_handle_errors
 def average(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory.")],
             last: Annotated[int, typer.Option(min=1, metavar="N",
                                               help="How many newest checkpoints.")] = 3

@@ -73,13 +73,17 @@ def test_plot_writes_curves_of_one_or_several_runs(trained_run: Path, tmp_path: 
 
 def test_plot_attention_translates_and_numbers_its_pictures(trained_run: Path) -> None:
     run_dir = load_config(trained_run).run_dir
+    taken = set(RunDir(run_dir).plots.glob("attention-*.png"))  # other tests' pictures
     paths = []
     for _ in range(2):
         result = runner.invoke(app, ["plot", str(run_dir), "--attention",
                                      "The old dog sees a small cat."])
         assert result.exit_code == 0, result.output
         paths.append(Path(result.stdout.strip()))
-    assert [path.name for path in paths] == ["attention-1.png", "attention-2.png"]
+    first = len(taken) + 1  # numbered from 1, never overwriting a picture
+    assert [path.name for path in paths] == [f"attention-{first}.png",
+                                             f"attention-{first + 1}.png"]
+    assert not taken & set(paths)
     width, height = _png_size(paths[0])
     assert width >= 600 and height >= 480
     result = runner.invoke(app, ["plot", str(run_dir), "--attention", "  "])

@@ -1,0 +1,301 @@
+"""`s2s serve`: the JSON API, dynamic batching, clean stops and the web page."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from s2s.config import load_config
+from s2s.rundir import RunDir
+from s2s.serve import Limits, create_app
+from s2s.translate import Translator
+
+LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
+
+
+@pytest.fixture(scope="module")
+def translator(trained_run: Path) -> Translator:
+    path = RunDir(load_config(trained_run).run_dir).checkpoint("best")
+    return Translator.from_checkpoint(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(translator: Translator):
+    app = create_app(translator, limits=Limits(max_lines=8, max_chars=500, max_beam=8))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _expected(translator: Translator, lines: list[str], beam: int, nbest: int = 1):
+    from dataclasses import replace
+    other = Translator(translator.loaded, device="cpu", threads=translator.threads,
+                       decode=replace(translator.decode, beam_size=beam, nbest=nbest))
+    return other.translate(lines)
+
+
+def test_health_and_info(client: TestClient, translator: Translator) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert (info["src_lang"], info["tgt_lang"]) == ("en", "de")
+    assert info["checkpoint_step"] == translator.loaded.step == 150
+    assert info["decode"]["beam_size"] == 3 and info["model"]["decoder_hidden"] == 64
+    assert info["validation"]["metric"] == "bleu"
+    assert info["validation"]["best"] == pytest.approx(translator.loaded.best_score)
+
+
+def test_n_lines_in_n_translations_out_as_translate_gives_them(
+        client: TestClient, translator: Translator) -> None:
+    body = client.post("/translate", json={"text": LINES}).json()
+    expected = _expected(translator, LINES, beam=3)
+    assert body["translations"] == [result.text for result in expected]
+    assert body["translations"][1] == "" and len(body["scores"]) == len(LINES)
+    assert body["scores"][0] == pytest.approx(expected[0].scores[0], abs=1e-4)
+    one = client.post("/translate", json={"text": LINES[0], "beam": 1}).json()
+    assert one["translations"] == _expected(translator, LINES[:1], beam=1)[0].text
+
+
+def test_nbest_and_alignments(client: TestClient, translator: Translator) -> None:
+    body = client.post("/translate", json={"text": LINES, "beam": 4, "nbest": 2,
+                                           "alignment": "hard"}).json()
+    expected = _expected(translator, LINES, beam=4, nbest=2)
+    assert body["translations"] == [result.texts for result in expected]
+    assert [len(links) for links in body["alignments"]] == [len(r.texts) for r in expected]
+    links = body["alignments"][0][0].split()
+    assert len(links) == len(body["translations"][0][0].split())
+    soft = client.post("/translate", json={"text": "The dog.", "alignment": "soft"}).json()
+    assert len(soft["alignments"]) == len(soft["translations"].split())
+    assert all(len(row) == 2 for row in soft["alignments"])  # "The", "dog."
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ('{"text": ', 422, "not valid JSON"),
+    ('{"text": 5}', 422, "text: must be a string or a list of strings"),
+    ('{"text": ["a", 5]}', 422, "text: must be a string or a list of strings"),
+    ('{"txt": "a"}', 422, "text: Field required"),
+    ('{"text": "a", "colour": 1}', 422, "colour: Extra inputs are not permitted"),
+    ('{"text": "a", "beam": 0}', 400, "beam: 0 is out of range; choose 1 to 8"),
+    ('{"text": "a", "beam": 9}', 400, "beam: 9 is out of range"),
+    ('{"text": "a", "beam": "5"}', 422, "beam: Input should be a valid integer"),
+    ('{"text": "a", "beam": 2, "nbest": 3}', 400, "nbest: 3 is out of range"),
+    ('{"text": "a", "alignment": "fuzzy"}', 422, "alignment"),
+    (json.dumps({"text": ["a"] * 9}), 413, "9 lines in one request; at most 8"),
+    (json.dumps({"text": "a" * 501}), 413, "501 characters in one request; at most 500"),
+    ("[1, 2]", 422, "body: expected a JSON object"),
+])
+def test_bad_requests_get_a_json_error_and_a_4xx(client: TestClient, body: str, status: int,
+                                                 message: str) -> None:
+    response = client.post("/translate", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_lone_surrogates_and_control_characters_are_translated_not_refused(
+        client: TestClient) -> None:
+    body = '{"text": ["The dog\\ud800.", "The\\u0000 cat\\u0007.", "\\u001b[31m"]}'
+    response = client.post("/translate", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["translations"]) == 3
+
+
+def test_opennmt_clients_work_unchanged(client: TestClient, translator: Translator) -> None:
+    response = client.post("/translator/translate",
+                           json=[{"src": LINES[0], "id": 100}, {"src": LINES[3], "id": 100}])
+    assert response.status_code == 200, response.text
+    (results,) = response.json()
+    expected = _expected(translator, [LINES[0], LINES[3]], beam=3)
+    assert [r["tgt"] for r in results] == [e.text for e in expected]
+    assert [r["src"] for r in results] == [LINES[0], LINES[3]]
+    assert all(r["n_best"] == 1 and isinstance(r["pred_score"], float) for r in results)
+
+
+def test_the_page_is_self_contained(client: TestClient) -> None:
+    page = client.get("/").text
+    assert "<textarea" in page and "/translate" in page and "ctrlKey" in page
+    assert "http://" not in page and "https://" not in page  # no CDN, no external fonts
+
+
+# ------------------------------------------------------------- a real server on 127.0.0.1
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Server:
+    """``serve`` in a thread on a free local port, stopped by the test."""
+
+    def __init__(self, app) -> None:
+        self.app, self.port = app, _free_port()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import uvicorn
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
+        import asyncio
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        import asyncio
+        task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.02)
+        self.ready.set()
+        await task
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        assert self.ready.wait(30), "the server did not start"
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exception) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_lines(
+        translator: Translator) -> None:
+    app = create_app(translator, max_batch_sentences=64, max_wait_ms=300)
+    words = ("dog", "woman", "man", "girl", "boy", "cat", "bird", "teacher")
+    adjectives = ("old", "small", "happy", "new")
+    requests = [[f"The {adjective} {word} sees a small cat.", "", f"A {word} buys the car."]
+                for word in words for adjective in adjectives]  # 32 distinct requests
+    with _Server(app) as url:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            answers = list(pool.map(
+                lambda lines: httpx.post(f"{url}/translate", json={"text": lines},
+                                         timeout=60).json(), requests))
+    for lines, answer in zip(requests, answers):
+        assert answer["translations"] == [r.text for r in _expected(translator, lines, 3)]
+    assert app.state.batcher.batches < len(requests)  # some requests shared a batch
+
+
+def test_health_answers_while_a_batch_translates(translator: Translator) -> None:
+    app = create_app(translator, max_wait_ms=0)
+    batcher = app.state.batcher
+    started, release = threading.Event(), threading.Event()
+    real = batcher.translate_lines
+
+    def held(lines, settings):  # the batch waits, on the worker thread, until released
+        started.set()
+        assert release.wait(30)
+        return real(lines, settings)
+
+    batcher.translate_lines = held
+    with _Server(app) as url, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/translate", json={"text": "The dog."},
+                              timeout=60)
+        assert started.wait(30)
+        assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+        assert not pending.done()  # the batch is still running
+        release.set()
+        assert pending.result().status_code == 200
+
+
+def test_serve_command_prints_its_url_and_stops_cleanly_on_sigterm(trained_run: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "s2s", "serve", str(trained_run), "--port", str(port),
+         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stdout.readline()
+        assert line.strip().endswith(f"at http://127.0.0.1:{port}/"), line
+        answer = httpx.post(f"http://127.0.0.1:{port}/translate", json={"text": "The dog."},
+                            timeout=60)
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_sigterm_during_load_lets_the_requests_in_flight_finish(trained_run: Path) -> None:
+    port = _free_port()
+    # a long batch window: the requests are still waiting in it when SIGTERM comes
+    process = subprocess.Popen(
+        [sys.executable, "-m", "s2s", "serve", str(trained_run), "--port", str(port),
+         "--device", "cpu", "--max-wait-ms", "4000"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert "serving" in process.stdout.readline()
+        lines = [f"The {word} sees a cat." for word in ("dog", "man", "woman", "boy") * 4]
+        with ThreadPoolExecutor(len(lines)) as pool:
+            pending = [pool.submit(httpx.post, f"http://127.0.0.1:{port}/translate",
+                                   json={"text": line}, timeout=60) for line in lines]
+            time.sleep(1.0)  # let them arrive; the batch closes after 4 s
+            process.send_signal(signal.SIGTERM)
+            answers = [future.result() for future in pending]
+        assert [answer.status_code for answer in answers] == [200] * len(lines)
+        assert process.wait(60) == 0, process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+
+
+# ------------------------------------------------------------------ a real browser
+
+def _browser() -> tuple[str, str] | None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium and chromedriver installed "
+                    "(Debian: apt-get install chromium chromium-driver)")
+def test_the_page_translates_in_a_real_browser(translator: Translator) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = _browser()  # type: ignore[misc]
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    service = webdriver.ChromeService(executable_path=driver_path)
+    expected = _expected(translator, LINES[:1], beam=3)[0].text
+    with _Server(create_app(translator)) as url:
+        browser = webdriver.Chrome(options=options, service=service)
+        try:
+            browser.get(url + "/")
+            box = browser.find_element(By.ID, "source")
+            box.send_keys(LINES[0])
+            browser.find_element(By.ID, "translate").click()
+            WebDriverWait(browser, 30).until(
+                lambda b: b.find_elements(By.CSS_SELECTOR, "#output li"))
+            assert browser.find_element(By.CSS_SELECTOR, "#output li").text == expected
+            assert browser.find_element(By.ID, "heatmap").size["width"] > 50  # drawn
+            box.send_keys(Keys.ENTER, "The dog.", Keys.CONTROL, Keys.ENTER)  # Ctrl+Enter
+            WebDriverWait(browser, 30).until(
+                lambda b: len(b.find_elements(By.CSS_SELECTOR, "#output li")) == 2)
+            box.clear()
+            browser.execute_script(
+                "document.getElementById('source').value = 'x'.repeat(200000)")
+            browser.find_element(By.ID, "translate").click()
+            WebDriverWait(browser, 30).until(
+                lambda b: b.find_element(By.ID, "error").text)
+            assert "characters in one request" in browser.find_element(By.ID, "error").text
+        finally:
+            browser.quit()
