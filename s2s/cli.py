@@ -26,6 +26,11 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 
 BeamOption = Annotated[Optional[int], typer.Option(metavar="K", help="Beam size.")]
 DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+RunConfigArg = Annotated[Optional[Path], typer.Argument(
+    metavar="CONFIG", help="Config of the run (or use --run).", show_default=False)]
+RunOption = Annotated[Optional[Path], typer.Option(metavar="RUN_DIR", help="Run directory.")]
+CheckpointOption = Annotated[str, typer.Option(metavar="NAME",
+                                               help="best, last, avg or a path.")]
 AlignmentOption = Annotated[str, typer.Option(
     metavar="hard|soft", help="Add word alignments: hard as src-tgt pairs, soft as a JSON "
                               "matrix (target words x source words).")]
@@ -154,14 +159,8 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
 
 @app.command()
 @_handle_errors
-def translate(config: Annotated[Optional[Path], typer.Argument(
-                  metavar="CONFIG", help="Config of the run (or use --run).",
-                  show_default=False)] = None,
-              run: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR",
-                                                          help="Run directory.")] = None,
-              checkpoint: Annotated[str, typer.Option(metavar="NAME",
-                                                      help="best, last, avg or a path.")
-                                    ] = "best",
+def translate(config: RunConfigArg = None, run: RunOption = None,
+              checkpoint: CheckpointOption = "best",
               input: Annotated[Optional[Path], typer.Option(
                   metavar="FILE", help="Read this file, not stdin.")
                                ] = None,
@@ -176,19 +175,9 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
               alignment: AlignmentOption = "none",
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
-    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
-    from s2s.translate import Translator, translate_stream
+    from s2s.translate import translate_stream
     settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
-    experiment = _translation_config(config, run, settings)
-    run_dir = run if experiment is None else experiment.run_dir
-    reporter = _reporter()
-    translator = Translator.from_checkpoint(
-        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
-        overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
-        decode=None if experiment is None else experiment.decode,
-        threads=None if experiment is None else experiment.train.threads,
-        device=device, alignment=alignment, reporter=reporter)
-    check_vocabulary(translator.loaded, run_dir)
+    translator, _ = _translator(config, run, checkpoint, settings, device, alignment)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
         translate_stream(translator, source, target, progress_total=total)
@@ -196,13 +185,8 @@ def translate(config: Annotated[Optional[Path], typer.Argument(
 
 @app.command()
 @_handle_errors
-def serve(config: Annotated[Optional[Path], typer.Argument(
-              metavar="CONFIG", help="Config of the run (or use --run).",
-              show_default=False)] = None,
-          run: Annotated[Optional[Path], typer.Option(metavar="RUN_DIR",
-                                                      help="Run directory.")] = None,
-          checkpoint: Annotated[str, typer.Option(metavar="NAME",
-                                                  help="best, last, avg or a path.")] = "best",
+def serve(config: RunConfigArg = None, run: RunOption = None,
+          checkpoint: CheckpointOption = "best",
           host: Annotated[str, typer.Option(metavar="HOST", help=(
               "Address to listen on; 0.0.0.0 exposes the server to the network."))
                           ] = "127.0.0.1",
@@ -223,19 +207,7 @@ def serve(config: Annotated[Optional[Path], typer.Argument(
     except ImportError as error:
         raise UsageError(f"s2s serve needs the serve extra ({error.name} is missing): "
                          "pip install 's2s[serve]'") from None
-    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
-    from s2s.translate import Translator
-    settings = list(overrides or [])
-    experiment = _translation_config(config, run, settings)
-    run_dir = run if experiment is None else experiment.run_dir
-    reporter = _reporter()
-    translator = Translator.from_checkpoint(
-        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
-        overrides=settings if experiment is None else (),
-        decode=None if experiment is None else experiment.decode,
-        threads=None if experiment is None else experiment.train.threads,
-        device=device, reporter=reporter)
-    check_vocabulary(translator.loaded, run_dir)
+    translator, run_dir = _translator(config, run, checkpoint, list(overrides or []), device)
     application = create_app(translator, max_batch_sentences=max_batch_sentences,
                              max_wait_ms=max_wait_ms,
                              limits=Limits(max_lines=max_lines, max_chars=max_chars))
@@ -262,9 +234,7 @@ def plot(run_dirs: Annotated[list[Path], typer.Argument(
          attention: Annotated[Optional[str], typer.Option(
              metavar="SENTENCE", help="Translate SENTENCE and draw its attention heatmap.")
                               ] = None,
-         checkpoint: Annotated[str, typer.Option(metavar="NAME",
-                                                 help="best, last, avg or a path.")] = "best",
-         device: DeviceOption = "auto") -> None:
+         checkpoint: CheckpointOption = "best", device: DeviceOption = "auto") -> None:
     """Draw learning curves (RUN_DIR/plots/curves.png) or an attention heatmap; print the path."""
     from s2s.plots import plot_attention, plot_curves
     for run_dir in run_dirs:
@@ -290,6 +260,25 @@ def demo_data(directory: Annotated[Path, typer.Argument(
     counts = write_demo_corpus(directory)
     _reporter().info(f"wrote {directory}/{{train,valid,test}}.{{en,de}}: " +
                      ", ".join(f"{split} {count}" for split, count in counts.items()))
+
+
+def _translator(config: Optional[Path], run: Optional[Path], checkpoint: str,
+                settings: list[str], device: str, alignment: str = "none"):
+    """The translator of a run's checkpoint, decoding as CONFIG (or, with --run, as stored
+    in the checkpoint) and ``settings`` say; and the run directory."""
+    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
+    from s2s.translate import Translator
+    experiment = _translation_config(config, run, settings)
+    run_dir = run if experiment is None else experiment.run_dir
+    reporter = _reporter()
+    translator = Translator.from_checkpoint(
+        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
+        overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
+        decode=None if experiment is None else experiment.decode,
+        threads=None if experiment is None else experiment.train.threads,
+        device=device, alignment=alignment, reporter=reporter)
+    check_vocabulary(translator.loaded, run_dir)
+    return translator, run_dir
 
 
 def _translation_config(config: Optional[Path], run: Optional[Path], settings: list[str]):

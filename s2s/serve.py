@@ -180,18 +180,7 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
     app = FastAPI(title="s2s", lifespan=lifespan)
     app.state.batcher = batcher
     defaults = translator.decode
-
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=error.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(error)}, status_code=422)
-
-    @app.exception_handler(S2SError)
-    async def s2s_error(request: Request, error: S2SError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=400)
+    _add_error_handlers(app)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -199,24 +188,11 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        loaded = translator.loaded
-        config = loaded.config
-        metric = config.train.early_stopping_metric
-        best = loaded.best_score
-        return {
-            "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
-            "model": config_to_dict(config.model),
-            "vocab_sizes": {"src": len(loaded.src_tokenizer), "tgt": len(loaded.tgt_tokenizer)},
-            "checkpoint": str(loaded.path) if loaded.path else None,
-            "checkpoint_step": loaded.step,
-            "decode": config_to_dict(defaults),
-            "validation": {"metric": metric, "best": None if best is None else (
-                best if metric != "loss" else -best)},
-            "batching": {"max_batch_sentences": max_batch_sentences,
-                         "max_wait_ms": max_wait_ms, "batches_run": batcher.batches},
-            "limits": {"max_lines": limits.max_lines, "max_chars": limits.max_chars,
-                       "max_beam": limits.max_beam},
-        }
+        return {**_model_info(translator), "batching": {
+            "max_batch_sentences": max_batch_sentences, "max_wait_ms": max_wait_ms,
+            "batches_run": batcher.batches}, "limits": {
+            "max_lines": limits.max_lines, "max_chars": limits.max_chars,
+            "max_beam": limits.max_beam}}
 
     @app.post("/translate")
     async def translate(request: TranslateRequest) -> dict[str, Any]:
@@ -239,6 +215,38 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
         return resources.files("s2s").joinpath("page.html").read_text(encoding="utf-8")
 
     return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error a client causes is JSON ``{"error": one line}`` with a 4xx status."""
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(error)}, status_code=422)
+
+    @app.exception_handler(S2SError)
+    async def s2s_error(request: Request, error: S2SError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
+
+
+def _model_info(translator: Translator) -> dict[str, Any]:
+    loaded = translator.loaded
+    config = loaded.config
+    metric, best = config.train.early_stopping_metric, loaded.best_score
+    return {
+        "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
+        "model": config_to_dict(config.model),
+        "vocab_sizes": {"src": len(loaded.src_tokenizer), "tgt": len(loaded.tgt_tokenizer)},
+        "checkpoint": str(loaded.path) if loaded.path else None,
+        "checkpoint_step": loaded.step,
+        "decode": config_to_dict(translator.decode),
+        # the checkpoint keeps the best score negated for loss (higher is better there)
+        "validation": {"metric": metric, "best": None if best is None else (
+            -best if metric == "loss" else best)},
+    }
 
 
 def _settings(beam: int | None, nbest: int | None, alignment: bool | str,
