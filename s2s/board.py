@@ -12,7 +12,6 @@ from typing import Any
 
 from s2s.alignment import Attention
 from s2s.errors import ConfigError
-from s2s.plots import NO_FONT, attention_figure, figure_pixels
 from s2s.report import Reporter
 
 
@@ -40,6 +39,8 @@ class Board:
         self.writer.flush()
 
     def attention(self, attention: Attention, step: int, title: str) -> None:
+        # matplotlib loads here, not when training starts without TensorBoard (~0.8 s)
+        from s2s.plots import NO_FONT, attention_figure, figure_pixels
         figure, drawable = attention_figure(attention, title)
         if not drawable and not self.warned_about_fonts:
             self.reporter.warn(NO_FONT)
