@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from s2s.config import Config, config_from_dict, config_to_dict
+from s2s.config import Config, ModelConfig, config_from_dict, config_to_dict
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model import Seq2Seq
 from s2s.prepared import prepared_vocabularies
@@ -144,7 +144,8 @@ class TrainingCheckpoints:
         shutil.rmtree(self.run.checkpoints, ignore_errors=True)
 
     def _check_compatible(self, payload: dict[str, Any], path: Path) -> None:
-        stored_model = payload["config"].get("model", {})
+        # a setting added after the checkpoint was written has its default there
+        stored_model = {**config_to_dict(ModelConfig()), **payload["config"].get("model", {})}
         current_model = config_to_dict(self.config.model)
         changed = [key for key in current_model if stored_model.get(key) != current_model[key]]
         if changed:
@@ -251,6 +252,10 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
         paths = paths[-last:]
     payloads = [load_checkpoint(path) for path in paths]
     newest = payloads[-1]
+    for path, payload in zip(paths, payloads):
+        if payload["config"].get("model") != newest["config"].get("model"):
+            raise CheckpointError(f"{path}: another model than {paths[-1].name} (its model "
+                                  "settings differ); average checkpoints of one model only")
     averaged = {}
     for name, tensor in newest["model"].items():
         if tensor.is_floating_point():
@@ -264,6 +269,7 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
     steps = ", ".join(str(payload["progress"]["step"]) for payload in payloads)
     reporter.info(f"averaged {len(paths)} checkpoints (steps {steps}) into {output}")
     return output
+
 
 def _fsync_directory(directory: Path) -> None:
     try:

@@ -67,8 +67,10 @@ class VocabConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The attentional LSTM encoder-decoder."""
+    """The attentional recurrent encoder-decoder."""
 
+    # lstm; gru; rnn: the plain tanh recurrence h = tanh(W x + U h + b)
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
     embed_size: int = _option(256, minimum=1)
     encoder_layers: int = _option(2, minimum=1)
     encoder_hidden: int = _option(256, minimum=1)  # per direction

@@ -1,8 +1,9 @@
-"""The attentional LSTM encoder-decoder.
+"""The attentional recurrent encoder-decoder (LSTM, GRU or tanh RNN cells: ``s2s.cells``).
 
 Shapes: B batch, S source length, T target length, E embedding size, He encoder hidden size per
 direction, M = 2 He (encoder states), H decoder hidden size, L decoder layers, O attentional
-vector size (E when embeddings are tied, else H), V target vocabulary.
+vector size (E when embeddings are tied, else H), V target vocabulary, G the cell's joined
+pre-activation width per hidden unit (4 for LSTM and GRU, 1 for RNN).
 
 Search needs only ``encode`` (asking ``for_search=True`` for the joined step weights) and
 ``decode_step``; training and the validation loss use ``forward``. Nothing here depends on
@@ -11,12 +12,14 @@ torch's global grad mode.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from s2s.cells import CELLS, Cell
 from s2s.config import ModelConfig
 from s2s.vocab import PAD_ID
 
@@ -38,11 +41,12 @@ class Encoded(NamedTuple):
 
 class DecoderState(NamedTuple):
     hidden: Tensor  # (L, B, H)
-    cell: Tensor  # (L, B, H)
+    cell: Tensor | None  # (L, B, H) for LSTMs; None for cells without a cell state
     feed: Tensor  # (B, O) last attentional vector; (B, 0) without input feeding
 
     def select(self, index: Tensor) -> "DecoderState":
-        return DecoderState(self.hidden.index_select(1, index), self.cell.index_select(1, index),
+        cell = None if self.cell is None else self.cell.index_select(1, index)
+        return DecoderState(self.hidden.index_select(1, index), cell,
                             self.feed.index_select(0, index))
 
 
@@ -108,66 +112,96 @@ class _StepLinear(torch.autograd.Function):
         return grad @ weight.to(grad.dtype), grad_weight, None, None
 
 
-def _step_linear(inputs: Tensor, layer: nn.Linear, record: list | None, step: int) -> Tensor:
-    """A decoder step's linear layer; ``record`` is None when no gradient is needed."""
+def _step_linear(inputs: Tensor, weight: Tensor, bias: Tensor | None, record: list | None,
+                 step: int) -> Tensor:
+    """A decoder step's linear map; ``record`` is None when no gradient is needed."""
     if record is None:
-        return layer(inputs)
-    output = _StepLinear.apply(inputs, layer.weight, record, step == 0)
-    return output if layer.bias is None else output + layer.bias
+        return nn.functional.linear(inputs, weight, bias)
+    output = _StepLinear.apply(inputs, weight, record, step == 0)
+    return output if bias is None else output + bias
+
+
+class SplitStepLayer(nn.Module):
+    """A step-by-step decoder layer whose input and hidden matrices cannot simply be joined
+    (the GRU's): kept apart as parameters, joined per forward by ``Cell.join``."""
+
+    def __init__(self, input_size: int, hidden_size: int, width: int, input_bias: bool) -> None:
+        super().__init__()
+        self.input = nn.Linear(input_size, width * hidden_size, bias=input_bias)
+        self.hidden = nn.Linear(hidden_size, width * hidden_size)
+
+
+def _recurrent_layer(cell: Cell, input_size: int, size: int, bias: bool) -> nn.Module:
+    """Layer of the step-by-step decoder over [input, hidden]."""
+    if cell.input_width == cell.joined_width:  # one matrix over [input, hidden]
+        return nn.Linear(input_size + size, cell.joined_width * size, bias=bias)
+    return SplitStepLayer(input_size, size, cell.input_width, bias)
+
+
+def _joined_step_layer(cell: Cell, layer: nn.Module) -> tuple[Tensor, Tensor | None]:
+    if isinstance(layer, SplitStepLayer):
+        return cell.join(layer.input.weight, layer.input.bias, layer.hidden.weight,
+                         layer.hidden.bias)
+    return layer.weight, layer.bias
 
 
 class Encoder(nn.Module):
-    """Bidirectional multi-layer LSTM over packed sequences: no work is spent on padding."""
+    """Bidirectional multi-layer RNN over packed sequences: no work is spent on padding."""
 
     def __init__(self, config: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
         self.embedding = embedding
         self.embed_dropout = nn.Dropout(config.embed_dropout)
-        self.rnn = nn.LSTM(config.embed_size, config.encoder_hidden, config.encoder_layers,
-                           batch_first=True, bidirectional=True,
-                           dropout=config.dropout if config.encoder_layers > 1 else 0.0)
-        self.decoder_shape = (config.decoder_layers, config.decoder_hidden)
+        cell = CELLS[config.cell]
+        self.rnn = cell.module(config.embed_size, config.encoder_hidden, config.encoder_layers,
+                               batch_first=True, bidirectional=True,
+                               dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.decoder_shape = (2 if cell.has_cell_state else 1, config.decoder_layers,
+                              config.decoder_hidden)
         # the top layer's final forward/backward states initialise every decoder layer
-        self.bridge = nn.Linear(2 * config.encoder_hidden,
-                                2 * config.decoder_layers * config.decoder_hidden)
+        self.bridge = nn.Linear(2 * config.encoder_hidden, math.prod(self.decoder_shape))
 
-    def forward(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """src_ids (B, S) -> states (B, S, M), initial decoder hidden and cell (L, B, H)."""
+    def forward(self, src_ids: Tensor, src_lengths: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """src_ids (B, S) -> states (B, S, M), initial decoder hidden and cell (L, B, H); the
+        cell is None for cells without a cell state."""
         batch, length = src_ids.shape
         embedded = self.embed_dropout(self.embedding(src_ids))  # (B, S, E)
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
-        output, (final_hidden, _) = self.rnn(packed)
+        output, final = self.rnn(packed)
+        final_hidden = final[0] if isinstance(final, tuple) else final  # an LSTM's (h, c)
         states, _ = pad_packed_sequence(output, batch_first=True, total_length=length)
-        final = torch.cat([final_hidden[-2], final_hidden[-1]], dim=1)  # (B, M)
-        layers, hidden_size = self.decoder_shape
-        init = torch.tanh(self.bridge(final)).view(batch, 2, layers, hidden_size)
+        top = torch.cat([final_hidden[-2], final_hidden[-1]], dim=1)  # (B, M)
+        init = torch.tanh(self.bridge(top)).view(batch, *self.decoder_shape)
         hidden = init[:, 0].transpose(0, 1).contiguous()  # (L, B, H)
-        cell = init[:, 1].transpose(0, 1).contiguous()
+        cell = init[:, 1].transpose(0, 1).contiguous() if len(init[0]) == 2 else None
         return states, hidden, cell
 
 
 class Decoder(nn.Module):
-    """LSTM decoder with attention; input feeding runs step by step, otherwise one fused call."""
+    """Recurrent decoder with attention; input feeding runs step by step, otherwise one fused
+    call."""
 
     def __init__(self, config: ModelConfig, embedding: nn.Embedding, vocab_size: int) -> None:
         super().__init__()
         size, layers = config.decoder_hidden, config.decoder_layers
         memory_size = 2 * config.encoder_hidden
+        self.cell = CELLS[config.cell]
         self.out_size = config.embed_size if config.tie_embeddings else size
         self.input_feeding = config.input_feeding
         self.embedding = embedding
         self.embed_dropout = nn.Dropout(config.embed_dropout)
         self.dropout = nn.Dropout(config.dropout)
         if self.input_feeding:
-            # layer 0's gates from the embeddings are computed for all steps in one matmul
-            self.embedding_gates = nn.Linear(config.embed_size, 4 * size)
+            # layer 0's input pre-activations from the embeddings: all steps in one matmul
+            self.embedding_gates = nn.Linear(config.embed_size, self.cell.input_width * size)
             self.recurrent = nn.ModuleList(
-                [nn.Linear(self.out_size + size, 4 * size, bias=False)]
-                + [nn.Linear(2 * size, 4 * size) for _ in range(layers - 1)])
+                [_recurrent_layer(self.cell, self.out_size, size, bias=False)]
+                + [_recurrent_layer(self.cell, size, size, bias=True) for _ in range(layers - 1)])
         else:
-            self.rnn = nn.LSTM(config.embed_size, size, layers, batch_first=True,
-                               dropout=config.dropout if layers > 1 else 0.0)
+            self.rnn = self.cell.module(config.embed_size, size, layers, batch_first=True,
+                                        dropout=config.dropout if layers > 1 else 0.0)
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
         self.output = nn.Linear(self.out_size, vocab_size)
@@ -186,13 +220,17 @@ class Decoder(nn.Module):
         # Three paths give the same numbers (tests pin them to each other): search's single
         # steps use the joined weights it asked ``encode`` for (one matmul per layer, no
         # autograd); input feeding must run step by step, since each step's input is the
-        # previous step's output; without it the whole sequence goes through one fused LSTM.
+        # previous step's output; without it the whole sequence goes through one fused RNN.
         if encoded.step_weights is not None:
             assert embedded.size(1) == 1, "search decodes one step at a time"
             return self._search_step(embedded[:, 0], state, encoded)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
-        output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))  # (B, T, H)
+        if state.cell is None:
+            output, hidden = self.rnn(embedded, state.hidden)  # (B, T, H)
+            cell = None
+        else:
+            output, (hidden, cell) = self.rnn(embedded, (state.hidden, state.cell))
         context, weights = self.attention(output, encoded)  # (B, T, M), (B, T, S)
         vectors = self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
         return vectors, DecoderState(hidden, cell, state.feed), weights
@@ -201,95 +239,84 @@ class Decoder(nn.Module):
                      ) -> tuple[Tensor, DecoderState, Tensor]:
         """One decoding step for search, embedded (B, E): one matmul per layer.
 
-        Plain matmuls, not the fused ``nn.LSTM`` kernel, which would build a new oneDNN
-        primitive for every batch size as finished sentences leave the batch.
+        Plain matmuls, not the fused RNN kernel, which would build a new oneDNN primitive for
+        every batch size as finished sentences leave the batch.
         """
         first_input = (torch.cat([embedded, state.feed], dim=1) if self.input_feeding
                        else embedded)
         layer_input, hiddens, cells = first_input, [], []
-        for (weight, bias), hidden, cell in zip(encoded.step_weights, state.hidden, state.cell):
+        for (weight, bias), hidden, cell in zip(encoded.step_weights, state.hidden,
+                                                _layers_of(state.cell, len(state.hidden))):
             inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
-            layer_input, cell = _lstm_cell(torch.addmm(bias, inputs, weight.t()), cell)
+            layer_input, cell = self.cell.step(torch.addmm(bias, inputs, weight.t()), hidden,
+                                               cell)
             hiddens.append(layer_input)
             cells.append(cell)
         top = layer_input[:, None]  # (B, 1, H)
         context, weights = self.attention(top, encoded)  # (B, 1, M), (B, 1, S)
         vectors = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
         feed = vectors[:, 0] if self.input_feeding else state.feed
-        return vectors, DecoderState(torch.stack(hiddens), torch.stack(cells), feed), weights
+        return vectors, DecoderState(torch.stack(hiddens), _stacked(cells), feed), weights
 
     @torch.no_grad()
     def step_weights(self) -> list[tuple[Tensor, Tensor]]:
-        """Per layer, the (weight, bias) of all its gates from [input, hidden] in one matrix.
+        """Per layer, the (weight (G H, in + H), bias) over [input, hidden] in the layout
+        ``Cell.step`` takes.
 
-        Gates come in the order ``_lstm_cell`` takes. With input feeding, layer 0's input is
-        [embedding, feed]: its embedding and recurrent matrices are joined. Without, each
-        ``nn.LSTM`` layer's two matrices are joined, two biases summed and gates reordered.
-        Built for every batch (a copy of the weights, about a millisecond): a cache would need
-        to know when the weights change, and the fused optimizers update them in place
-        without bumping their version counters.
+        With input feeding, layer 0's input is [embedding, feed]: its embedding and feed
+        matrices are joined. Built for every batch (a copy of the weights, about a
+        millisecond): a cache would need to know when the weights change, and the fused
+        optimizers update them in place without bumping their version counters.
         """
-        if self.input_feeding:
-            first, later = self.recurrent[0], list(self.recurrent)[1:]
-            return [(torch.cat([self.embedding_gates.weight, first.weight], dim=1),
-                     self.embedding_gates.bias), *((layer.weight, layer.bias) for layer in later)]
-        return [_joined_lstm_layer(self.rnn, layer) for layer in range(self.rnn.num_layers)]
+        if not self.input_feeding:
+            return [self.cell.join_fused_layer(self.rnn, layer)
+                    for layer in range(self.rnn.num_layers)]
+        first, later = self.recurrent[0], list(self.recurrent)[1:]
+        embedding = self.embedding_gates
+        if isinstance(first, SplitStepLayer):
+            joined_first = self.cell.join(
+                torch.cat([embedding.weight, first.input.weight], dim=1), embedding.bias,
+                first.hidden.weight, first.hidden.bias)
+        else:
+            joined_first = torch.cat([embedding.weight, first.weight], dim=1), embedding.bias
+        return [joined_first, *(_joined_step_layer(self.cell, layer) for layer in later)]
 
     def _run_stepwise(self, embedded: Tensor, state: DecoderState, encoded: Encoded
                       ) -> tuple[Tensor, DecoderState, Tensor]:
         # unbind once: slicing per step would make backward build a full-size zero tensor per step
-        embedding_gates = self.embedding_gates(embedded).unbind(1)  # T x (B, 4H)
-        hidden, cell = list(state.hidden.unbind(0)), list(state.cell.unbind(0))
+        embedding_gates = self.cell.widen_input_gates(
+            self.embedding_gates(embedded)).unbind(1)  # T x (B, G H)
+        hidden = list(state.hidden.unbind(0))
+        cell = _layers_of(state.cell, len(hidden))
+        layers = [_joined_step_layer(self.cell, layer) for layer in self.recurrent]
         feed, vectors, attention = state.feed, [], []
         # one record per layer for the deferred weight gradients (see _StepLinear)
-        records = [[] if torch.is_grad_enabled() and self.training else None
-                   for _ in self.recurrent]
+        records = [[] if torch.is_grad_enabled() and self.training else None for _ in layers]
         for step, step_gates in enumerate(embedding_gates):
             layer_input = feed
-            for layer, weights in enumerate(self.recurrent):
+            for layer, (weight, bias) in enumerate(layers):
                 inputs = torch.cat([layer_input, hidden[layer]], dim=1)  # (B, in)
-                gates = _step_linear(inputs, weights, records[layer], step)  # (B, 4H)
+                gates = _step_linear(inputs, weight, bias, records[layer], step)  # (B, G H)
                 if layer == 0:
                     gates = gates + step_gates
-                hidden[layer], cell[layer] = _lstm_cell(gates, cell[layer])
+                hidden[layer], cell[layer] = self.cell.step(gates, hidden[layer], cell[layer])
                 layer_input = self.dropout(hidden[layer])
             top = hidden[-1][:, None]  # (B, 1, H)
             context, weights = self.attention(top, encoded)  # (B, 1, M), (B, 1, S)
             feed = self.dropout(torch.tanh(self.combine(torch.cat([context, top], dim=-1))[:, 0]))
             vectors.append(feed)
             attention.append(weights)
-        new_state = DecoderState(torch.stack(hidden), torch.stack(cell), feed)
+        new_state = DecoderState(torch.stack(hidden), _stacked(cell), feed)
         return torch.stack(vectors, dim=1), new_state, torch.cat(attention, dim=1)
 
 
-def _joined_lstm_layer(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
-    """One ``nn.LSTM`` layer as a single matrix over [input, hidden], gates i, f, o, g."""
-    def weights(name: str) -> Tensor:
-        return getattr(rnn, f"{name}_l{layer}")
-
-    size = rnn.hidden_size
-    order = torch.cat([torch.arange(2 * size), torch.arange(3 * size, 4 * size),
-                       torch.arange(2 * size, 3 * size)]).to(weights("weight_ih").device)
-    weight = torch.cat([weights("weight_ih"), weights("weight_hh")], dim=1)[order]
-    return weight, (weights("bias_ih") + weights("bias_hh"))[order]
+def _layers_of(cell: Tensor | None, layers: int) -> list[Tensor | None]:
+    """Per layer, the cell state (L, B, H) -> L x (B, H); Nones for cells without one."""
+    return [None] * layers if cell is None else list(cell.unbind(0))
 
 
-def _at_least_fp32(tensor: Tensor) -> Tensor:
-    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
-
-
-def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-    """gates (B, 4H) in order input, forget, output, candidate -> hidden, cell (B, H).
-
-    The arithmetic runs in fp32 even for bf16 gates (the cell state carries across steps);
-    the hidden state comes back in the gates' dtype, the cell state in fp32.
-    """
-    size, dtype = cell.size(1), gates.dtype
-    gates = _at_least_fp32(gates)
-    input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, :3 * size]).chunk(3, dim=1)
-    candidate = torch.tanh(gates[:, 3 * size:])
-    cell = forget_gate * cell + input_gate * candidate
-    return (output_gate * torch.tanh(cell)).to(dtype), cell
+def _stacked(cells: list[Tensor | None]) -> Tensor | None:
+    return None if cells[0] is None else torch.stack(cells)
 
 
 class Seq2Seq(nn.Module):

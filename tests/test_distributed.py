@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from s2s.checkpoint import load_checkpoint
@@ -19,14 +20,16 @@ from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 # no dropout: each process draws its own dropout masks, one process draws them in sequence
-EXACT = {"model": {"dropout": 0.0, "embed_dropout": 0.0}}
+NO_DROPOUT = {"dropout": 0.0, "embed_dropout": 0.0}
 
 
-def _config(tmp_path: Path, corpus: Path, name: str, **train_settings) -> Path:
+def _config(tmp_path: Path, corpus: Path, name: str, cell: str = "lstm",
+            **train_settings) -> Path:
     settings = {"max_steps": 6, "valid_every": 3, "batch_tokens": 300, "threads": 1,
                 **train_settings}
+    model = {**NO_DROPOUT, "cell": cell}
     path = write_config(tmp_path / f"{name}.yaml",
-                        config_dict(corpus, tmp_path / name, train=settings, **EXACT))
+                        config_dict(corpus, tmp_path / name, train=settings, model=model))
     prepare(load_config(path))
     return path
 
@@ -61,11 +64,14 @@ def _assert_same_weights(first: Path, second: Path) -> None:
         assert torch.allclose(expected[name], actual[name], atol=1e-5), name
 
 
+# the GRU stands for the cells whose step layers are not one nn.Linear
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(demo_corpus: Path,
-                                                                    tmp_path: Path) -> None:
-    single = _config(tmp_path, demo_corpus, "single", accumulate=2)
+                                                                    tmp_path: Path,
+                                                                    cell: str) -> None:
+    single = _config(tmp_path, demo_corpus, "single", cell, accumulate=2)
     train(load_config(single))
-    double = _config(tmp_path, demo_corpus, "double", accumulate=1)
+    double = _config(tmp_path, demo_corpus, "double", cell, accumulate=1)
     _run([sys.executable, "-m", "s2s", "train", str(double), "--nproc", "2"])
     _assert_same_weights(single, double)
     run_dir = load_config(double).run_dir

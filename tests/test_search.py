@@ -35,20 +35,26 @@ def _batch(count: int, seed: int = 2, generator: torch.Generator | None = None
             for n in torch.randint(1, 12, (count,), generator=generator)]
 
 
+CELLS = ["lstm", "gru", "rnn"]
+ModelKey = tuple[str, bool]  # (cell, input feeding)
+
+
 @pytest.fixture(scope="module")
-def copy_models() -> dict[bool, Seq2Seq]:
-    """Models half-trained (100 steps) to copy their input, with and without input feeding.
+def copy_models() -> dict[ModelKey, Seq2Seq]:
+    """Models half-trained (100 steps) to copy their input, for every cell, with and without
+    input feeding.
 
     Half-trained on purpose: outputs of many lengths end at different steps, and beam search
     finds other translations than greedy search, so the tests below compare real choices.
     """
-    return {feeding: _train_copy_model(feeding, steps=100) for feeding in (True, False)}
+    return {(cell, feeding): _train_copy_model(cell, feeding, steps=100)
+            for cell in CELLS for feeding in (True, False)}
 
 
-def _train_copy_model(input_feeding: bool, steps: int) -> Seq2Seq:
+def _train_copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
     torch.manual_seed(0)
-    config = ModelConfig(embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
-                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
+    config = ModelConfig(cell=cell, embed_size=16, encoder_layers=1, encoder_hidden=16,  # type: ignore[arg-type]
+                         decoder_layers=1, decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
                          input_feeding=input_feeding)
     model = Seq2Seq(config, 30, 30)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -67,10 +73,11 @@ def _train_copy_model(input_feeding: bool, steps: int) -> Seq2Seq:
     return model.eval()
 
 
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_beam_size_one_equals_greedy(copy_models: dict[bool, Seq2Seq],
+def test_beam_size_one_equals_greedy(copy_models: dict[ModelKey, Seq2Seq], cell: str,
                                      input_feeding: bool) -> None:
-    model = copy_models[input_feeding]
+    model = copy_models[cell, input_feeding]
     src, lengths = pad(_batch(60), suffix=EOS_ID)
     settings = DecodeConfig(beam_size=1, nbest=1, length_penalty="none")  # comparable scores
     greedy = greedy_search(model, src, lengths, settings)
@@ -81,14 +88,17 @@ def test_beam_size_one_equals_greedy(copy_models: dict[bool, Seq2Seq],
         assert ours[0].score == pytest.approx(theirs[0].score, abs=1e-5)
 
 
-@pytest.mark.parametrize("beam,length_penalty", [(1, "gnmt"), (4, "gnmt"), (4, "average")])
+# the length penalties are the search's, not the cell's: the other cells take one setting
+@pytest.mark.parametrize("cell,beam,length_penalty", [
+    ("lstm", 1, "gnmt"), ("lstm", 4, "gnmt"), ("lstm", 4, "average"), ("gru", 1, "gnmt"),
+    ("gru", 4, "gnmt"), ("rnn", 1, "gnmt"), ("rnn", 4, "gnmt")])
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
-        copy_models: dict[bool, Seq2Seq], beam: int, length_penalty: str,
+        copy_models: dict[ModelKey, Seq2Seq], cell: str, beam: int, length_penalty: str,
         input_feeding: bool) -> None:
     # 60 sentences in one batch: finished ones ride along as passengers until the batch
     # shrinks to a bucket size, which must not change anyone's translation or score
-    model = copy_models[input_feeding]
+    model = copy_models[cell, input_feeding]
     sentences = _batch(60)
     settings = DecodeConfig(beam_size=beam, nbest=1, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]
@@ -103,8 +113,8 @@ def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
 
 
 def test_beam_search_finds_better_scoring_translations_than_greedy(
-        copy_models: dict[bool, Seq2Seq]) -> None:
-    model = copy_models[True]
+        copy_models: dict[ModelKey, Seq2Seq]) -> None:
+    model = copy_models["lstm", True]
     src, lengths = pad(_batch(60), suffix=EOS_ID)
     plain = DecodeConfig(beam_size=1, length_penalty="none")
     greedy = greedy_search(model, src, lengths, plain)
@@ -230,13 +240,14 @@ def _reference_search(model: Seq2Seq, sentence: list[int], config: DecodeConfig
     return finished[:config.nbest]
 
 
-@pytest.mark.parametrize("beam,nbest,length_penalty", [
-    (1, 1, "none"), (4, 1, "gnmt"), (4, 3, "gnmt"), (4, 1, "average")])
+@pytest.mark.parametrize("cell,beam,nbest,length_penalty", [
+    ("lstm", 1, 1, "none"), ("lstm", 4, 1, "gnmt"), ("lstm", 4, 3, "gnmt"),
+    ("lstm", 4, 1, "average"), ("gru", 4, 3, "gnmt"), ("rnn", 4, 3, "gnmt")])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_batched_search_equals_the_naive_reference(copy_models: dict[bool, Seq2Seq],
-                                                   input_feeding: bool, beam: int, nbest: int,
-                                                   length_penalty: str) -> None:
-    model = copy_models[input_feeding]
+def test_batched_search_equals_the_naive_reference(copy_models: dict[ModelKey, Seq2Seq],
+                                                   cell: str, input_feeding: bool, beam: int,
+                                                   nbest: int, length_penalty: str) -> None:
+    model = copy_models[cell, input_feeding]
     sentences = _batch(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]

@@ -52,9 +52,11 @@ def test_run_directory_has_best_last_metrics_and_resolved_config(trained_run: Pa
     assert (run_dir / "config.yaml").exists()
 
 
-def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Path,
+                                                cell: str) -> None:
     sections = {"train": {"max_steps": 24, "valid_every": 8, "batch_tokens": 300},
-                "model": {"dropout": 0.3, "embed_dropout": 0.1}}
+                "model": {"dropout": 0.3, "embed_dropout": 0.1, "cell": cell}}
     straight = _prepared(demo_corpus, tmp_path / "straight", **sections)
     train(straight)
     resumed = _prepared(demo_corpus, tmp_path / "resumed", **sections)
@@ -99,6 +101,25 @@ def test_resume_refuses_a_checkpoint_of_another_model(demo_corpus: Path, tmp_pat
     with pytest.raises(CheckpointError, match=r"trained with model\.decoder_hidden=64 but the "
                                               r"config says 48; use --restart"):
         train(bigger)
+    gru = config_from_dict(config_dict(demo_corpus, tmp_path / "run", model={"cell": "gru"}))
+    with pytest.raises(CheckpointError, match=r"trained with model\.cell='lstm' but the config "
+                                              r"says 'gru'; use --restart"):
+        train(gru)
+
+
+def test_checkpoints_from_before_the_cell_setting_are_lstms(demo_corpus: Path,
+                                                            tmp_path: Path) -> None:
+    """Checkpoints written before ``model.cell`` existed have no such key: they are LSTMs."""
+    config = _prepared(demo_corpus, tmp_path / "run", train={"max_steps": 2, "valid_every": 2})
+    train(config)
+    path = RunDir(config.run_dir).checkpoint("last")
+    payload = load_checkpoint(path)
+    del payload["config"]["model"]["cell"]
+    torch.save(payload, path)
+    assert load_model(path).config.model.cell == "lstm"
+    train(config_from_dict(config_dict(demo_corpus, tmp_path / "run",
+                                       train={"max_steps": 3, "valid_every": 2})))
+    assert load_checkpoint(path)["progress"]["step"] == 3
 
 
 def test_learning_rate_schedules() -> None:
