@@ -1,20 +1,24 @@
 """Matmul FLOPs of the s2s model for one batch, counted from the architecture.
 
-torch's FlopCounterMode does not see inside the fused LSTM kernels, so utilisation figures use
+torch's FlopCounterMode does not see inside the fused RNN kernels, so utilisation figures use
 this count instead: 2 FLOPs per multiply-add, computed over what the code really computes
 (packed source tokens in the encoder, padded positions in the decoder, real target positions
-in the output layer). A training step is taken as 3x the forward pass.
+in the output layer, and the GRU's joined step matrix with its zero blocks). A training step is
+taken as 3x the forward pass.
 """
 
 from __future__ import annotations
 
 from s2s.batching import Batch
+from s2s.cells import CELLS
 from s2s.config import ModelConfig
 from s2s.vocab import PAD_ID
 
 
 def forward_flops(config: ModelConfig, batch: Batch, tgt_vocab_size: int) -> float:
     embed, enc, dec = config.embed_size, config.encoder_hidden, config.decoder_hidden
+    cell = CELLS[config.cell]
+    fused_gates = cell.input_width  # torch's fused modules: 4 (LSTM), 3 (GRU), 1 (RNN)
     memory = 2 * enc
     out = embed if config.tie_embeddings else dec
     sentences, src_len = batch.src.shape
@@ -26,17 +30,19 @@ def forward_flops(config: ModelConfig, batch: Batch, tgt_vocab_size: int) -> flo
     encoder = 0.0
     for layer in range(config.encoder_layers):
         inputs = embed if layer == 0 else memory
-        encoder += src_tokens * 2 * 2 * 4 * enc * (inputs + enc)  # two directions
-    bridge = sentences * 2 * memory * 2 * config.decoder_layers * dec
+        encoder += src_tokens * 2 * 2 * fused_gates * enc * (inputs + enc)  # two directions
+    states = 2 if cell.has_cell_state else 1
+    bridge = sentences * 2 * memory * states * config.decoder_layers * dec
     keys = 0.0 if config.attention == "dot" else sentences * src_len * 2 * memory * dec
 
     per_position = 0.0
     for layer in range(config.decoder_layers):
-        if layer == 0:
-            inputs = embed + (out if config.input_feeding else 0)
-        else:
-            inputs = dec
-        per_position += 2 * 4 * dec * (inputs + dec)
+        if not config.input_feeding:  # one fused module
+            per_position += 2 * fused_gates * dec * ((embed if layer == 0 else dec) + dec)
+            continue
+        if layer == 0:  # the embeddings' part, then the joined matrix over [feed, hidden]
+            per_position += 2 * cell.input_width * dec * embed
+        per_position += 2 * cell.joined_width * dec * ((out if layer == 0 else dec) + dec)
     per_position += 2 * src_len * (dec + memory)  # scores and context
     if config.attention == "bahdanau":
         per_position += 2 * dec * dec + 2 * src_len * dec

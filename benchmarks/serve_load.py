@@ -1,13 +1,18 @@
 """Load on `s2s serve`: throughput and latency with K concurrent clients, against batch decoding.
 
 Usage: python benchmarks/serve_load.py CONFIG [--clients 1,4,16,64] [--seconds 20]
-       [--checkpoint best] [--max-wait-ms 5]
+       [--checkpoint best] [--max-wait-ms 5] [--server-cpus 0 --client-cpus 1]
 
 Starts `s2s serve` on 127.0.0.1 (a free port), then for each K runs K client threads for a
 bounded time, each sending one test sentence per request, and checks every answer against the
 translation of the same line decoded in-process (a mismatch or a lost request is counted).
 Beside it, the decode rate of translating all the lines in one batch (what `s2s translate`
-does), measured in the same run. The server's resident memory is read before and after.
+does), measured in the same run. The server's resident memory is read before, every 30 s
+during, and after the load.
+
+With ``--server-cpus`` and ``--client-cpus`` the server (and the batch decoding it is compared
+with) runs on one set of cores with as many threads, and the clients on another, as when the
+load comes from other machines; without them all share every core.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine, s2s_command  # noqa: E402
 from s2s.checkpoint import resolve_checkpoint  # noqa: E402
-from s2s.config import load_config  # noqa: E402
+from s2s.config import DecodeConfig, load_config  # noqa: E402
 from s2s.prepared import prepared_sources  # noqa: E402
 from s2s.translate import Translator  # noqa: E402
 
@@ -45,6 +50,33 @@ def resident_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_list(text: str) -> set[int]:
+    """taskset's list syntax: 0, 0-1, 0,2."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+class MemorySampler:
+    """Reads a process's resident memory every ``every`` seconds on a thread, until stopped."""
+
+    def __init__(self, pid: int, every: float) -> None:
+        self.samples: list[float] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pid, every), daemon=True)
+        self._thread.start()
+
+    def _run(self, pid: int, every: float) -> None:
+        while not self._stopped.wait(every):
+            self.samples.append(resident_mb(pid))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
 
 
 def load(url: str, lines: list[str], expected: dict[str, str], clients: int,
@@ -92,6 +124,16 @@ def load(url: str, lines: list[str], expected: dict[str, str], clients: int,
             "failed": failed, "mismatched": mismatched}
 
 
+def batch_decoding(path: Path, decode: DecodeConfig, lines: list[str], threads: int
+                   ) -> tuple[float, dict[str, str]]:
+    """All lines translated in one call, as `s2s translate` does: sentences/s, translations."""
+    translator = Translator.from_checkpoint(path, decode=decode, device="cpu", threads=threads)
+    started = time.perf_counter()
+    results = translator.translate(lines)
+    rate = len(lines) / (time.perf_counter() - started)
+    return rate, {line: result.text for line, result in zip(lines, results)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
@@ -99,23 +141,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--max-wait-ms", default="5")
+    parser.add_argument("--server-cpus", help="cores of the server, e.g. 0 or 0-1")
+    parser.add_argument("--client-cpus", help="cores of the load generator, e.g. 1")
     args = parser.parse_args()
     config = load_config(args.config)
     lines = [line for line in prepared_sources(config.run_dir, "test") if line]
     path = resolve_checkpoint(config.run_dir, args.checkpoint)
+    pinning, threads = [], config.train.threads
+    if args.server_cpus:
+        cpus = _cpu_list(args.server_cpus)
+        os.sched_setaffinity(0, cpus)  # the batch rate is measured where the server runs
+        pinning, threads = ["taskset", "-c", args.server_cpus], len(cpus)
 
-    translator = Translator.from_checkpoint(path, decode=config.decode, device="cpu",
-                                            threads=config.train.threads)
-    started = time.perf_counter()
-    results = translator.translate(lines)
-    batch_rate = len(lines) / (time.perf_counter() - started)
-    expected = {line: result.text for line, result in zip(lines, results)}
-    del translator
+    batch_rate, expected = batch_decoding(path, config.decode, lines, threads)
+    if args.client_cpus:
+        os.sched_setaffinity(0, _cpu_list(args.client_cpus))
 
     port = free_port()
     server = subprocess.Popen(
-        s2s_command("serve", str(args.config), "--checkpoint", str(path), "--port", str(port),
-                    "--device", "cpu", "--max-wait-ms", args.max_wait_ms),
+        pinning + s2s_command("serve", str(args.config), "--checkpoint", str(path), "--port",
+                              str(port), "--device", "cpu", "--max-wait-ms", args.max_wait_ms,
+                              "--set", f"train.threads={threads}"),
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -124,6 +170,7 @@ def main() -> None:
         print(f"machine: {machine()}; {len(lines)} test lines, beam {config.decode.beam_size}")
         print(f"batch decoding in-process: {batch_rate:.1f} sentences/s")
         memory_before = resident_mb(server.pid)
+        sampler = MemorySampler(server.pid, every=30.0)
         print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs batch':>8} {'p50 ms':>7} "
               f"{'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'mismatched':>10}")
         for clients in (int(k) for k in args.clients.split(",")):
@@ -133,8 +180,10 @@ def main() -> None:
                   f"{result['sentences_per_second'] / batch_rate:>8.0%} "
                   f"{result['p50_ms']:>7.0f} {result['p95_ms']:>7.0f} {result['p99_ms']:>7.0f} "
                   f"{result['failed']:>6} {result['mismatched']:>10}", flush=True)
+        sampler.stop()
         print(f"server memory: {memory_before:.0f} MB before the load, "
-              f"{resident_mb(server.pid):.0f} MB after")
+              f"{resident_mb(server.pid):.0f} MB after; every 30 s during it: "
+              + ", ".join(f"{mb:.0f}" for mb in sampler.samples))
         server.send_signal(signal.SIGTERM)
         print(f"server exit code after SIGTERM: {server.wait(60)}")
     finally:

@@ -5,7 +5,7 @@ Usage: python benchmarks/train_speed.py CONFIG [--steps 40] [--variant NAME=over
 The run directory of CONFIG must be prepared (`s2s prepare CONFIG`). Each variant trains a
 fresh model for a few warm-up steps, then times ``--steps`` optimizer updates on the real
 batches. FLOPs come from the architecture (benchmarks/flops.py; torch's FlopCounterMode does not
-see inside fused LSTM kernels), so utilisation is model work / time / the matmul peak measured
+see inside fused RNN kernels), so utilisation is model work / time / the matmul peak measured
 in the same process.
 """
 

@@ -53,8 +53,9 @@ def copy_models() -> dict[ModelKey, Seq2Seq]:
 
 def _train_copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
     torch.manual_seed(0)
-    config = ModelConfig(cell=cell, embed_size=16, encoder_layers=1, encoder_hidden=16,  # type: ignore[arg-type]
-                         decoder_layers=1, decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
+    config = ModelConfig(cell=cell,  # type: ignore[arg-type]
+                         embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
+                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
                          input_feeding=input_feeding)
     model = Seq2Seq(config, 30, 30)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
