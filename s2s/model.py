@@ -139,6 +139,7 @@ def _recurrent_layer(cell: Cell, input_size: int, size: int, bias: bool) -> nn.M
 
 
 def _joined_step_layer(cell: Cell, layer: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """A step-by-step layer's (weight, bias) over [input, hidden], as ``Cell.step`` takes it."""
     if isinstance(layer, SplitStepLayer):
         return cell.join(layer.input.weight, layer.input.bias, layer.hidden.weight,
                          layer.hidden.bias)
@@ -175,7 +176,7 @@ class Encoder(nn.Module):
         top = torch.cat([final_hidden[-2], final_hidden[-1]], dim=1)  # (B, M)
         init = torch.tanh(self.bridge(top)).view(batch, *self.decoder_shape)
         hidden = init[:, 0].transpose(0, 1).contiguous()  # (L, B, H)
-        cell = init[:, 1].transpose(0, 1).contiguous() if len(init[0]) == 2 else None
+        cell = init[:, 1].transpose(0, 1).contiguous() if init.size(1) == 2 else None
         return states, hidden, cell
 
 
