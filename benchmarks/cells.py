@@ -5,7 +5,8 @@ Usage: python benchmarks/cells.py CONFIG --minutes 15 --work DIR [--set KEY=VALU
 
 Every cell trains from the same prepared data (prepared once, copied into each run), with
 ``train.max_minutes`` as the budget and the best checkpoint evaluated with the config's
-decoding settings. Training tokens/s is the mean of the training log's records.
+decoding settings. Training tokens/s is the mean of the training log's records. Run again with
+a larger ``--minutes`` and the same ``--work`` to extend the runs: training resumes exactly.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def main() -> None:
     rows = [_train_and_score(args, cell, reporter) for cell in args.cells]
     print(f"\n{machine()}; {args.config} {' '.join(args.overrides)}; "
           f"{args.minutes:g} minutes of training per cell\n")
-    print("| cell | parameters | steps | train trg tok/s | best valid BLEU | test BLEU | "
-          "test chrF |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| cell | parameters | steps | train trg tok/s | last valid ppl | best valid BLEU | "
+          "test BLEU | test chrF |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 
@@ -60,6 +61,7 @@ def _train_and_score(args: argparse.Namespace, cell: str, reporter: Reporter) ->
     (result,) = evaluate(config, split="test", checkpoints=("best",), reporter=reporter)
     return [cell, f"{_parameters(config):,}", str(max(r["step"] for r in records)),
             f"{sum(speeds) / len(speeds):,.0f}" if speeds else "-",
+            f"{valid[-1]['ppl']:.1f}" if valid else "-",
             f"{max(r['bleu'] for r in valid):.2f}" if valid else "-",
             f"{result.result.scores.bleu:.2f}", f"{result.result.scores.chrf:.2f}"]
 

@@ -112,6 +112,9 @@ class Batcher:
             jobs = [await self.queue.get()]
             deadline = loop.time() + self.max_wait
             while sum(len(job.lines) for job in jobs) < self.max_batch_sentences:
+                if not self.queue.empty():  # what is already waiting joins without delay
+                    jobs.append(self.queue.get_nowait())
+                    continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break

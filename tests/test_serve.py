@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from s2s.config import load_config
 from s2s.rundir import RunDir
-from s2s.serve import Limits, create_app
+from s2s.serve import Batcher, Limits, Settings, create_app
 from s2s.translate import Translator
 
 LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
@@ -187,6 +188,39 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_lines(
     for lines, answer in zip(requests, answers):
         assert answer["translations"] == [r.text for r in _expected(translator, lines, 3)]
     assert app.state.batcher.batches < len(requests)  # some requests shared a batch
+
+
+@pytest.mark.parametrize("max_batch,sizes", [(64, [10]), (6, [6, 4])])
+def test_requests_already_waiting_share_a_batch_without_any_wait(
+        translator: Translator, max_batch: int, sizes: list[int]) -> None:
+    """With max_wait_ms=0 a batch takes no time to gather, but still takes every request
+    queued while the previous batch ran (else closed-loop clients get batches of one), up to
+    max_batch_sentences; whole requests only."""
+    batcher = Batcher(translator, max_batch_sentences=max_batch, max_wait_ms=0)
+    batches: list[list[str]] = []
+
+    def record(lines: list[str], settings: Settings) -> list[str]:
+        batches.append(lines)
+        return [line.upper() for line in lines]
+
+    batcher.translate_lines = record  # type: ignore[method-assign]
+    settings = Settings(beam=1, nbest=1, alignment="none")
+
+    async def main() -> list[list[str]]:
+        requests = [asyncio.create_task(batcher.translate([f"line {n}", f"more {n}"], settings))
+                    for n in range(5)]
+        await asyncio.sleep(0)  # all five are queued before the batcher looks
+        runner = asyncio.create_task(batcher.run())
+        answers = await asyncio.gather(*requests)
+        runner.cancel()
+        return answers
+
+    try:
+        answers = asyncio.run(main())
+    finally:
+        batcher.close()
+    assert answers == [[f"LINE {n}", f"MORE {n}"] for n in range(5)]
+    assert [len(batch) for batch in batches] == sizes
 
 
 def test_health_answers_while_a_batch_translates(translator: Translator) -> None:
