@@ -89,7 +89,9 @@ class TrainConfig:
 
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 where the device has bf16 kernels (recent GPUs; CPUs with AVX-512 BF16 or
+    # AMX), else fp32; checkpoints record the precision it became
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     # CPU threads of each process for every command (training, evaluate, translate); 0 = this
     # machine's cores shared among the processes started on it
     threads: int = _option(0, minimum=0)

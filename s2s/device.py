@@ -37,6 +37,22 @@ def cpu_supports_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def bf16_runs_well(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 kernels: a CUDA GPU that supports it, or a CPU with
+    AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_supports_bf16()
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``train.precision`` made concrete: ``auto`` is bf16 where the device has bf16 kernels,
+    else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_runs_well(device) else "fp32"
+
+
 def check_precision(device: torch.device, precision: str, key: str) -> None:
     """Refuse a precision the device cannot run, naming the setting ``key`` to change."""
     if precision == "fp16" and device.type != "cuda":
@@ -50,6 +66,7 @@ def check_precision(device: torch.device, precision: str, key: str) -> None:
 
 def autocast(device: torch.device, precision: str) -> ContextManager:
     """bf16/fp16 autocast on the device, or nothing for fp32."""
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

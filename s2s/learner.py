@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s2s.batching import Batch
 from s2s.config import Config
+from s2s.device import resolve_precision
 from s2s.distributed import World
 from s2s.loss import smoothed_loss, teacher_forced
 from s2s.model import Seq2Seq
@@ -41,7 +42,8 @@ class Learner:
 
     def __init__(self, config: Config, src_vocab_size: int, tgt_vocab_size: int, joint: bool,
                  *, device: torch.device, world: World = World()) -> None:
-        self.settings = config.train
+        precision = resolve_precision(device, config.train.precision)
+        self.settings = replace(config.train, precision=precision)
         self.device, self.world = device, world
         torch.manual_seed(config.train.seed)
         self.model = Seq2Seq(config.model, src_vocab_size, tgt_vocab_size, joint).to(device)

@@ -31,7 +31,7 @@ from s2s.board import Board
 from s2s.checkpoint import (LoadedModel, TrainingCheckpoints, TrainingState,
                             remove_partial_writes)
 from s2s.config import Config, TrainConfig
-from s2s.device import check_precision, resolve_device, thread_scope
+from s2s.device import check_precision, resolve_device, resolve_precision, thread_scope
 from s2s.distributed import World
 from s2s.errors import Interrupted
 from s2s.learner import Learner, StepResult
@@ -87,6 +87,8 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
         world = World.from_environment()
         reporter = reporter if world.is_main else Reporter()
         device = world.device(resolve_device(config.train.device))
+        precision = resolve_precision(device, config.train.precision)
+        config = replace(config, train=replace(config.train, precision=precision))
         check_precision(device, config.train.precision, "train.precision")
         prepared = PreparedData.of(config)
         world.start(device)

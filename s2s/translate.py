@@ -17,7 +17,8 @@ import torch
 from s2s.alignment import Attention, block_diagonal, piece_words, word_matrix, word_spans
 from s2s.checkpoint import LoadedModel, load_model
 from s2s.config import DecodeConfig
-from s2s.device import check_precision, cpu_supports_bf16, resolve_device, thread_scope
+from s2s.device import (check_precision, cpu_supports_bf16, resolve_device, resolve_precision,
+                        thread_scope)
 from s2s.errors import UsageError
 from s2s.report import Reporter
 from s2s.search import Hypothesis, decode_corpus
@@ -207,7 +208,8 @@ def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.devic
     the device runs bf16 (else fp32); an explicit bf16 the device cannot run is an error."""
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if train_precision == "bf16" else "fp32"
+        trained = resolve_precision(device, train_precision)
+        precision = "bf16" if trained == "bf16" else "fp32"
         if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
             precision = "fp32"
     check_precision(device, precision, "decode.precision")

@@ -10,7 +10,8 @@ import torch
 
 import s2s.device
 from s2s.config import DecodeConfig, load_config
-from s2s.device import check_precision, resolve_threads, thread_scope
+from s2s.checkpoint import load_checkpoint
+from s2s.device import autocast, check_precision, resolve_precision, resolve_threads, thread_scope
 from s2s.errors import DeviceError
 from s2s.prepare import prepare
 from s2s.train import train
@@ -69,3 +70,24 @@ def test_bf16_where_the_cpu_has_no_bf16_kernels(monkeypatch: pytest.MonkeyPatch)
         decode_dtype(DecodeConfig(precision="bf16"), "fp32", cpu)
     with pytest.raises(DeviceError, match="fp16 needs CUDA"):
         check_precision(cpu, "fp16", "train.precision")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_kernels(
+        monkeypatch: pytest.MonkeyPatch, demo_corpus: Path, tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(s2s.device, "cpu_supports_bf16", lambda: supported)
+        assert resolve_precision(cpu, "auto") == expected
+        assert resolve_precision(cpu, "fp32") == "fp32"
+    # from here on, a CPU without bf16 kernels
+    monkeypatch.setattr("s2s.translate.cpu_supports_bf16", lambda: False)
+    with autocast(cpu, "auto"):
+        assert not torch.is_autocast_enabled("cpu")
+    assert decode_dtype(DecodeConfig(precision="auto"), "auto", cpu) == torch.float32
+    config = load_config(write_config(tmp_path / "c.yaml", config_dict(
+        demo_corpus, tmp_path / "run",
+        train={"precision": "auto", "max_steps": 2, "valid_every": 2})))
+    prepare(config)
+    train(config)
+    stored = load_checkpoint(config.run_dir / "checkpoints" / "last.pt")["config"]
+    assert stored["train"]["precision"] == "fp32"  # what auto became, for decoding and resume
