@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, run_script  # noqa: E402
 from s2s.config import Config, load_config  # noqa: E402
 from s2s.evaluate import evaluate  # noqa: E402
 from s2s.model import Seq2Seq  # noqa: E402
@@ -83,4 +83,4 @@ def _parameters(config: Config) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

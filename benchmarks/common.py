@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +47,15 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``: a problem s2s reports (a missing config, data not prepared)
+    ends in one ``error:`` line and its exit code, as on the s2s command line."""
+    from s2s.errors import S2SError
+
+    try:
+        main()
+    except S2SError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None

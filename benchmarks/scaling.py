@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, run_command, s2s_command  # noqa: E402
+from benchmarks.common import machine, run_command, run_script, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.rundir import RunDir  # noqa: E402
 
@@ -61,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

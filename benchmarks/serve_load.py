@@ -32,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, machine, s2s_command  # noqa: E402
+from benchmarks.common import REPO, machine, run_script, s2s_command  # noqa: E402
 from s2s.checkpoint import resolve_checkpoint  # noqa: E402
 from s2s.config import DecodeConfig, load_config  # noqa: E402
 from s2s.prepared import prepared_sources  # noqa: E402
@@ -200,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, run_script  # noqa: E402
 from s2s.batching import Batch, collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.device import autocast, resolve_device  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
     learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device)
     batches = token_batches(training_lengths(data), settings.batch_tokens, seed=settings.seed,
                             epoch=1)[:args.warmup + args.steps]
-    arguments = (settings.precision, settings.label_smoothing, settings.clip_norm)
+    arguments = (learner.settings.precision, settings.label_smoothing, settings.clip_norm)
     for indices in batches[:args.warmup]:
         timed_step(learner, collate(data, indices), *arguments, _Timer(device))
     timer, tokens = _Timer(device), 0
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

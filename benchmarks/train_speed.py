@@ -1,10 +1,12 @@
 """Training throughput (target tokens/s) and utilisation against this machine's matmul peak.
 
-Usage: python benchmarks/train_speed.py CONFIG [--steps 40] [--variant NAME=override,...]
+Usage: python benchmarks/train_speed.py CONFIG [--steps 200] [--variant NAME=override,...]
 
 The run directory of CONFIG must be prepared (`s2s prepare CONFIG`). Each variant trains a
-fresh model for a few warm-up steps, then times ``--steps`` optimizer updates on the real
-batches. FLOPs come from the architecture (benchmarks/flops.py; torch's FlopCounterMode does not
+fresh model for ``--warmup`` steps, then times ``--steps`` optimizer updates on the batches
+training's first epoch draws, in its order: the steps `s2s train` takes first. Batches differ
+in length and shape, so a short window is noisy: 30 steps gave figures 25% apart from one run
+to the next. FLOPs come from the architecture (benchmarks/flops.py; torch's FlopCounterMode does not
 see inside fused RNN kernels), so utilisation is model work / time / the matmul peak measured
 in the same process.
 """
@@ -21,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, run_script  # noqa: E402
 from benchmarks.flops import training_flops  # noqa: E402
 from s2s.batching import collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
@@ -73,14 +75,15 @@ def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) ->
         flops += training_flops(config.model, group[0], prepared.vocab_sizes[1])
     seconds = time.perf_counter() - started
     return {"tokens_per_second": tokens / seconds, "sentences_per_batch": sentences / steps,
-            "gflop_per_second": flops / seconds / 1e9, "precision": settings.precision}
+            "gflop_per_second": flops / seconds / 1e9,
+            "precision": learner.settings.precision}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME=section.key=value,section.key=value (repeatable)")
     parser.add_argument("--set", action="append", default=[], dest="overrides",
@@ -116,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

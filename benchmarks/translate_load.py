@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, machine, s2s_command  # noqa: E402
+from benchmarks.common import REPO, machine, run_script, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.prepared import prepared_sources  # noqa: E402
 
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

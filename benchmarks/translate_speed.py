@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, run_command, s2s_command  # noqa: E402
+from benchmarks.common import machine, run_command, run_script, s2s_command  # noqa: E402
 from s2s.checkpoint import resolve_checkpoint  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.prepared import text_path  # noqa: E402
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
