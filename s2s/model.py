@@ -79,7 +79,9 @@ class Attention(nn.Module):
         else:
             scores = torch.bmm(query, encoded.keys.transpose(1, 2))  # (B, G T, S)
         scores = scores.masked_fill(~encoded.mask[:, None, :], float("-inf"))
-        weights = torch.softmax(scores.float(), dim=-1).to(encoded.states.dtype)
+        # half-precision scores are normalised in fp32; fp32 and fp64 ones in their own type
+        wide = torch.promote_types(scores.dtype, torch.float32)
+        weights = torch.softmax(scores.to(wide), dim=-1).to(encoded.states.dtype)
         context = torch.bmm(weights, encoded.states)  # (B, G T, M)
         return context.view(rows, steps, -1), weights.view(rows, steps, -1)
 
