@@ -147,7 +147,9 @@ class TrainingCheckpoints:
         # a setting added after the checkpoint was written has its default there
         stored_model = {**config_to_dict(ModelConfig()), **payload["config"].get("model", {})}
         current_model = config_to_dict(self.config.model)
-        changed = [key for key in current_model if stored_model.get(key) != current_model[key]]
+        # how the weights started does not bind a run that goes on from trained ones
+        changed = [key for key in current_model if key != "init_range"
+                   and stored_model.get(key) != current_model[key]]
         if changed:
             key = changed[0]
             raise CheckpointError(f"{path}: trained with model.{key}={stored_model.get(key)!r} "

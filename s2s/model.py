@@ -334,6 +334,8 @@ class Seq2Seq(nn.Module):
         src_embedding = tgt_embedding if share else _embedding(src_vocab_size, config.embed_size)
         self.encoder = Encoder(config, src_embedding)
         self.decoder = Decoder(config, tgt_embedding, tgt_vocab_size)
+        if config.init_range:
+            _uniform_init(self, config.init_range, skip=(src_embedding, tgt_embedding))
 
     def encode(self, src_ids: Tensor, src_lengths: Tensor, *, for_search: bool = False
                ) -> tuple[Encoded, DecoderState]:
@@ -366,6 +368,16 @@ class Seq2Seq(nn.Module):
         if positions is not None:
             vectors = vectors[positions]  # (N, O): no output layer work on padding
         return self.decoder.output(vectors)
+
+
+def _uniform_init(model: nn.Module, bound: float, skip: tuple[nn.Embedding, ...]) -> None:
+    """Every parameter but the embeddings (and the output matrix tied to one) from
+    U(-bound, bound); embeddings keep their N(0, 1/E) start."""
+    kept = {id(embedding.weight) for embedding in skip}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if id(parameter) not in kept:
+                parameter.uniform_(-bound, bound)
 
 
 def _embedding(vocab_size: int, size: int) -> nn.Embedding:

@@ -88,6 +88,27 @@ def test_tied_and_shared_embeddings() -> None:
     assert untied.decoder.output.weight is not untied.decoder.embedding.weight
 
 
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_weights_start_uniform_in_the_init_range_and_embeddings_keep_theirs(
+        input_feeding: bool) -> None:
+    sizes = {"embed_size": 16, "encoder_hidden": 64, "decoder_hidden": 128,
+             "input_feeding": input_feeding}
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(init_range=0.2, **sizes), 300, 300)
+    embeddings = {"encoder.embedding.weight", "decoder.embedding.weight"}
+    for name, parameter in model.named_parameters():
+        if name in embeddings:
+            assert parameter.std().item() == pytest.approx(16 ** -0.5, rel=0.1), name
+            continue
+        # every weight and bias fills [-0.2, 0.2]: the largest draw of >= 128 is near the bound
+        assert parameter.abs().max().item() <= 0.2, name
+        assert parameter.abs().max().item() > 0.19, name
+    torch.manual_seed(0)
+    default = Seq2Seq(ModelConfig(init_range=0.0, **sizes), 300, 300)
+    # PyTorch's own start: a linear map within 1/sqrt(fan-in), here 1/sqrt(128 + 128)
+    assert 0.06 < default.decoder.combine.weight.abs().max().item() <= 256 ** -0.5
+
+
 @pytest.mark.parametrize("task,cell", [("copy", "lstm"), ("reverse", "lstm"), ("copy", "gru"),
                                        ("copy", "rnn")])
 def test_learns_a_tiny_copy_or_reverse_task(task: str, cell: str) -> None:

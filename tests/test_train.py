@@ -107,6 +107,15 @@ def test_resume_refuses_a_checkpoint_of_another_model(demo_corpus: Path, tmp_pat
         train(gru)
 
 
+def test_resume_goes_on_whatever_init_range_says(demo_corpus: Path, tmp_path: Path) -> None:
+    """``model.init_range`` only decides the first weights: a run goes on from trained ones."""
+    config = _prepared(demo_corpus, tmp_path / "run", train={"max_steps": 2, "valid_every": 2})
+    train(config)
+    train(config_from_dict(config_dict(demo_corpus, tmp_path / "run", model={"init_range": 0.0},
+                                       train={"max_steps": 3, "valid_every": 2})))
+    assert load_checkpoint(RunDir(config.run_dir).checkpoint("last"))["progress"]["step"] == 3
+
+
 def test_checkpoints_from_before_the_cell_setting_are_lstms(demo_corpus: Path,
                                                             tmp_path: Path) -> None:
     """Checkpoints written before ``model.cell`` existed have no such key: they are LSTMs."""
