@@ -9,12 +9,17 @@ in length and shape, so a short window is noisy: 30 steps gave figures 25% apart
 to the next. FLOPs come from the architecture (benchmarks/flops.py; torch's FlopCounterMode does not
 see inside fused RNN kernels), so utilisation is model work / time / the matmul peak measured
 in the same process.
+
+Speed alone can mislead: each variant also reports the validation perplexity its fresh model
+reached after those warm-up + timed updates, so a setting that runs faster but learns slower
+per update (PyTorch's initialisation, ``--set model.init_range=0``) shows as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,6 +36,7 @@ from s2s.device import cpu_supports_bf16, resolve_device  # noqa: E402
 from s2s.learner import Learner  # noqa: E402
 from s2s.prepared import PreparedData  # noqa: E402
 from s2s.train import learning_rate  # noqa: E402
+from s2s.validation import teacher_forced_nll  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "fp32, input feeding": [],
@@ -74,9 +80,12 @@ def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) ->
         sentences += len(group[0].indices)
         flops += training_flops(config.model, group[0], prepared.vocab_sizes[1])
     seconds = time.perf_counter() - started
+    learner.model.eval()
+    valid_nll = teacher_forced_nll(learner.model, prepared.split("valid"), settings.batch_tokens,
+                                   learner.settings.precision, learner.device)
     return {"tokens_per_second": tokens / seconds, "sentences_per_batch": sentences / steps,
             "gflop_per_second": flops / seconds / 1e9,
-            "precision": learner.settings.precision}
+            "precision": learner.settings.precision, "valid_ppl": math.exp(min(valid_nll, 50))}
 
 
 def main() -> None:
@@ -102,7 +111,8 @@ def main() -> None:
     print(f"machine: {machine()}; {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
           + (f"{peaks['bf16']:.0f} GFLOP/s" if has_bf16 else "not run (no bf16 kernels)"))
-    print(f"{'variant':<28} {'tok/s':>8} {'sent/batch':>10} {'GFLOP/s':>8} {'util':>6}")
+    print(f"{'variant':<28} {'tok/s':>8} {'sent/batch':>10} {'GFLOP/s':>8} {'util':>6} "
+          f"{'valid ppl':>9}")
     results = {}
     for name, overrides in variants.items():
         if "train.precision=bf16" in args.overrides + overrides and not has_bf16:
@@ -114,7 +124,7 @@ def main() -> None:
         results[name] = result
         print(f"{name:<28} {result['tokens_per_second']:>8,.0f} "
               f"{result['sentences_per_batch']:>10.1f} {result['gflop_per_second']:>8.1f} "
-              f"{result['utilisation']:>6.1%}", flush=True)
+              f"{result['utilisation']:>6.1%} {result['valid_ppl']:>9.1f}", flush=True)
     print(json.dumps({"peaks_gflops": peaks, "results": results}))
 
 
