@@ -100,6 +100,15 @@ class TrainingState:
     rng: dict[str, torch.Tensor | None]
 
 
+def _model_identity(model: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model settings that say what its weights are: resuming and averaging
+    compare these. A setting added after the checkpoint was written has its default there;
+    ``init_range`` only decided the first weights, so it does not part one model from another."""
+    settings = {**config_to_dict(ModelConfig()), **model}
+    del settings["init_range"]
+    return settings
+
+
 @dataclass(frozen=True)
 class TrainingCheckpoints:
     """Saves and resumes the checkpoints of one training run, on behalf of rank 0."""
@@ -144,12 +153,9 @@ class TrainingCheckpoints:
         shutil.rmtree(self.run.checkpoints, ignore_errors=True)
 
     def _check_compatible(self, payload: dict[str, Any], path: Path) -> None:
-        # a setting added after the checkpoint was written has its default there
-        stored_model = {**config_to_dict(ModelConfig()), **payload["config"].get("model", {})}
-        current_model = config_to_dict(self.config.model)
-        # how the weights started does not bind a run that goes on from trained ones
-        changed = [key for key in current_model if key != "init_range"
-                   and stored_model.get(key) != current_model[key]]
+        stored_model = _model_identity(payload["config"].get("model", {}))
+        current_model = _model_identity(config_to_dict(self.config.model))
+        changed = [key for key in current_model if stored_model.get(key) != current_model[key]]
         if changed:
             key = changed[0]
             raise CheckpointError(f"{path}: trained with model.{key}={stored_model.get(key)!r} "
@@ -255,7 +261,8 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
     payloads = [load_checkpoint(path) for path in paths]
     newest = payloads[-1]
     for path, payload in zip(paths, payloads):
-        if payload["config"].get("model") != newest["config"].get("model"):
+        if (_model_identity(payload["config"].get("model", {}))
+                != _model_identity(newest["config"].get("model", {}))):
             raise CheckpointError(f"{path}: another model than {paths[-1].name} (its model "
                                   "settings differ); average checkpoints of one model only")
     averaged = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.checkpoint import load_checkpoint, load_model
+from s2s.checkpoint import average_checkpoints, load_checkpoint, load_model
 from s2s.config import TrainConfig, config_from_dict, load_config
 from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.prepare import prepare
@@ -107,13 +107,25 @@ def test_resume_refuses_a_checkpoint_of_another_model(demo_corpus: Path, tmp_pat
         train(gru)
 
 
-def test_resume_goes_on_whatever_init_range_says(demo_corpus: Path, tmp_path: Path) -> None:
-    """``model.init_range`` only decides the first weights: a run goes on from trained ones."""
+def test_resume_and_average_go_on_whatever_init_range_says(demo_corpus: Path,
+                                                          tmp_path: Path) -> None:
+    """``model.init_range`` only decides the first weights: a run goes on from trained ones,
+    and its checkpoints from both sides of the change are one model to average."""
     config = _prepared(demo_corpus, tmp_path / "run", train={"max_steps": 2, "valid_every": 2})
     train(config)
     train(config_from_dict(config_dict(demo_corpus, tmp_path / "run", model={"init_range": 0.0},
-                                       train={"max_steps": 3, "valid_every": 2})))
-    assert load_checkpoint(RunDir(config.run_dir).checkpoint("last"))["progress"]["step"] == 3
+                                       train={"max_steps": 4, "valid_every": 2})))
+    run = RunDir(config.run_dir)
+    assert load_checkpoint(run.checkpoint("last"))["progress"]["step"] == 4
+    first, second = run.step_checkpoints()
+    assert [load_checkpoint(path)["config"]["model"]["init_range"]
+            for path in (first, second)] == [0.1, 0.0]
+    average_checkpoints(config.run_dir)
+    payload = load_checkpoint(first)  # a setting that does shape the weights still parts them
+    payload["config"]["model"]["decoder_hidden"] = 48
+    torch.save(payload, first)
+    with pytest.raises(CheckpointError, match="another model than step-00000004.pt"):
+        average_checkpoints(config.run_dir)
 
 
 def test_checkpoints_from_before_the_cell_setting_are_lstms(demo_corpus: Path,
