@@ -21,7 +21,8 @@ from s2s.device import (check_precision, cpu_supports_bf16, resolve_device, reso
                         thread_scope)
 from s2s.errors import UsageError
 from s2s.report import Reporter
-from s2s.search import Hypothesis, decode_corpus
+from s2s.search import decode_corpus
+from s2s.search_steps import Hypothesis
 from s2s.splitting import SourcePiece, split_to_limit
 from s2s.textio import joiner, normalize, side_normalization
 
@@ -87,6 +88,16 @@ class Translator:
         translations are joined, so every line is translated whole. Attention comes with the
         results when ``with_attention`` says so (by default: when an alignment is wanted).
         """
+        prepared = self.prepare(lines, first_line, with_attention=with_attention)
+        with thread_scope(self.threads):
+            found = decode_corpus(self.model, prepared.sources, self.decode, self.device,
+                                  with_attention=prepared.with_attention)
+        return self.assemble(prepared, found)
+
+    def prepare(self, lines: list[str], first_line: int = 1, *,
+                with_attention: bool | None = None) -> "PreparedLines":
+        """Lines as the source pieces to decode (see ``translate``); ``assemble`` turns the
+        pieces' hypotheses into results."""
         attend = self.alignment != "none" if with_attention is None else with_attention
         texts = [normalize(line, self.normalization) for line in lines]
         wanted = [index for index, text in enumerate(texts) if text]
@@ -103,18 +114,22 @@ class Translator:
                                    "pieces")
             pieces.extend(parts)
             owners.extend([index] * len(parts))
-        with thread_scope(self.threads):
-            found = decode_corpus(self.model, [piece.ids for piece in pieces], self.decode,
-                                  self.device, with_attention=attend)
+        return PreparedLines(len(lines), pieces, owners, attend)
+
+    def assemble(self, prepared: "PreparedLines", found: list[list[Hypothesis]]
+                 ) -> list[TranslationResult]:
+        """One result per prepared line from the hypotheses of its pieces, in order."""
+        attend = prepared.with_attention
         piece_texts = self.loaded.tgt_tokenizer.decode(
             [hypothesis.tokens for hypotheses in found for hypothesis in hypotheses])
         texts_of = iter(piece_texts)
         by_line: dict[int, list[_Piece]] = {}
-        for owner, source, hypotheses in zip(owners, pieces, found):
+        for owner, source, hypotheses in zip(prepared.owners, prepared.pieces, found):
             by_line.setdefault(owner, []).append(_Piece(
                 [_one_line(next(texts_of)) for _ in hypotheses], [h.score for h in hypotheses],
                 [self._attention(source, h) for h in hypotheses] if attend else None))
-        results = [TranslationResult([], [], [] if attend else None) for _ in lines]
+        results = [TranslationResult([], [], [] if attend else None)
+                   for _ in range(prepared.line_count)]
         for index, parts in by_line.items():
             results[index] = self._joined(parts)
         return results
@@ -184,6 +199,20 @@ class Translator:
             return ""
         attention = result.attentions[rank]
         return attention.hard() if self.alignment == "hard" else attention.soft()
+
+
+@dataclass(frozen=True)
+class PreparedLines:
+    """Lines made ready for search: their non-empty source pieces and each piece's line."""
+
+    line_count: int
+    pieces: list[SourcePiece]
+    owners: list[int]
+    with_attention: bool
+
+    @property
+    def sources(self) -> list[list[int]]:
+        return [piece.ids for piece in self.pieces]
 
 
 @dataclass(frozen=True)

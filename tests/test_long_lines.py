@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from s2s.search import Hypothesis
+from s2s.search_steps import Hypothesis
 from s2s.splitting import split_sentences, split_to_limit
 from s2s.translate import Translator
 from tests.word_tasks import LIMIT, WORDS, sentence

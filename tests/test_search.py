@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from s2s.batching import pad
+from s2s.beam import BeamBatch
 from s2s.config import DecodeConfig, ModelConfig
 from s2s.model import Seq2Seq
-from s2s.search import (beam_search, bucket_size, decode_corpus, greedy_search,
-                        max_output_lengths, row_topk)
+from s2s.search import beam_search, decode_corpus, greedy_search
+from s2s.search_steps import bucket_size, max_output_lengths, row_topk
 from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -186,6 +187,23 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
             assert len(bigrams) == len(set(bigrams))
 
 
+def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None:
+    """Later sentences' histories are shorter, padded on the left: the padding must neither
+    block nor hide a repeat."""
+    model = _peaked_model()
+    with torch.no_grad():
+        model.decoder.output.bias[EOS_ID] -= 100.0
+    sentences = _batch(12)
+    settings = DecodeConfig(beam_size=3, no_repeat_ngram=2, max_len_a=3.0, max_len_b=10,
+                            batch_tokens=3 * 16)  # two or three sentences at a time
+    joined = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    for sentence, hypotheses in zip(sentences, joined):
+        alone = decode_corpus(model, [sentence], settings, torch.device("cpu"))
+        assert hypotheses[0].tokens == alone[0][0].tokens
+        bigrams = list(zip(hypotheses[0].tokens, hypotheses[0].tokens[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
 # ------------------------------------------------------------------------------------------
 # A deliberately naive reference: one sentence at a time, one hypothesis at a time, plain
 # Python over decode_step (through the model's ordinary decoder path, not search's joined
@@ -260,3 +278,36 @@ def test_batched_search_equals_the_naive_reference(copy_models: dict[ModelKey, S
         assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
         assert [hypothesis.score for hypothesis in ours] == pytest.approx(
             [score for _, score in theirs], abs=1e-4)
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds(
+        copy_models: dict[ModelKey, Seq2Seq], input_feeding: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small budget makes decode_corpus top the running batch up many times: joiners start
+    beside sentences halfway through, with longer or shorter sources."""
+    model = copy_models["lstm", input_feeding]
+    sentences = _batch(25, seed=4)
+    settings = DecodeConfig(beam_size=4, nbest=3, batch_tokens=4 * 16)
+    sizes_at_join: list[int] = []
+    real_add = BeamBatch.add
+
+    def add(batch: BeamBatch, *args, **kwargs) -> None:
+        sizes_at_join.append(len(batch))
+        real_add(batch, *args, **kwargs)
+
+    monkeypatch.setattr(BeamBatch, "add", add)
+    joined = decode_corpus(model, sentences, settings, torch.device("cpu"), with_attention=True)
+    assert sum(size > 0 for size in sizes_at_join) >= 5  # joined running batches
+    with torch.no_grad():
+        expected = [_reference_search(model, sentence, settings) for sentence in sentences]
+    for ours, theirs in zip(joined, expected):
+        assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [score for _, score in theirs], abs=1e-4)
+    whole = decode_corpus(model, sentences, replace(settings, batch_tokens=100_000),
+                          torch.device("cpu"), with_attention=True)
+    for ours, theirs in zip(joined, whole):
+        for mine, other in zip(ours, theirs):
+            assert mine.attention.shape == other.attention.shape
+            assert mine.attention == pytest.approx(other.attention, abs=1e-5)
