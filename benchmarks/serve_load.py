@@ -1,6 +1,6 @@
 """Load on `s2s serve`: throughput and latency with K concurrent clients, against batch decoding.
 
-Usage: python benchmarks/serve_load.py CONFIG [--clients 1,4,16,64] [--seconds 20]
+Usage: python benchmarks/serve_load.py CONFIG [--clients 1,4,16,64] [--seconds 20] [--warmup 10]
        [--checkpoint best] [--max-wait-ms 5] [--server-cpus 0 --client-cpus 1]
 
 Starts `s2s serve` on 127.0.0.1 (a free port), then for each K runs K client threads for a
@@ -80,12 +80,18 @@ class MemorySampler:
 
 
 def load(url: str, lines: list[str], expected: dict[str, str], clients: int,
-         seconds: float) -> dict:
-    """K threads sending one line per request until the time is up."""
-    latencies: list[float] = []
+         seconds: float, warmup: float) -> dict:
+    """K threads sending one line per request for ``warmup + seconds``.
+
+    Throughput and latency count the requests answered in the last ``seconds`` only: the
+    sustained rate, without the start (the first requests arrive together) or the end (the
+    requests in flight drain with ever fewer beside them).
+    """
+    answered: list[tuple[float, float]] = []  # (when, latency)
     mismatched = failed = 0
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
+    began = time.monotonic()
+    stop = began + warmup + seconds
     counter = itertools.count()
 
     def client() -> None:
@@ -93,40 +99,40 @@ def load(url: str, lines: list[str], expected: dict[str, str], clients: int,
         with httpx.Client(timeout=60) as session:
             while time.monotonic() < stop:
                 line = lines[next(counter) % len(lines)]
-                started = time.perf_counter()
+                started = time.monotonic()
                 try:
                     answer = session.post(f"{url}/translate", json={"text": line})
                     ok = answer.status_code == 200
                     text = answer.json()["translations"] if ok else None
                 except httpx.HTTPError:
                     ok, text = False, None
-                elapsed = time.perf_counter() - started
+                now = time.monotonic()
                 with lock:
-                    latencies.append(elapsed)
+                    answered.append((now, now - started))
                     failed += not ok
                     mismatched += ok and text != expected[line]
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    began = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - began
-    latencies.sort()
+    latencies = sorted(latency for when, latency in answered
+                       if began + warmup <= when < stop)
 
     def percentile(share: float) -> float:
         return latencies[min(len(latencies) - 1, int(share * len(latencies)))] * 1000
 
-    return {"clients": clients, "requests": len(latencies),
-            "sentences_per_second": len(latencies) / wall, "p50_ms": percentile(0.50),
+    return {"clients": clients, "requests": len(answered), "counted": len(latencies),
+            "sentences_per_second": len(latencies) / seconds, "p50_ms": percentile(0.50),
             "p95_ms": percentile(0.95), "p99_ms": percentile(0.99),
             "failed": failed, "mismatched": mismatched}
 
 
-def batches_run(url: str) -> int:
-    """How many batches the server has translated (its /info)."""
-    return httpx.get(f"{url}/info").json()["batching"]["batches_run"]
+def decoding_counts(url: str) -> tuple[int, int]:
+    """The server's beam search steps so far and the sentences they decoded (its /info)."""
+    batching = httpx.get(f"{url}/info").json()["batching"]
+    return batching["steps_run"], batching["sentences_stepped"]
 
 
 def batch_decoding(path: Path, decode: DecodeConfig, lines: list[str], threads: int
@@ -143,7 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--clients", default="1,4,16,64")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="how long the rate is measured, after the warm-up")
+    parser.add_argument("--warmup", type=float, default=10.0,
+                        help="seconds of load before the measurement starts")
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--max-wait-ms", default="5")
     parser.add_argument("--server-cpus", help="cores of the server, e.g. 0 or 0-1")
@@ -164,7 +173,7 @@ def main() -> None:
 
     port = free_port()
     server = subprocess.Popen(
-        pinning + s2s_command("serve", str(args.config), "--checkpoint", str(path), "--port",
+        pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", str(path), "--port",
                               str(port), "--device", "cpu", "--max-wait-ms", args.max_wait_ms,
                               "--set", f"train.threads={threads}"),
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
@@ -177,16 +186,17 @@ def main() -> None:
         memory_before = resident_mb(server.pid)
         sampler = MemorySampler(server.pid, every=30.0)
         print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs batch':>8} {'p50 ms':>7} "
-              f"{'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'mismatched':>10} {'per batch':>9}")
+              f"{'p95 ms':>7} {'p99 ms':>7} {'failed':>6} {'mismatched':>10} {'per step':>8}")
         for clients in (int(k) for k in args.clients.split(",")):
-            batches_before = batches_run(url)
-            result = load(url, lines, expected, clients, args.seconds)
-            per_batch = result["requests"] / max(1, batches_run(url) - batches_before)
+            steps_before, sentences_before = decoding_counts(url)
+            result = load(url, lines, expected, clients, args.seconds, args.warmup)
+            steps_after, sentences_after = decoding_counts(url)
+            per_step = (sentences_after - sentences_before) / max(1, steps_after - steps_before)
             print(f"{clients:>7} {result['requests']:>8} "
                   f"{result['sentences_per_second']:>7.1f} "
                   f"{result['sentences_per_second'] / batch_rate:>8.0%} "
                   f"{result['p50_ms']:>7.0f} {result['p95_ms']:>7.0f} {result['p99_ms']:>7.0f} "
-                  f"{result['failed']:>6} {result['mismatched']:>10} {per_batch:>9.1f}",
+                  f"{result['failed']:>6} {result['mismatched']:>10} {per_step:>8.1f}",
                   flush=True)
         sampler.stop()
         print(f"server memory: {memory_before:.0f} MB before the load, "
