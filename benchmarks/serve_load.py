@@ -145,7 +145,7 @@ def batch_decoding(path: Path, decode: DecodeConfig, lines: list[str], threads: 
     return rate, {line: result.text for line, result in zip(lines, results)}
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--clients", default="1,4,16,64")
@@ -157,7 +157,11 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", default="5")
     parser.add_argument("--server-cpus", help="cores of the server, e.g. 0 or 0-1")
     parser.add_argument("--client-cpus", help="cores of the load generator, e.g. 1")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     config = load_config(args.config)
     lines = [line for line in prepared_sources(config.run_dir, "test") if line]
     path = resolve_checkpoint(config.run_dir, args.checkpoint)
