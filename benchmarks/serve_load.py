@@ -177,9 +177,9 @@ def main() -> None:
 
     port = free_port()
     server = subprocess.Popen(
-        pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", str(path), "--port",
-                              str(port), "--device", "cpu", "--max-wait-ms", args.max_wait_ms,
-                              "--set", f"train.threads={threads}"),
+        pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", str(path),
+                              "--port", str(port), "--device", "cpu", "--max-wait-ms",
+                              args.max_wait_ms, "--set", f"train.threads={threads}"),
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
