@@ -53,6 +53,8 @@ class BeamBatch:
     @torch.inference_mode()
     def add(self, sentences: Sequence[np.ndarray | list[int]], tags: Sequence[Hashable]) -> None:
         """Encode ``sentences`` (token ids without EOS) and start them at the next step."""
+        if len(sentences) != len(tags):
+            raise ValueError(f"{len(sentences)} sentences but {len(tags)} tags")
         if not len(sentences):
             return
         src, src_lengths = (tensor.to(self.device) for tensor in pad(sentences, suffix=EOS_ID))

@@ -193,10 +193,9 @@ def serve(config: RunConfigArg = None, run: RunOption = None,
           port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT")] = 8080,
           device: DeviceOption = "auto",
           max_batch_sentences: Annotated[int, typer.Option(
-              min=1, metavar="N", help="Decode at most N lines at once.")] = 64,
+              min=1, metavar="N", help="Close a batch at N lines.")] = 64,
           max_wait_ms: Annotated[float, typer.Option(
-              min=0, metavar="MS", help=(
-                  "An idle server waits MS after a request for others to start with."))] = 10.0,
+              min=0, metavar="MS", help="Close a batch MS after its first request.")] = 10.0,
           max_lines: Annotated[int, typer.Option(
               min=1, metavar="N", help="Most lines in one request.")] = 256,
           max_chars: Annotated[int, typer.Option(

@@ -1,23 +1,22 @@
 """`s2s serve`: translations over HTTP, with concurrent requests translated together.
 
 ``create_app(translator)`` builds the FastAPI application around one loaded model. Requests
-are decoded on one worker thread, off the event loop, so ``/health`` answers while they
-translate; ``Batcher`` says how they share the work. Each request gets exactly its own lines
-back, as `s2s translate` would give them for the same settings.
+wait in a queue; a batch closes when it holds ``max_batch_sentences`` lines or ``max_wait_ms``
+after its first request arrived, and runs on one worker thread, off the event loop, so
+``/health`` answers while a batch translates. Each request gets exactly its own lines back, as
+`s2s translate` would give them for the same settings. Requests with different settings (beam,
+n-best, alignment) share a batch window but are translated in separate groups.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import queue
 import re
 import signal
 import threading
-import time
-from collections import deque
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, AsyncIterator, Iterator, Literal, Union
 
@@ -26,13 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt
 
-from s2s.beam import BeamBatch
 from s2s.config import config_to_dict
-from s2s.device import thread_scope
 from s2s.errors import S2SError
-from s2s.search import decode_corpus
-from s2s.search_steps import Hypothesis
-from s2s.translate import PreparedLines, TranslationResult, Translator
+from s2s.translate import TranslationResult, Translator
 
 MAX_BEAM = 64
 # lone surrogates (valid JSON, not encodable text) and control characters other than whitespace
@@ -86,192 +81,73 @@ class Settings:
 
 @dataclass
 class _Job:
-    """One request's lines on their way through the worker."""
-
     lines: list[str]
     settings: Settings
     future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    prepared: PreparedLines | None = None
-    found: list[list[Hypothesis]] = field(default_factory=list)
-    missing: int = 0  # source pieces still decoding
 
 
 class Batcher:
-    """Translates concurrent requests together on one worker thread (continuous batching).
-
-    Requests wait in an inbox. When nothing is decoding, the worker takes the first and
-    whatever else arrives within ``max_wait_ms``; while it decodes, new requests join the
-    running batch at the next step, and each request is answered as soon as its own lines are
-    done, not when the slowest sentence beside it is. The batch holds at most
-    ``max_batch_sentences`` source pieces (a larger request runs alone). Beam search runs one
-    batch per setting (beam, n-best, alignment); greedy requests are translated together
-    between steps.
-    """
+    """Collects concurrent requests into batches and translates them on one worker thread."""
 
     def __init__(self, translator: Translator, *, max_batch_sentences: int = 64,
                  max_wait_ms: float = 10.0) -> None:
         self.translator = translator
         self.max_batch_sentences = max_batch_sentences
         self.max_wait = max_wait_ms / 1000
-        self.inbox: queue.Queue[_Job | None] = queue.Queue()
-        self.waiting: deque[_Job] = deque()  # out of the inbox, waiting for room
-        self.closing = False
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2s-translate")
         self._translators: dict[Settings, Translator] = {}
-        self._batches: dict[Settings, BeamBatch] = {}
-        self._jobs: dict[int, _Job] = {}
-        self._job_ids = itertools.count()
-        self.steps = 0  # beam search steps run (for /info and tests)
-        self.sentences_stepped = 0  # the sum over those steps of the sentences decoded
-        self.worker = threading.Thread(target=self._work, name="s2s-translate", daemon=True)
-
-    def start(self) -> None:
-        self.worker.start()
-
-    def close(self) -> None:
-        """Finish what was asked, then stop the worker."""
-        self.inbox.put(None)
-        if self.worker.is_alive():
-            self.worker.join()
+        self.batches = 0  # how many batches ran (for /info and tests)
 
     async def translate(self, lines: list[str], settings: Settings) -> list[TranslationResult]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.inbox.put(_Job(lines, settings, future, loop))
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(lines, settings, future))
         return await future
 
-    def _work(self) -> None:
-        with thread_scope(self.translator.threads):
-            while not (self.closing and self._idle()):
-                if self._idle():
-                    self._gather()
-                else:
-                    self._take_waiting(block_until=None)
-                self._admit()
-                self.advance()
-
-    def _idle(self) -> bool:
-        return not self.waiting and not self._jobs
-
-    def _gather(self) -> None:
-        """Nothing runs: wait for a request, then up to ``max_wait`` for company."""
-        first = self.inbox.get()
-        if first is None:
-            self.closing = True
-            return
-        self.waiting.append(first)
-        self._take_waiting(block_until=time.monotonic() + self.max_wait)
-
-    def _take_waiting(self, block_until: float | None) -> None:
-        """Move requests from the inbox to ``waiting``: those already there, and (with a
-        deadline) those that arrive before it while the batch has room."""
+    async def run(self) -> None:
+        """Forever: wait for a request, gather more until the batch is full or its time is up,
+        translate, answer."""
+        loop = asyncio.get_running_loop()
         while True:
-            if block_until is None or self._waiting_pieces() >= self.max_batch_sentences:
-                block_until = None
-            try:
-                if block_until is None:
-                    job = self.inbox.get_nowait()
-                else:
-                    job = self.inbox.get(timeout=max(block_until - time.monotonic(), 0))
-            except queue.Empty:
-                return
-            if job is None:
-                self.closing = True
-                return
-            self.waiting.append(job)
+            jobs = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while sum(len(job.lines) for job in jobs) < self.max_batch_sentences:
+                if not self.queue.empty():  # what is already waiting joins without delay
+                    jobs.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            for settings in dict.fromkeys(job.settings for job in jobs):
+                group = [job for job in jobs if job.settings == settings]
+                await self._run_group(loop, group, settings)
 
-    def _waiting_pieces(self) -> int:
-        return sum(len(job.lines) for job in self.waiting)
-
-    def _running_sentences(self) -> int:
-        return sum(len(batch) for batch in self._batches.values())
-
-    def _admit(self) -> None:
-        """Start waiting requests, in order, while the batch has room."""
-        greedy: dict[Settings, list[_Job]] = {}
-        while self.waiting:
-            job = self.waiting[0]
-            try:
-                if job.prepared is None:
-                    job.prepared = self._translator(job.settings).prepare(job.lines)
-            except Exception as error:  # this request fails, the server goes on
-                self.waiting.popleft()
-                _settle(job, error=error)
-                continue
-            pieces = len(job.prepared.pieces)
-            running = self._running_sentences()
-            if running and running + pieces > self.max_batch_sentences:
-                break
-            self.waiting.popleft()
-            job.found, job.missing = [[] for _ in range(pieces)], pieces
-            if not pieces:
-                _settle(job, self._translator(job.settings).assemble(job.prepared, []))
-            elif job.settings.beam == 1 and job.settings.nbest == 1:
-                greedy.setdefault(job.settings, []).append(job)
-            else:
-                self._start_beam_search(job)
-        self._decode_greedy(greedy)
-
-    def _start_beam_search(self, job: _Job) -> None:
-        assert job.prepared is not None
-        translator = self._translator(job.settings)
-        if job.settings not in self._batches:
-            self._batches[job.settings] = BeamBatch(
-                translator.model, translator.decode, translator.device,
-                with_attention=job.prepared.with_attention)
-        number = next(self._job_ids)
-        self._jobs[number] = job
+    async def _run_group(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
+                         settings: Settings) -> None:
+        lines = [line for job in jobs for line in job.lines]
         try:
-            self._batches[job.settings].add(job.prepared.sources,
-                                            [(number, index) for index in range(job.missing)])
-        except Exception as error:
-            self._fail_batch(job.settings, error)
-
-    def _decode_greedy(self, groups: dict[Settings, list[_Job]]) -> None:
-        """Greedy requests of one setting as one batch (greedy search does not take joiners)."""
-        for settings, jobs in groups.items():
-            translator = self._translator(settings)
-            sources = [ids for job in jobs for ids in job.prepared.sources]  # type: ignore
-            try:
-                found = decode_corpus(translator.model, sources, translator.decode,
-                                      translator.device,
-                                      with_attention=jobs[0].prepared.with_attention)
-            except Exception as error:
-                for job in jobs:
-                    _settle(job, error=error)
-                continue
-            start = 0
+            results = await loop.run_in_executor(self.worker, self.translate_lines, lines,
+                                                 settings)
+        except Exception as error:  # the requests fail, the server goes on
             for job in jobs:
-                _settle(job, translator.assemble(job.prepared, found[start:start + job.missing]))
-                start += job.missing
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        self.batches += 1
+        start = 0
+        for job in jobs:
+            if not job.future.done():  # a client that went away leaves a cancelled future
+                job.future.set_result(results[start:start + len(job.lines)])
+            start += len(job.lines)
 
-    def advance(self) -> None:
-        """One beam search step for every running batch; answer the requests it completes."""
-        for settings, batch in list(self._batches.items()):
-            if not len(batch):
-                continue
-            self.steps += 1
-            self.sentences_stepped += len(batch)
-            try:
-                done = batch.step()
-            except Exception as error:
-                self._fail_batch(settings, error)
-                continue
-            for (number, index), hypotheses in done:
-                job = self._jobs[number]
-                job.found[index] = hypotheses
-                job.missing -= 1
-                if not job.missing:
-                    del self._jobs[number]
-                    _settle(job, self._translator(settings).assemble(job.prepared, job.found))
-
-    def _fail_batch(self, settings: Settings, error: Exception) -> None:
-        """A batch that failed answers all its requests with the error and starts afresh."""
-        self._batches.pop(settings, None)
-        for number, job in list(self._jobs.items()):
-            if job.settings == settings:
-                del self._jobs[number]
-                _settle(job, error=error)
+    def translate_lines(self, lines: list[str], settings: Settings
+                        ) -> list[TranslationResult]:
+        """Translate one group of lines (on the worker thread)."""
+        return self._translator(settings).translate(lines)
 
     def _translator(self, settings: Settings) -> Translator:
         """The translator for ``settings``: the same model, other decoding settings."""
@@ -283,20 +159,8 @@ class Batcher:
                 alignment=settings.alignment, reporter=base.reporter)
         return self._translators[settings]
 
-
-def _settle(job: _Job, results: list[TranslationResult] | None = None, *,
-            error: Exception | None = None) -> None:
-    """Answer a request from the worker thread (its client may have gone away)."""
-    def settle() -> None:
-        if job.future.done():
-            return
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(results)
-
-    with contextlib.suppress(RuntimeError):  # the event loop has closed
-        job.loop.call_soon_threadsafe(settle)
+    def close(self) -> None:
+        self.worker.shutdown(wait=True)
 
 
 def create_app(translator: Translator, *, max_batch_sentences: int = 64,
@@ -307,11 +171,14 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        task = asyncio.create_task(batcher.run())
         try:
             yield
         finally:
-            await asyncio.get_running_loop().run_in_executor(None, batcher.close)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            batcher.close()
 
     app = FastAPI(title="s2s", lifespan=lifespan)
     app.state.batcher = batcher
@@ -326,7 +193,7 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
     async def info() -> dict[str, Any]:
         return {**_model_info(translator), "batching": {
             "max_batch_sentences": max_batch_sentences, "max_wait_ms": max_wait_ms,
-            "steps_run": batcher.steps, "sentences_stepped": batcher.sentences_stepped}, "limits": {
+            "batches_run": batcher.batches}, "limits": {
             "max_lines": limits.max_lines, "max_chars": limits.max_chars,
             "max_beam": limits.max_beam}}
 

@@ -23,7 +23,6 @@ from s2s.config import load_config
 from s2s.rundir import RunDir
 from s2s.serve import Batcher, Limits, Settings, create_app
 from s2s.translate import Translator
-from tests.word_tasks import LIMIT
 
 LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
 
@@ -188,99 +187,54 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_lines(
                                          timeout=60).json(), requests))
     for lines, answer in zip(requests, answers):
         assert answer["translations"] == [r.text for r in _expected(translator, lines, 3)]
-    batcher = app.state.batcher  # each request has two lines: more per step means sharing
-    assert batcher.sentences_stepped > 2 * batcher.steps
+    assert app.state.batcher.batches < len(requests)  # some requests shared a batch
 
 
-def _running(batcher: Batcher, record: list[int], hold: threading.Event | None = None,
-             at_step: int = -1) -> None:
-    """Record the sentences decoded at each step; optionally wait on ``hold`` at one step."""
-    real = batcher.advance
-
-    def advance() -> None:
-        if hold is not None and batcher.steps == at_step:
-            assert hold.wait(30)
-        record.append(sum(len(batch) for batch in batcher._batches.values()))
-        real()
-
-    batcher.advance = advance  # type: ignore[method-assign]
-
-
-@pytest.mark.parametrize("max_batch,first", [(64, 10), (6, 6)])
-def test_requests_already_waiting_start_together_up_to_the_batch_limit(
-        translator: Translator, max_batch: int, first: int) -> None:
-    """With max_wait_ms=0 nothing waits for company, but every request already queued starts
-    at once, up to max_batch_sentences (whole requests only); the rest join as room frees."""
+@pytest.mark.parametrize("max_batch,sizes", [(64, [10]), (6, [6, 4])])
+def test_requests_already_waiting_share_a_batch_without_any_wait(
+        translator: Translator, max_batch: int, sizes: list[int]) -> None:
+    """With max_wait_ms=0 a batch takes no time to gather, but still takes every request
+    queued while the previous batch ran (else closed-loop clients get batches of one), up to
+    max_batch_sentences; whole requests only."""
     batcher = Batcher(translator, max_batch_sentences=max_batch, max_wait_ms=0)
-    sentences_per_step: list[int] = []
-    _running(batcher, sentences_per_step)
-    settings = Settings(beam=3, nbest=1, alignment="none")
-    requests = [[f"The {word} sees a cat.", f"A {word} buys the car."]
-                for word in ("dog", "woman", "man", "girl", "boy")]
+    batches: list[list[str]] = []
+
+    def record(lines: list[str], settings: Settings) -> list[str]:
+        batches.append(lines)
+        return [line.upper() for line in lines]
+
+    batcher.translate_lines = record  # type: ignore[method-assign]
+    settings = Settings(beam=1, nbest=1, alignment="none")
 
     async def main() -> list[list[str]]:
-        tasks = [asyncio.create_task(batcher.translate(lines, settings)) for lines in requests]
-        await asyncio.sleep(0)  # all five are queued before the worker starts
-        batcher.start()
-        return [[result.text for result in results] for results in await asyncio.gather(*tasks)]
+        requests = [asyncio.create_task(batcher.translate([f"line {n}", f"more {n}"], settings))
+                    for n in range(5)]
+        await asyncio.sleep(0)  # all five are queued before the batcher looks
+        runner = asyncio.create_task(batcher.run())
+        answers = await asyncio.gather(*requests)
+        runner.cancel()
+        return answers
 
     try:
         answers = asyncio.run(main())
     finally:
         batcher.close()
-    assert answers == [[r.text for r in _expected(translator, lines, 3)] for lines in requests]
-    assert sentences_per_step[0] == first
-    assert max(sentences_per_step) <= max_batch
-
-
-def test_a_request_joins_the_running_batch_and_leaves_when_its_lines_are_done(
-        copy_translator: Translator) -> None:
-    """A short request that arrives while a long one decodes starts at the next step and is
-    answered before the long one ends (it does not wait for the batch). The model copies its
-    input, so the long lines need many more steps than the short one."""
-    batcher = Batcher(copy_translator, max_wait_ms=0)
-    arrived, steps = threading.Event(), []
-    _running(batcher, steps, hold=arrived, at_step=2)
-    long_lines = ["red green blue small big old dog"] * 3
-    short_lines = ["fox."]
-    assert len(copy_translator.encode_source(long_lines[0])) <= LIMIT  # one piece each
-    finished: list[str] = []
-
-    async def main() -> tuple[list[str], list[str]]:
-        batcher.start()
-        settings = Settings(beam=3, nbest=1, alignment="none")
-        long = asyncio.create_task(batcher.translate(long_lines, settings))
-        long.add_done_callback(lambda _: finished.append("long"))
-        while batcher.steps < 2:
-            await asyncio.sleep(0.001)
-        short = asyncio.create_task(batcher.translate(short_lines, settings))
-        short.add_done_callback(lambda _: finished.append("short"))
-        await asyncio.sleep(0)  # the short request is in the inbox
-        arrived.set()  # the worker, held at its third step, goes on
-        return ([r.text for r in await long], [r.text for r in await short])
-
-    try:
-        long_answer, short_answer = asyncio.run(main())
-    finally:
-        batcher.close()
-    assert finished == ["short", "long"]
-    assert steps[:2] == [3, 3] and 4 in steps  # three long lines, then the short one too
-    assert long_answer == [r.text for r in _expected(copy_translator, long_lines, 3)]
-    assert short_answer == [r.text for r in _expected(copy_translator, short_lines, 3)]
+    assert answers == [[f"LINE {n}", f"MORE {n}"] for n in range(5)]
+    assert [len(batch) for batch in batches] == sizes
 
 
 def test_health_answers_while_a_batch_translates(translator: Translator) -> None:
     app = create_app(translator, max_wait_ms=0)
     batcher = app.state.batcher
     started, release = threading.Event(), threading.Event()
-    real = batcher.advance
+    real = batcher.translate_lines
 
-    def held() -> None:  # the step waits, on the worker thread, until released
+    def held(lines, settings):  # the batch waits, on the worker thread, until released
         started.set()
         assert release.wait(30)
-        real()
+        return real(lines, settings)
 
-    batcher.advance = held
+    batcher.translate_lines = held
     with _Server(app) as url, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{url}/translate", json={"text": "The dog."},
                               timeout=60)
