@@ -1,10 +1,9 @@
-"""Beam search over a batch that sentences join and leave between steps (continuous batching).
+"""Beam search over a batch that sentences join and leave between steps.
 
 ``BeamBatch.add`` encodes new sentences and joins them to the running batch; ``step`` moves
-every sentence on by one token and hands back the sentences that are done. `s2s translate`
-tops the batch up from length-sorted input as sentences finish, and `s2s serve` adds requests
-as they arrive, so neither waits for the slowest sentence of a fixed batch before starting
-more work.
+every sentence on by one token and hands back the sentences that are done. ``decode_corpus``
+tops the batch up from length-sorted input as sentences finish, so the last steps of a batch
+do not run with a handful of sentences.
 
 Each sentence keeps K beams, all its rows in one batch with no Python loop over sentences or
 beams inside a step; its K beams share one copy of its encoder states. Per step it keeps 2K
@@ -44,11 +43,17 @@ class BeamBatch:
         self.step_weights: list[tuple[Tensor, Tensor]] | None = None  # joined once, reused
         self.tags: list[Hashable] = []  # per sentence row
         self.rows: _Rows | None = None  # None while empty
-        self.running_tokens = 0  # source tokens (EOS included) of sentences not yet done
 
     def __len__(self) -> int:
         """Sentences in the batch, passengers included."""
         return len(self.tags)
+
+    @property
+    def running_tokens(self) -> int:
+        """Source tokens (EOS included) of the sentences not yet done."""
+        if self.rows is None:
+            return 0
+        return int(self.rows.src_lengths[~self.rows.done].sum())
 
     @torch.inference_mode()
     def add(self, sentences: Sequence[np.ndarray | list[int]], tags: Sequence[Hashable]) -> None:
@@ -71,7 +76,6 @@ class BeamBatch:
             self._keep(rows_to_keep(self.rows.done, passengers=False))
         self.rows = new if self.rows is None else self.rows.joined(new)
         self.tags = [*self.tags, *tags]
-        self.running_tokens += int(src_lengths.sum())
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Hashable, list[Hypothesis]]]:
@@ -115,7 +119,6 @@ class BeamBatch:
             return []
         assert self.rows is not None
         hypotheses = self.rows.hypotheses(indices, self.config.nbest)
-        self.running_tokens -= int(self.rows.src_lengths[indices].sum())
         return [(self.tags[index], found) for index, found in zip(indices, hypotheses)]
 
     def _keep(self, kept: Tensor | None) -> None:
