@@ -9,10 +9,10 @@ taken as 3x the forward pass.
 
 from __future__ import annotations
 
-from s2s.batching import Batch
-from s2s.cells import CELLS
 from s2s.config import ModelConfig
-from s2s.vocab import PAD_ID
+from s2s.data.batching import Batch
+from s2s.data.vocab import PAD_ID
+from s2s.model.cells import CELLS
 
 
 def forward_flops(config: ModelConfig, batch: Batch, tgt_vocab_size: int) -> float:

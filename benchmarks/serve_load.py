@@ -33,10 +33,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine, run_script, s2s_command  # noqa: E402
-from s2s.checkpoint import resolve_checkpoint  # noqa: E402
-from s2s.config import DecodeConfig, load_config  # noqa: E402
-from s2s.prepared import prepared_sources  # noqa: E402
-from s2s.translate import Translator  # noqa: E402
+from s2s.config import Config, load_config  # noqa: E402
+from s2s.data.store import prepared_sources  # noqa: E402
+from s2s.translation.translator import load_translator  # noqa: E402
 
 
 def free_port() -> int:
@@ -134,10 +133,11 @@ def batches_run(url: str) -> int:
     return httpx.get(f"{url}/info").json()["batching"]["batches_run"]
 
 
-def batch_decoding(path: Path, decode: DecodeConfig, lines: list[str], threads: int
+def batch_decoding(config: Config, checkpoint: str, lines: list[str], threads: int
                    ) -> tuple[float, dict[str, str]]:
     """All lines translated in one call, as `s2s translate` does: sentences/s, translations."""
-    translator = Translator.from_checkpoint(path, decode=decode, device="cpu", threads=threads)
+    translator = load_translator(config.run_dir, checkpoint, decode=config.decode,
+                                 threads=threads, device="cpu")
     started = time.perf_counter()
     results = translator.translate(lines)
     rate = len(lines) / (time.perf_counter() - started)
@@ -163,20 +163,19 @@ def main() -> None:
     args = _arguments()
     config = load_config(args.config)
     lines = [line for line in prepared_sources(config.run_dir, "test") if line]
-    path = resolve_checkpoint(config.run_dir, args.checkpoint)
     pinning, threads = [], config.train.threads
     if args.server_cpus:
         cpus = _cpu_list(args.server_cpus)
         os.sched_setaffinity(0, cpus)  # the batch rate is measured where the server runs
         pinning, threads = ["taskset", "-c", args.server_cpus], len(cpus)
 
-    batch_rate, expected = batch_decoding(path, config.decode, lines, threads)
+    batch_rate, expected = batch_decoding(config, args.checkpoint, lines, threads)
     if args.client_cpus:
         os.sched_setaffinity(0, _cpu_list(args.client_cpus))
 
     port = free_port()
     server = subprocess.Popen(
-        pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", str(path),
+        pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", args.checkpoint,
                               "--port", str(port), "--device", "cpu", "--max-wait-ms",
                               args.max_wait_ms, "--set", f"train.threads={threads}"),
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},

@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_script  # noqa: E402
-from s2s.batching import Batch, collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.device import autocast, resolve_device  # noqa: E402
-from s2s.learner import Learner  # noqa: E402
-from s2s.loss import smoothed_loss  # noqa: E402
-from s2s.prepared import PreparedData  # noqa: E402
-from s2s.vocab import PAD_ID  # noqa: E402
+from s2s.data.batching import Batch, collate, token_batches, training_lengths  # noqa: E402
+from s2s.data.store import PreparedData  # noqa: E402
+from s2s.data.vocab import PAD_ID  # noqa: E402
+from s2s.device import autocast, resolve_device, with_resolved_precision  # noqa: E402
+from s2s.training.learner import Learner  # noqa: E402
+from s2s.training.loss import smoothed_loss  # noqa: E402
 
 PARTS = ("encoder", "decoder loop", "output layer + loss", "backward", "optimizer")
 
@@ -89,13 +89,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
+    device = resolve_device(config.train.device)
+    config = with_resolved_precision(config, device)
     settings, prepared = config.train, PreparedData.of(config)
     data = prepared.split("train")
-    device = resolve_device(settings.device)
     learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device)
     batches = token_batches(training_lengths(data), settings.batch_tokens, seed=settings.seed,
                             epoch=1)[:args.warmup + args.steps]
-    arguments = (learner.settings.precision, settings.label_smoothing, settings.clip_norm)
+    arguments = (learner.train_config.precision, settings.label_smoothing, settings.clip_norm)
     for indices in batches[:args.warmup]:
         timed_step(learner, collate(data, indices), *arguments, _Timer(device))
     timer, tokens = _Timer(device), 0

@@ -30,13 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_script  # noqa: E402
 from benchmarks.flops import training_flops  # noqa: E402
-from s2s.batching import collate, token_batches, training_lengths  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.device import cpu_supports_bf16, resolve_device  # noqa: E402
-from s2s.learner import Learner  # noqa: E402
-from s2s.prepared import PreparedData  # noqa: E402
-from s2s.train import learning_rate  # noqa: E402
-from s2s.validation import teacher_forced_nll  # noqa: E402
+from s2s.data.batching import collate, token_batches, training_lengths  # noqa: E402
+from s2s.data.store import PreparedData  # noqa: E402
+from s2s.device import (  # noqa: E402
+    cpu_supports_bf16,
+    resolve_device,
+    with_resolved_precision,
+)
+from s2s.evaluation.validation import teacher_forced_nll  # noqa: E402
+from s2s.training.learner import Learner  # noqa: E402
+from s2s.training.schedule import learning_rate  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "fp32, input feeding": [],
@@ -63,11 +67,12 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
 def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) -> dict:
     """Time ``steps`` updates of a fresh model after ``warmup`` ones; nothing is written."""
     config = load_config(config_path, overrides)
+    device = resolve_device(config.train.device)
+    config = with_resolved_precision(config, device)
     settings = config.train
     prepared = PreparedData.of(config)
     data = prepared.split("train")
-    learner = Learner(config, *prepared.vocab_sizes, prepared.joint,
-                      device=resolve_device(settings.device))
+    learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device)
     batches = token_batches(training_lengths(data), settings.batch_tokens,
                             seed=settings.seed, epoch=1)
     groups = [[collate(data, batch)] for batch in batches[:warmup + steps]]
@@ -82,10 +87,10 @@ def measure(config_path: Path, overrides: list[str], steps: int, warmup: int) ->
     seconds = time.perf_counter() - started
     learner.model.eval()
     valid_nll = teacher_forced_nll(learner.model, prepared.split("valid"), settings.batch_tokens,
-                                   learner.settings.precision, learner.device)
+                                   learner.train_config.precision, learner.device)
     return {"tokens_per_second": tokens / seconds, "sentences_per_batch": sentences / steps,
             "gflop_per_second": flops / seconds / 1e9,
-            "precision": learner.settings.precision, "valid_ppl": math.exp(min(valid_nll, 50))}
+            "precision": learner.train_config.precision, "valid_ppl": math.exp(min(valid_nll, 50))}
 
 
 def main() -> None:

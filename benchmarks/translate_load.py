@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, machine, run_script, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.prepared import prepared_sources  # noqa: E402
+from s2s.data.store import prepared_sources  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:

@@ -6,7 +6,8 @@ Usage: python benchmarks/translate_speed.py CONFIG [--checkpoint best] [--beams 
 For each beam size: the whole command (`s2s translate --input test --beam K`, model load
 included) with wall time and peak memory, and, in-process, model load time and pure decoding
 time reported separately. BLEU is that of the in-process translation, scored by
-``s2s.validation.validate`` against the test references as distributed, as `s2s evaluate` does.
+``s2s.evaluation.validation.validate`` against the test references as distributed, as
+`s2s evaluate` does.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_command, run_script, s2s_command  # noqa: E402
-from s2s.checkpoint import resolve_checkpoint  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.prepared import text_path  # noqa: E402
-from s2s.rundir import RunDir  # noqa: E402
-from s2s.translate import Translator  # noqa: E402
-from s2s.validation import EvaluationSet, validate  # noqa: E402
+from s2s.data.store import text_path  # noqa: E402
+from s2s.evaluation.validation import EvaluationSet, validate  # noqa: E402
+from s2s.run.checkpoint import resolve_checkpoint  # noqa: E402
+from s2s.run.directory import RunDir  # noqa: E402
+from s2s.translation.translator import load_translator  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     config = load_config(args.config)
     source = text_path(RunDir(config.run_dir).data, "test", "src")
     test_set = EvaluationSet.of_run(config, "test")
-    path = resolve_checkpoint(config.run_dir, args.checkpoint)
+    path = resolve_checkpoint(config.run_dir, args.checkpoint)  # `avg` made once, for both
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'beam':>4} {'cmd sent/s':>10} {'cmd s':>6} {'peak MB':>8} {'load s':>6} "
           f"{'decode sent/s':>13} {'BLEU':>6}")
@@ -59,11 +60,11 @@ def main() -> None:
             hypotheses = Path(output.name).read_text(encoding="utf-8").splitlines()
         assert command.returncode == 0 and len(hypotheses) == len(test_set.sources)
         started = time.perf_counter()
-        translator = Translator.from_checkpoint(
-            path, overrides=(f"decode.beam_size={beam}", *args.set), device="cpu",
-            alignment=args.alignment)
+        translator = load_translator(config.run_dir, str(path),
+                                     overrides=(f"decode.beam_size={beam}", *args.set),
+                                     device="cpu")
         loaded = time.perf_counter()
-        validation = validate(translator, test_set)
+        validation = validate(translator, test_set, with_attention=args.alignment != "none")
         lines, bleu = len(test_set.sources), validation.scores.bleu
         result = {"beam": beam, "sentences": lines,
                   "command_sentences_per_second": lines / command.seconds,

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_script  # noqa: E402
 from s2s.config import VocabConfig  # noqa: E402
-from s2s.vocab import train_sentencepiece  # noqa: E402
+from s2s.data.vocab import train_sentencepiece  # noqa: E402
 
 
 def main() -> None:

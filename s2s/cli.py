@@ -96,7 +96,7 @@ def prepare(config: ConfigArg, overrides: SetOption = None,
             force: Annotated[bool, typer.Option(help="Rebuild even if up to date.")] = False
             ) -> None:
     """Clean the corpus, train sentencepiece vocabularies and encode all splits."""
-    from s2s.prepare import prepare as run_prepare
+    from s2s.data.prepare import prepare as run_prepare
     run_prepare(_load(config, overrides), force=force, reporter=_reporter())
 
 
@@ -110,14 +110,14 @@ def train(config: ConfigArg, overrides: SetOption = None,
               "Train with N processes on this machine (one per GPU, or gloo on CPU) via "
               "torchrun."))] = 1) -> None:
     """Train (or resume training) the model of a prepared run."""
-    settings = _load(config, overrides)
+    experiment = _load(config, overrides)
     if restart and not yes and not typer.confirm(
-            f"Delete the checkpoints in {settings.run_dir} and start over?", err=True):
+            f"Delete the checkpoints in {experiment.run_dir} and start over?", err=True):
         raise typer.Exit(1)
     if nproc > 1:
         raise typer.Exit(_launch_processes(nproc, config, overrides or [], restart))
-    from s2s.train import train as run_train
-    run_train(settings, restart=restart, reporter=_reporter())
+    from s2s.training.loop import train as run_train
+    run_train(experiment, restart=restart, reporter=_reporter())
 
 
 def _launch_processes(nproc: int, config: Path, overrides: list[str], restart: bool) -> int:
@@ -150,9 +150,9 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False,
              alignment: AlignmentOption = "none") -> None:
     """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
-    from s2s.evaluate import evaluate as run_evaluate
-    settings = list(overrides or []) + _decode_overrides(beam, None, None)
-    run_evaluate(_load(config, settings), split=split, checkpoints=checkpoint.split(","),
+    from s2s.evaluation.evaluate import evaluate as run_evaluate
+    changes = list(overrides or []) + _decode_overrides(beam, None, None)
+    run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
                  src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
                  reporter=_reporter())
 
@@ -175,12 +175,15 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
               alignment: AlignmentOption = "none",
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
-    from s2s.translate import translate_stream
-    settings = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
-    translator, _ = _translator(config, run, checkpoint, settings, device, alignment)
+    from s2s.translation.output import OutputFormat
+    from s2s.translation.stream import translate_stream
+    changes = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
+    OutputFormat(alignment=alignment)  # a bad --alignment fails before the model loads
+    translator, _ = _translator(config, run, checkpoint, changes, device)
+    output_format = OutputFormat(translator.decode.nbest, alignment)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
-        translate_stream(translator, source, target, progress_total=total)
+        translate_stream(translator, source, target, output_format, progress_total=total)
 
 
 @app.command()
@@ -203,7 +206,8 @@ def serve(config: RunConfigArg = None, run: RunOption = None,
           overrides: SetOption = None) -> None:
     """Serve translations over HTTP (JSON API and a web page) until Ctrl-C or SIGTERM."""
     try:
-        from s2s.serve import Limits, create_app, serve as run_server
+        from s2s.serve.app import Limits, create_app
+        from s2s.serve.app import serve as run_server
     except ImportError as error:
         raise UsageError(f"s2s serve needs the serve extra ({error.name} is missing): "
                          "pip install 's2s[serve]'") from None
@@ -222,7 +226,7 @@ def average(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run
                                               help="How many newest checkpoints.")] = 3
             ) -> None:
     """Average the newest step checkpoints of a run into checkpoints/avg.pt."""
-    from s2s.checkpoint import average_checkpoints
+    from s2s.run.checkpoint import average_checkpoints
     average_checkpoints(run_dir, last, reporter=_reporter())
 
 
@@ -256,41 +260,40 @@ def demo_data(directory: Annotated[Path, typer.Argument(
         metavar="DIRECTORY", help="Where to write the corpus.")
                                    ] = Path("data/demo-en-de")) -> None:
     """Write the built-in English→German demo corpus (no download needed)."""
-    from s2s.demo import write_demo_corpus
+    from s2s.data.demo import write_demo_corpus
     counts = write_demo_corpus(directory)
     _reporter().info(f"wrote {directory}/{{train,valid,test}}.{{en,de}}: " +
                      ", ".join(f"{split} {count}" for split, count in counts.items()))
 
 
 def _translator(config: Optional[Path], run: Optional[Path], checkpoint: str,
-                settings: list[str], device: str, alignment: str = "none"):
+                overrides: list[str], device: str):
     """The translator of a run's checkpoint, decoding as CONFIG (or, with --run, as stored
-    in the checkpoint) and ``settings`` say; and the run directory."""
-    from s2s.checkpoint import check_vocabulary, resolve_checkpoint
-    from s2s.translate import Translator
-    experiment = _translation_config(config, run, settings)
-    run_dir = run if experiment is None else experiment.run_dir
-    reporter = _reporter()
-    translator = Translator.from_checkpoint(
-        resolve_checkpoint(run_dir, checkpoint, reporter=reporter),
-        overrides=settings if experiment is None else (), option_names=DECODE_OPTIONS,
-        decode=None if experiment is None else experiment.decode,
-        threads=None if experiment is None else experiment.train.threads,
-        device=device, alignment=alignment, reporter=reporter)
-    check_vocabulary(translator.loaded, run_dir)
-    return translator, run_dir
+    in the checkpoint) and ``overrides`` say; and the run directory."""
+    from s2s.translation.translator import load_translator
+    experiment = _translation_config(config, run, overrides)
+    if experiment is None:
+        assert run is not None
+        translator = load_translator(run, checkpoint, overrides=overrides,
+                                     option_names=DECODE_OPTIONS, device=device,
+                                     reporter=_reporter())
+        return translator, run
+    translator = load_translator(experiment.run_dir, checkpoint, decode=experiment.decode,
+                                 threads=experiment.train.threads, device=device,
+                                 reporter=_reporter())
+    return translator, experiment.run_dir
 
 
-def _translation_config(config: Optional[Path], run: Optional[Path], settings: list[str]):
-    """The config, changed by ``settings``, whose decode and threads settings translate; or
-    None with --run, where ``settings`` change those stored in the checkpoint."""
+def _translation_config(config: Optional[Path], run: Optional[Path], overrides: list[str]):
+    """The config, changed by ``overrides``, whose decode and threads settings translate; or
+    None with --run, where ``overrides`` change those stored in the checkpoint."""
     if (config is None) == (run is None):
         raise UsageError("give a CONFIG or --run RUN_DIR (one of them)")
     if run is not None:
         if not run.is_dir():
             raise UsageError(f"--run {run}: not a directory")
         return None
-    return _load(config, settings)
+    return _load(config, overrides)
 
 
 # the options that stand for decode settings, so that errors name what the user typed

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from typing import ContextManager, Iterator
 
 import torch
 
+from s2s.config import Config
 from s2s.errors import DeviceError
 
 
@@ -64,9 +66,18 @@ def check_precision(device: torch.device, precision: str, key: str) -> None:
             f"use --set {key}=fp32")
 
 
+def with_resolved_precision(config: Config, device: torch.device) -> Config:
+    """``config`` with ``train.precision`` made concrete for ``device``: each command resolves
+    it once, here, and everything downstream (the learner, autocast, decoding) takes it as is."""
+    precision = resolve_precision(device, config.train.precision)
+    return replace(config, train=replace(config.train, precision=precision))
+
+
 def autocast(device: torch.device, precision: str) -> ContextManager:
-    """bf16/fp16 autocast on the device, or nothing for fp32."""
-    precision = resolve_precision(device, precision)
+    """bf16/fp16 autocast on the device, or nothing for fp32 (``precision`` is resolved:
+    ``with_resolved_precision``)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision {precision!r}: resolve it first (with_resolved_precision)")
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

@@ -17,12 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
-from s2s.alignment import Attention
-from s2s.checkpoint import resolve_checkpoint
 from s2s.errors import DataError, UsageError
 from s2s.report import Reporter
-from s2s.rundir import RunDir
-from s2s.translate import Translator
+from s2s.run.directory import RunDir
+from s2s.translation.alignment import Alignment
+from s2s.translation.translator import load_translator
 
 DPI = 120
 # families that draw Chinese, Japanese and Korean, tried before searching every font
@@ -132,7 +131,7 @@ def _minutes_axis(axes: Any, minutes: Series) -> None:
     top.set_xlabel("training minutes")
 
 
-def heatmap_labels(attention: Attention, drawable: bool) -> tuple[list[str], list[str]]:
+def heatmap_labels(attention: Alignment, drawable: bool) -> tuple[list[str], list[str]]:
     """Tick labels: the pieces (sentencepiece's word marker shown as "_"), or piece indices
     when no installed font can draw them."""
     if not drawable:
@@ -142,7 +141,7 @@ def heatmap_labels(attention: Attention, drawable: bool) -> tuple[list[str], lis
             [piece.replace("\u2581", "_") for piece in attention.tgt_pieces])
 
 
-def attention_figure(attention: Attention, title: str) -> tuple[Figure, bool]:
+def attention_figure(attention: Alignment, title: str) -> tuple[Figure, bool]:
     """Source pieces across, target pieces down; darker is more attention. Also says whether
     the pieces could be drawn (else they are numbered: see ``NO_FONT``)."""
     font, drawable = font_for("".join(attention.src_pieces + attention.tgt_pieces + [title]))
@@ -252,14 +251,14 @@ def plot_attention(run_dir: Path, sentence: str, *, checkpoint: str = "best",
                    device: str = "auto", reporter: Reporter = Reporter()) -> Path:
     """Translate ``sentence`` and draw where each target piece looked, into
     ``plots/attention-<n>.png``."""
-    path = resolve_checkpoint(run_dir, checkpoint, reporter=reporter)
-    translator = Translator.from_checkpoint(path, device=device, reporter=reporter)
+    translator = load_translator(run_dir, checkpoint, device=device,
+                                 check_run_vocabulary=False, reporter=reporter)
     result = translator.translate([sentence], with_attention=True)[0]
-    if not result.attentions:
+    if not result.alignments:
         raise UsageError("--attention: the sentence is empty; give a sentence to translate")
     title = (f"{run_dir.name} ({checkpoint}, step {translator.loaded.step}): "
              f"{_shortened(result.text)}")
-    figure, drawable = attention_figure(result.attentions[0], title)
+    figure, drawable = attention_figure(result.alignments[0], title)
     if not drawable:
         reporter.warn(NO_FONT)
     return save_figure(figure, next_free(RunDir(run_dir).plots, "attention"))

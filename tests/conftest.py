@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from s2s.demo import write_demo_corpus
+from s2s.data.demo import write_demo_corpus
 
 # Every test runs with this many CPU threads, whatever the machine (1 core or 16), so that its
 # numbers are the same everywhere; a test (or the library code it calls) must leave it so.
@@ -74,8 +74,8 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_corpus: Path) -> Path:
     """Config path of a tiny run that has been prepared and trained for 150 steps."""
     from s2s.config import load_config
-    from s2s.prepare import prepare
-    from s2s.train import train
+    from s2s.data.prepare import prepare
+    from s2s.training.loop import train
 
     directory = tmp_path_factory.mktemp("trained")
     config_path = write_config(directory / "config.yaml", config_dict(
@@ -89,6 +89,6 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_corpus: Path) -> 
 @pytest.fixture(scope="session")
 def copy_translator(tmp_path_factory: pytest.TempPathFactory):
     """A model trained to copy sentences of up to LIMIT tokens (about 98% exactly)."""
-    from tests.word_tasks import copy, word_task_translator
+    from tests.tasks import copy, word_task_translator
     with torch.random.fork_rng():
         return word_task_translator(tmp_path_factory.mktemp("copy"), copy)

@@ -11,12 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from s2s.alignment import hard_alignment, piece_words, word_matrix, word_spans
-from s2s.checkpoint import FORMAT, save_atomic
 from s2s.cli import app
-from s2s.config import config_to_dict
-from s2s.translate import Translator
-from tests.word_tasks import LIMIT, reverse, sentence, word_task_translator
+from s2s.translation.alignment import (
+    hard_alignment,
+    piece_words,
+    word_matrix,
+    word_spans,
+)
+from s2s.translation.output import OutputFormat
+from s2s.translation.translator import Translator
+from tests.tasks import LIMIT, reverse, sentence, word_task_translator
 
 runner = CliRunner()
 
@@ -31,10 +35,9 @@ def reversal_translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
 def _links(translator: Translator, lines: list[str]) -> list[tuple[list[tuple[int, int]], int,
                                                                     int, str]]:
     """Per line: the hard links, the source and target word counts, the translation."""
-    aligned = Translator(translator.loaded, device="cpu", alignment="hard")
-    found = []
-    for line, result in zip(lines, aligned.translate(lines)):
-        pairs = [tuple(map(int, link.split("-"))) for link in aligned.alignment_of(result).split()]
+    found, hard = [], OutputFormat(alignment="hard")
+    for line, result in zip(lines, translator.translate(lines, with_attention=True)):
+        pairs = [tuple(map(int, link.split("-"))) for link in hard.alignment_text(result).split()]
         found.append((pairs, len(line.split()), len(result.text.split()), result.text))
     return found
 
@@ -102,13 +105,8 @@ def test_subword_attention_is_summed_into_words() -> None:
 
 def test_translate_alignment_lines_hard_soft_and_nbest(copy_translator: Translator,
                                                        tmp_path: Path) -> None:
-    loaded = copy_translator.loaded
-    checkpoint = tmp_path / "copy.pt"
-    save_atomic({"format": FORMAT, "config": config_to_dict(loaded.config),
-                 "vocab": {"src": loaded.src_tokenizer.model_proto,
-                           "tgt": loaded.tgt_tokenizer.model_proto, "joint": False},
-                 "model": loaded.model.state_dict(), "progress": {"step": loaded.step}},
-                checkpoint)
+    checkpoint = copy_translator.loaded.path
+    assert checkpoint is not None
     text = "red fox.\n\nold dog sees tree\n"
     hard = runner.invoke(app, ["translate", "--run", str(tmp_path), "--checkpoint",
                                str(checkpoint), "--alignment", "hard"], input=text)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
-from s2s.rundir import RunDir
+from s2s.run.directory import RunDir
 from tests.conftest import TEST_THREADS, config_dict, write_config
 
 runner = CliRunner()
@@ -78,7 +78,8 @@ def test_bad_override_and_missing_config(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", config_dict(tmp_path, tmp_path / "run"))
     result = runner.invoke(app, ["train", str(path), "--set", "train.lr=-1"])
     assert result.exit_code == 2
-    assert result.stderr == "error: --set train.lr=-1: train.lr: must be greater than 0.0, got -1.0\n"
+    assert result.stderr == ("error: --set train.lr=-1: train.lr: must be greater than 0.0, "
+                             "got -1.0\n")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
     assert result.stderr == f"error: {tmp_path / 'nope.yaml'}: config file not found\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s2s.config import (Config, config_from_dict, dump_config, load_config, parse_yaml)
+from s2s.config import Config, config_from_dict, dump_config, load_config, parse_yaml
 from s2s.errors import ConfigError
 from tests.conftest import config_dict, write_config
 

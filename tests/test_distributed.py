@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.checkpoint import load_checkpoint
 from s2s.config import load_config
-from s2s.prepare import prepare
-from s2s.rundir import RunDir
-from s2s.train import train
+from s2s.data.prepare import prepare
+from s2s.run.checkpoint import load_checkpoint
+from s2s.run.directory import RunDir
+from s2s.training.loop import train
 from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,16 +7,17 @@ import random
 
 import pytest
 
-from s2s.search_steps import Hypothesis
-from s2s.splitting import split_sentences, split_to_limit
-from s2s.translate import Translator
-from tests.word_tasks import LIMIT, WORDS, sentence
+from s2s.search.hypothesis import Hypothesis
+from s2s.translation.splitting import split_sentences, split_to_limit
+from s2s.translation.translator import Translator
+from tests.tasks import LIMIT, WORDS, sentence
 
 
 def test_sentences_split_at_their_ends_in_any_script() -> None:
     assert split_sentences('He left. "Why?" she asked!  Fine') == [
         "He left.", '"Why?"', "she asked!", "Fine"]
-    assert split_sentences("你好。你好吗？我很好！谢谢") == ["你好。", "你好吗？", "我很好！", "谢谢"]
+    assert split_sentences("你好。你好吗？我很好！谢谢") == [
+        "你好。", "你好吗？", "我很好！", "谢谢"]
     assert split_sentences("no ending at all") == ["no ending at all"]
 
 
@@ -48,7 +49,7 @@ def test_split_pieces_are_joined_back_in_order(copy_translator: Translator,
         assert all(len(sentence) <= LIMIT for sentence in sentences)
         return [[Hypothesis(list(sentence), 0.0)] for sentence in sentences]
 
-    monkeypatch.setattr("s2s.translate.decode_corpus", echo)
+    monkeypatch.setattr("s2s.translation.translator.decode_corpus", echo)
     lines = _long_lines()
     assert all(len(copy_translator.encode_source(line)) >= 3 * LIMIT for line in lines[::2])
     assert [result.text for result in copy_translator.translate(lines)] == lines

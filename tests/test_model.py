@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from s2s.batching import pad
 from s2s.config import DecodeConfig, ModelConfig
-from s2s.model import DecoderState, Seq2Seq
-from s2s.search import greedy_search
-from s2s.vocab import BOS_ID, EOS_ID
+from s2s.data.batching import pad
+from s2s.data.vocab import EOS_ID
+from s2s.model.seq2seq import DecoderState, Seq2Seq
+from s2s.search.greedy import greedy_search
+from tests.tasks import fit
 
 VARIANTS = [
     ("general", True), ("general", False), ("bahdanau", True), ("dot", True), ("dot", False)]
@@ -119,31 +120,18 @@ def test_learns_a_tiny_copy_or_reverse_task(task: str, cell: str) -> None:
     config = ModelConfig(cell=cell, embed_size=32, encoder_layers=1,  # type: ignore[arg-type]
                          encoder_hidden=32, decoder_layers=1, decoder_hidden=64, dropout=0.0,
                          embed_dropout=0.0)
-    model = Seq2Seq(config, 14, 14)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(1)
 
-    def examples(count: int) -> tuple[list[list[int]], list[list[int]]]:
+    def examples(count: int = 32) -> tuple[list[list[int]], list[list[int]]]:
         lengths = torch.randint(2, 7, (count,), generator=generator)
         sequences = [torch.randint(4, 14, (int(n),), generator=generator).tolist()
                      for n in lengths]
         return sequences, [s if task == "copy" else s[::-1] for s in sequences]
 
-    for _ in range(400):
-        sequences, targets = examples(32)
-        src, src_lengths = pad(sequences, suffix=EOS_ID)
-        tgt_in, _ = pad(targets, prefix=BOS_ID)
-        tgt_out, _ = pad(targets, suffix=EOS_ID)
-        positions = tgt_out != 0
-        logits = model(src, src_lengths, tgt_in, positions)
-        loss = torch.nn.functional.cross_entropy(logits, tgt_out[positions])
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    model = fit(Seq2Seq(config, 14, 14), examples, 400, clip_norm=1.0)
     sequences, targets = examples(200)
     src, src_lengths = pad(sequences, suffix=EOS_ID)
-    found = greedy_search(model.eval(), src, src_lengths, DecodeConfig(beam_size=1))
+    found = greedy_search(model, src, src_lengths, DecodeConfig(beam_size=1))
     exact = sum(hypotheses[0].tokens == target for hypotheses, target in zip(found, targets))
     assert exact / len(targets) >= 0.9
 

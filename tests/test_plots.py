@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from s2s.alignment import Attention
 from s2s.cli import app
 from s2s.config import load_config
 from s2s.plots import attention_figure, curves_of, font_for, heatmap_labels, save_figure
-from s2s.rundir import RunDir
+from s2s.run.directory import RunDir
+from s2s.translation.alignment import Alignment
 from tests.conftest import config_dict, write_config
 
 runner = CliRunner()
@@ -91,7 +91,7 @@ def test_plot_attention_translates_and_numbers_its_pictures(trained_run: Path) -
 
 
 def test_heatmap_labels_fall_back_to_indices_without_a_font(tmp_path: Path) -> None:
-    attention = Attention(np.full((3, 4), 0.25), ["\u2581我", "爱", "猫", "</s>"],
+    attention = Alignment(np.full((3, 4), 0.25), ["\u2581我", "爱", "猫", "</s>"],
                           ["\u2581I", "\u2581love", "</s>"], np.zeros((2, 3)))
     assert heatmap_labels(attention, drawable=True) == (["_我", "爱", "猫", "</s>"],
                                                         ["_I", "_love", "</s>"])

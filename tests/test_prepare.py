@@ -13,12 +13,12 @@ import pytest
 import sentencepiece as spm
 
 from s2s.config import config_from_dict, load_config
-from s2s.prepared import load_split, spm_paths
+from s2s.data.prepare import prepare
+from s2s.data.store import load_split, spm_paths
+from s2s.data.text import normalize
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from s2s.errors import DataError
-from s2s.prepare import prepare
-from s2s.rundir import RunDir
-from s2s.textio import normalize
-from s2s.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from s2s.run.directory import RunDir
 from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_interrupted_prepare_leaves_no_trusted_data(demo_corpus: Path, tmp_path:
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("s2s.prepare.save_split", crash)
+    monkeypatch.setattr("s2s.data.prepare.save_split", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare(config)
     assert not RunDir(config.run_dir).data.exists()
@@ -185,7 +185,7 @@ if hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
 os.cpu_count = lambda: reported  # what a machine with that many cores would say
 from s2s.config import load_config
-from s2s.prepare import prepare
+from s2s.data.prepare import prepare
 prepare(load_config(sys.argv[1], [f"run_dir={sys.argv[2]}"]))
 """
 

@@ -19,14 +19,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from s2s.checkpoint import load_checkpoint
 from s2s.cli import app
 from s2s.config import Config, config_from_dict, load_config
+from s2s.data.prepare import prepare
 from s2s.errors import CheckpointError
-from s2s.prepare import prepare
-from s2s.runlock import RunLock
-from s2s.rundir import RunDir
-from s2s.train import train
+from s2s.run.checkpoint import load_checkpoint
+from s2s.run.directory import RunDir
+from s2s.run.lock import RunLock
+from s2s.training.loop import train
 from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
         real_save(payload, stream, *args, **kwargs)
         stream.truncate(100)
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("s2s.checkpoint.torch.save", full_disk)
+    monkeypatch.setattr("s2s.run.checkpoint.torch.save", full_disk)
     with pytest.raises(CheckpointError, match="cannot write checkpoint: No space left on device"):
         train(config)
     assert last.read_bytes() == before

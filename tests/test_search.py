@@ -7,13 +7,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from s2s.batching import pad
-from s2s.beam import BeamBatch
 from s2s.config import DecodeConfig, ModelConfig
-from s2s.model import Seq2Seq
-from s2s.search import beam_search, decode_corpus, greedy_search
-from s2s.search_steps import bucket_size, max_output_lengths, row_topk
-from s2s.vocab import BOS_ID, EOS_ID, PAD_ID
+from s2s.data.batching import pad
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from s2s.model.seq2seq import Seq2Seq
+from s2s.search.beam import BeamBatch
+from s2s.search.corpus import decode_corpus
+from s2s.search.greedy import greedy_search
+from s2s.search.hypothesis import Hypothesis
+from s2s.search.steps import bucket_size, max_output_lengths, row_topk
+from tests.tasks import fit
 
 
 def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
@@ -34,6 +37,19 @@ def _batch(count: int, seed: int = 2, generator: torch.Generator | None = None
     generator = generator or torch.Generator().manual_seed(seed)
     return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
             for n in torch.randint(1, 12, (count,), generator=generator)]
+
+
+def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor,
+                config: DecodeConfig) -> list[list[Hypothesis]]:
+    """Beam search of one padded batch whose sentences all start at the first step."""
+    sentences = [row[:length - 1] for row, length in zip(src.tolist(), src_lengths.tolist())]
+    batch = BeamBatch(model, config, src.device)
+    batch.add(sentences, range(len(sentences)))
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    while len(batch):
+        for index, hypotheses in batch.step():
+            results[index] = hypotheses
+    return results
 
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -58,21 +74,13 @@ def _train_copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
                          embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
                          decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
                          input_feeding=input_feeding)
-    model = Seq2Seq(config, 30, 30)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(1)
-    for _ in range(steps):
+
+    def batches() -> tuple[list[list[int]], list[list[int]]]:
         sentences = _batch(32, generator=generator)
-        src, src_lengths = pad(sentences, suffix=EOS_ID)
-        tgt_in, _ = pad(sentences, prefix=BOS_ID)
-        tgt_out, _ = pad(sentences, suffix=EOS_ID)
-        positions = tgt_out != PAD_ID
-        loss = torch.nn.functional.cross_entropy(model(src, src_lengths, tgt_in, positions),
-                                                 tgt_out[positions])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+        return sentences, sentences
+
+    return fit(Seq2Seq(config, 30, 30), batches, steps)
 
 
 @pytest.mark.parametrize("cell", CELLS)

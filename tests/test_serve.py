@@ -20,17 +20,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from s2s.config import load_config
-from s2s.rundir import RunDir
-from s2s.serve import Batcher, Limits, Settings, create_app
-from s2s.translate import Translator
+from s2s.serve.app import Limits, create_app
+from s2s.serve.batcher import Batcher, RequestOptions
+from s2s.translation.translator import Translator, load_translator
 
 LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
 
 
 @pytest.fixture(scope="module")
 def translator(trained_run: Path) -> Translator:
-    path = RunDir(load_config(trained_run).run_dir).checkpoint("best")
-    return Translator.from_checkpoint(path, device="cpu")
+    return load_translator(load_config(trained_run).run_dir, "best", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +41,8 @@ def client(translator: Translator):
 
 def _expected(translator: Translator, lines: list[str], beam: int, nbest: int = 1):
     from dataclasses import replace
-    other = Translator(translator.loaded, device="cpu", threads=translator.threads,
-                       decode=replace(translator.decode, beam_size=beam, nbest=nbest))
-    return other.translate(lines)
+    return translator.with_decode(replace(translator.decode, beam_size=beam, nbest=nbest)
+                                  ).translate(lines)
 
 
 def test_health_and_info(client: TestClient, translator: Translator) -> None:
@@ -199,15 +197,15 @@ def test_requests_already_waiting_share_a_batch_without_any_wait(
     batcher = Batcher(translator, max_batch_sentences=max_batch, max_wait_ms=0)
     batches: list[list[str]] = []
 
-    def record(lines: list[str], settings: Settings) -> list[str]:
+    def record(lines: list[str], options: RequestOptions) -> list[str]:
         batches.append(lines)
         return [line.upper() for line in lines]
 
     batcher.translate_lines = record  # type: ignore[method-assign]
-    settings = Settings(beam=1, nbest=1, alignment="none")
+    options = RequestOptions(beam=1, nbest=1, alignment="none")
 
     async def main() -> list[list[str]]:
-        requests = [asyncio.create_task(batcher.translate([f"line {n}", f"more {n}"], settings))
+        requests = [asyncio.create_task(batcher.translate([f"line {n}", f"more {n}"], options))
                     for n in range(5)]
         await asyncio.sleep(0)  # all five are queued before the batcher looks
         runner = asyncio.create_task(batcher.run())

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2s.checkpoint import average_checkpoints, load_checkpoint, load_model
 from s2s.config import TrainConfig, config_from_dict, load_config
+from s2s.data.prepare import prepare
 from s2s.errors import CheckpointError, DataError, DeviceError
-from s2s.prepare import prepare
-from s2s.rundir import RunDir
-from s2s.train import learning_rate, train
+from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
+from s2s.run.directory import RunDir
+from s2s.training.loop import train
+from s2s.training.schedule import learning_rate
 from tests.conftest import config_dict, write_config
 
 CUDA = torch.cuda.is_available()
@@ -123,7 +124,7 @@ def test_resume_and_average_go_on_whatever_init_range_says(demo_corpus: Path,
     average_checkpoints(config.run_dir)
     payload = load_checkpoint(first)  # a setting that does shape the weights still parts them
     payload["config"]["model"]["decoder_hidden"] = 48
-    torch.save(payload, first)
+    save_atomic(payload, first)
     with pytest.raises(CheckpointError, match="another model than step-00000004.pt"):
         average_checkpoints(config.run_dir)
 
@@ -136,7 +137,7 @@ def test_checkpoints_from_before_the_cell_setting_are_lstms(demo_corpus: Path,
     path = RunDir(config.run_dir).checkpoint("last")
     payload = load_checkpoint(path)
     del payload["config"]["model"]["cell"]
-    torch.save(payload, path)
+    save_atomic(payload, path)
     assert load_model(path).config.model.cell == "lstm"
     train(config_from_dict(config_dict(demo_corpus, tmp_path / "run",
                                        train={"max_steps": 3, "valid_every": 2})))

@@ -12,19 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from s2s.checkpoint import load_checkpoint
 from s2s.cli import app
 from s2s.config import load_config
-from s2s.rundir import RunDir
-from s2s.translate import Translator, translate_stream
+from s2s.run.checkpoint import load_checkpoint
+from s2s.run.directory import RunDir
+from s2s.translation.stream import translate_stream
+from s2s.translation.translator import Translator, load_translator
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def translator(trained_run: Path) -> Translator:
-    path = RunDir(load_config(trained_run).run_dir).checkpoint("best")
-    return Translator.from_checkpoint(path, overrides=("decode.beam_size=2",), device="cpu")
+    return load_translator(load_config(trained_run).run_dir, "best",
+                           overrides=("decode.beam_size=2",), device="cpu")
 
 
 def _translate(translator: Translator, data: bytes, chunk_lines: int = 7) -> list[str]:
@@ -48,10 +49,12 @@ def test_n_lines_in_n_lines_out_in_order(translator: Translator, lines: list[str
     if bad_bytes and raw:
         raw[0] = b"\xff\xfe" + raw[0]
     outputs = _translate(translator, b"".join(line + b"\n" for line in raw))
-    assert len(outputs) == len(raw)
-    for text, output in zip(raw, outputs):
+    texts = [line.decode("utf-8", errors="replace") for line in raw]
+    # in order, each the translation of its own line, whatever the chunks
+    assert outputs == [result.text for result in translator.translate(texts)]
+    for text, output in zip(texts, outputs):
         assert "\n" not in output
-        if not text.decode("utf-8", errors="replace").split():
+        if not text.split():
             assert output == ""
     # each line's translation does not depend on its neighbours or chunking
     alone = [_translate(translator, line + b"\n")[0] for line in raw[:5]]
@@ -59,14 +62,19 @@ def test_n_lines_in_n_lines_out_in_order(translator: Translator, lines: list[str
 
 
 def test_last_line_without_newline_and_crlf(translator: Translator) -> None:
-    assert len(_translate(translator, b"The dog.\r\nA cat.")) == 2
+    expected = [result.text for result in translator.translate(["The dog.", "A cat."])]
+    assert all(expected)
+    assert _translate(translator, b"The dog.\r\nA cat.") == expected
 
 
 def test_long_line_is_split_with_a_warning_not_truncated(trained_run: Path) -> None:
     long_line = " ".join(["dog"] * 400)
     result = runner.invoke(app, ["translate", str(trained_run)], input=f"{long_line}\nA cat.\n")
     assert result.exit_code == 0
-    assert len(result.stdout.splitlines()) == 2
+    config = load_config(trained_run)
+    library = load_translator(config.run_dir, decode=config.decode, device="cpu")
+    expected = [result.text for result in library.translate([long_line, "A cat."])]
+    assert result.stdout.splitlines() == expected and all(expected)
     assert "line 1: longer than the model's limit" in result.stderr
 
 

@@ -1,0 +1,90 @@
+"""Token-count batches with length bucketing, and padding them into tensors.
+
+Sorting by length keeps padding small; shuffling ties and batch order with a generator seeded
+by (seed, epoch) makes every epoch different but reproducible, so a resumed run sees exactly
+the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from s2s.data.store import EncodedSplit
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class Batch:
+    src: torch.Tensor  # (B, S) source ids + EOS, padded
+    src_lengths: torch.Tensor  # (B,)
+    tgt_in: torch.Tensor  # (B, T) BOS + target ids, padded
+    tgt_out: torch.Tensor  # (B, T) target ids + EOS, padded
+    indices: np.ndarray  # (B,) positions in the split
+
+    @property
+    def target_tokens(self) -> int:
+        return int((self.tgt_out != PAD_ID).sum())
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src.to(device, non_blocking=True), self.src_lengths,
+                     self.tgt_in.to(device, non_blocking=True),
+                     self.tgt_out.to(device, non_blocking=True), self.indices)
+
+
+def token_batches(lengths: np.ndarray, batch_tokens: int, *, seed: int | None = None,
+                  epoch: int = 0) -> list[np.ndarray]:
+    """Group indices so that padded length x sentences stays within ``batch_tokens``.
+
+    ``lengths`` are the padded sizes that count (for training, the longer of source and target
+    plus one). Without a seed, batches come in length order (for decoding).
+    """
+    count = len(lengths)
+    if seed is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        rng = np.random.default_rng([seed, epoch])
+        shuffled = rng.permutation(count)
+        order = shuffled[np.argsort(lengths[shuffled], kind="stable")]
+    batches, start, longest = [], 0, 0
+    for position in range(count):
+        longest = max(longest, int(lengths[order[position]]))
+        if position > start and longest * (position - start + 1) > batch_tokens:
+            batches.append(order[start:position])
+            start, longest = position, int(lengths[order[position]])
+    batches.append(order[start:])
+    if seed is not None:
+        rng.shuffle(batches)  # type: ignore[arg-type]
+    return batches
+
+
+def training_lengths(split: EncodedSplit) -> np.ndarray:
+    return np.maximum(split.src.lengths, split.tgt.lengths) + 1
+
+
+def pad(sequences: Sequence[np.ndarray], *, prefix: int | None = None,
+        suffix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id sequences into (B, longest) int64, adding optional BOS/EOS; also lengths."""
+    extra = (prefix is not None) + (suffix is not None)
+    lengths = np.fromiter((len(s) + extra for s in sequences), dtype=np.int64,
+                          count=len(sequences))
+    padded = np.full((len(sequences), int(lengths.max(initial=1))), PAD_ID, dtype=np.int64)
+    start = 1 if prefix is not None else 0
+    for row, sequence in enumerate(sequences):
+        padded[row, start:start + len(sequence)] = sequence
+    if prefix is not None:
+        padded[:, 0] = prefix
+    if suffix is not None:
+        padded[np.arange(len(sequences)), lengths - 1] = suffix
+    return torch.from_numpy(padded), torch.from_numpy(lengths)
+
+
+def collate(split: EncodedSplit, indices: np.ndarray) -> Batch:
+    src, src_lengths = pad([split.src.sentence(i) for i in indices], suffix=EOS_ID)
+    targets = [split.tgt.sentence(i) for i in indices]
+    tgt_in, _ = pad(targets, prefix=BOS_ID)
+    tgt_out, _ = pad(targets, suffix=EOS_ID)
+    return Batch(src, src_lengths, tgt_in, tgt_out, indices)

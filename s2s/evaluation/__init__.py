@@ -1,0 +1,2 @@
+"""Scores: sacrebleu BLEU, chrF and TER (``scoring``), validation as training and
+`s2s evaluate` both compute it (``validation``), and `s2s evaluate` itself (``evaluate``)."""

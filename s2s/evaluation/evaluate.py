@@ -1,0 +1,117 @@
+"""`s2s evaluate`: translate a split, score it with sacrebleu, and keep the evidence.
+
+References are read from the original files, never normalised, so scores compare against the
+references as distributed. For each checkpoint evaluated,
+``RUN_DIR/eval/<split>.<checkpoint>.hyp`` holds the translations and ``.json`` the scores with
+their sacrebleu signatures, the decoding settings and the speed, so a reported number can always
+be traced and reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from s2s.config import Config, config_to_dict
+from s2s.errors import UsageError
+from s2s.evaluation.validation import EvaluationSet, Validation, validate
+from s2s.report import Reporter, make_table
+from s2s.run.directory import RunDir
+from s2s.translation.output import OutputFormat
+from s2s.translation.translator import Translator, load_translator
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    checkpoint: str
+    split: str
+    result: Validation
+    sentences: int
+    load_seconds: float
+    hypothesis_file: Path
+
+    @property
+    def sentences_per_second(self) -> float:
+        return self.sentences / max(self.result.translate_seconds, 1e-9)
+
+
+def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] = ("best",),
+             src_file: Path | None = None, ref_file: Path | None = None,
+             device: str = "auto", with_ter: bool = False, alignment: str = "none",
+             reporter: Reporter = Reporter()) -> list[Evaluation]:
+    """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
+
+    Decoding follows ``config.decode`` and ``config.train.threads``, not the settings stored
+    in the checkpoints. Scoring is ``s2s.evaluation.validation.validate``, as in training. With an
+    ``alignment`` (hard or soft), the best translations' word alignments go to a ``.align``
+    file beside the ``.hyp`` file, line by line.
+    """
+    output = OutputFormat(alignment=alignment)
+    data = _inputs(config, split, src_file, ref_file)
+    run = RunDir(config.run_dir)
+    results = []
+    for name in checkpoints:
+        started = time.perf_counter()
+        # the run's own split is encoded with the run's vocabulary: the checkpoint must share it
+        translator = load_translator(config.run_dir, name, decode=config.decode,
+                                     threads=config.train.threads, device=device,
+                                     check_run_vocabulary=src_file is None, reporter=reporter)
+        loaded = time.perf_counter()
+        validation = validate(translator, data, with_ter=with_ter,
+                              with_attention=output.with_attention)
+        result = Evaluation(name, data.name, validation, len(data.sources), loaded - started,
+                            run.eval_file(data.name, name, ".hyp"))
+        _write_outputs(run, result, translator, output)
+        results.append(result)
+    _report(results, reporter)
+    return results
+
+
+def _inputs(config: Config, split: str, src_file: Path | None, ref_file: Path | None
+            ) -> EvaluationSet:
+    if (src_file is None) != (ref_file is None):
+        raise UsageError("--src and --ref go together: give both files or neither")
+    if src_file is not None and ref_file is not None:
+        return EvaluationSet.of_files(config, src_file, ref_file)
+    return EvaluationSet.of_run(config, split)
+
+
+def _write_outputs(run: RunDir, result: Evaluation, translator: Translator,
+                   output: OutputFormat) -> None:
+    result.hypothesis_file.parent.mkdir(parents=True, exist_ok=True)
+    result.hypothesis_file.write_text("".join(line + "\n" for line in result.result.hypotheses),
+                                      encoding="utf-8")
+    if output.with_attention:
+        alignments = [output.alignment_text(line) for line in result.result.results]
+        result.hypothesis_file.with_suffix(".align").write_text(
+            "".join(line + "\n" for line in alignments), encoding="utf-8")
+    validation = result.result
+    record: dict[str, Any] = {
+        "split": result.split, "checkpoint": result.checkpoint,
+        "checkpoint_step": translator.loaded.step, **validation.scores.as_dict(),
+        "loss": validation.loss, "ppl": validation.ppl,
+        "decode": config_to_dict(translator.decode), "device": str(translator.device),
+        "sentences": result.sentences, "load_seconds": round(result.load_seconds, 3),
+        "translate_seconds": round(validation.translate_seconds, 3),
+        "sentences_per_second": round(result.sentences_per_second, 2),
+    }
+    run.eval_file(result.split, result.checkpoint, ".json").write_text(
+        json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _report(results: list[Evaluation], reporter: Reporter) -> None:
+    rows = [[r.checkpoint, r.split, r.sentences, _rounded(r.result.ppl),
+             round(r.result.scores.bleu, 2), round(r.result.scores.chrf, 2),
+             _rounded(r.result.scores.ter), round(r.sentences_per_second, 1)]
+            for r in results]
+    reporter.table(make_table("evaluation", ["checkpoint", "split", "sentences", "ppl", "BLEU",
+                                             "chrF", "TER", "sent/s"], rows))
+    for name, signature in results[0].result.scores.signatures.items() if results else ():
+        reporter.info(f"{name} signature: {signature}")
+
+
+def _rounded(value: float | None) -> float | str:
+    return "" if value is None else round(value, 2)

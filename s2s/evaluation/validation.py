@@ -1,0 +1,121 @@
+"""Validation: the numbers models are chosen by, computed one way for everyone.
+
+Training (every ``train.valid_every`` steps), `s2s evaluate` and the benchmarks all call
+``validate``: the teacher-forced loss and perplexity on the prepared split, and BLEU and chrF of
+translating its sources exactly as `s2s translate` would, scored against the references as
+distributed (the raw files, never normalised). So the validation BLEU that picks ``best.pt``
+and stops training early is the BLEU `s2s evaluate --split valid` reports for that checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s2s.config import Config
+from s2s.data.batching import collate, token_batches, training_lengths
+from s2s.data.store import EncodedSplit, load_split, prepared_sources
+from s2s.data.text import (
+    parallel_paths,
+    read_lines,
+    read_references,
+    side_normalization,
+)
+from s2s.device import thread_scope
+from s2s.errors import DataError, UsageError
+from s2s.evaluation.scoring import Scores, bleu_tokenizer, score_corpus
+from s2s.model.seq2seq import evaluating
+from s2s.run.directory import RunDir
+from s2s.training.loss import smoothed_loss, teacher_forced
+from s2s.translation.translator import TranslationResult, Translator
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Sources to translate, their references, and (for a run's split) the encoded pairs."""
+
+    name: str  # valid, test, or the source file's name
+    sources: list[str]  # normalised like the training data
+    references: list[str]  # as distributed
+    encoded: EncodedSplit | None = None  # for the teacher-forced loss
+
+    @classmethod
+    def of_run(cls, config: Config, split: str) -> "EvaluationSet":
+        """A prepared split of the run, with its references read from the corpus files."""
+        if split not in ("valid", "test"):
+            raise UsageError(f"--split {split!r}: choose valid or test")
+        sources = prepared_sources(config.run_dir, split)
+        ref_file = parallel_paths(getattr(config.data, split), config.data.src_lang,
+                                  config.data.tgt_lang)[1]
+        encoded = load_split(RunDir(config.run_dir).data, split)
+        return cls._checked(split, sources, read_references(ref_file), encoded, ref_file)
+
+    @classmethod
+    def of_files(cls, config: Config, src_file: Path, ref_file: Path) -> "EvaluationSet":
+        """Any source file (normalised as the config says) against its reference file."""
+        sources, _ = read_lines(src_file, invalid_utf8="replace",
+                                normalization=side_normalization(config.data.normalization,
+                                                                 config.data.src_lang))
+        return cls._checked(src_file.name, sources, read_references(ref_file), None, ref_file)
+
+    @classmethod
+    def _checked(cls, name: str, sources: list[str], references: list[str],
+                 encoded: EncodedSplit | None, ref_file: Path) -> "EvaluationSet":
+        if len(sources) != len(references):
+            raise DataError(f"{ref_file} has {len(references)} lines but the source has "
+                            f"{len(sources)}; they must align line by line")
+        return cls(name, sources, references, encoded)
+
+
+@dataclass(frozen=True)
+class Validation:
+    scores: Scores
+    results: list[TranslationResult]  # what the translator gave for each source line
+    loss: float | None  # NLL per target token under teacher forcing; None without targets
+    seconds: float  # all of it
+    translate_seconds: float  # translating the sources
+
+    @property
+    def hypotheses(self) -> list[str]:
+        return [result.text for result in self.results]
+
+    @property
+    def ppl(self) -> float | None:
+        return None if self.loss is None else math.exp(min(self.loss, 50.0))
+
+
+def validate(translator: Translator, data: EvaluationSet, *, with_ter: bool = False,
+             with_attention: bool = False) -> Validation:
+    """Teacher-forced loss (when ``data`` has encoded pairs) and the scores of translating
+    ``data.sources`` with ``translator``'s model and decoding settings (``with_attention``:
+    the results carry word alignments)."""
+    started = time.perf_counter()
+    config = translator.loaded.config
+    with thread_scope(translator.threads), evaluating(translator.model):
+        loss = None if data.encoded is None else teacher_forced_nll(
+            translator.model, data.encoded, config.train.batch_tokens,
+            config.train.precision, translator.device)
+    translating = time.perf_counter()
+    results = translator.translate(data.sources, with_attention=with_attention)
+    translated = time.perf_counter()
+    hypotheses = [result.text for result in results]
+    tokenize = bleu_tokenizer(config.data.tgt_lang, translator.decode.bleu_tokenize)
+    scores = score_corpus(hypotheses, data.references, tokenize, with_ter)
+    return Validation(scores, results, loss, time.perf_counter() - started,
+                      translated - translating)
+
+
+@torch.inference_mode()
+def teacher_forced_nll(model: torch.nn.Module, split: EncodedSplit, batch_tokens: int,
+                       precision: str, device: torch.device) -> float:
+    """The negative log-likelihood per target token of ``split`` under teacher forcing."""
+    nll_sum, tokens = 0.0, 0
+    for indices in token_batches(training_lengths(split), batch_tokens):
+        logits, targets = teacher_forced(model, collate(split, indices).to(device), precision)
+        nll_sum += float(smoothed_loss(logits, targets, 0.0)[1])
+        tokens += len(targets)
+    return nll_sum / max(tokens, 1)

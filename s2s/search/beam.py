@@ -1,0 +1,340 @@
+"""Beam search over a batch that sentences join and leave between steps.
+
+``BeamBatch.add`` encodes new sentences and joins them to the running batch; ``step`` moves
+every sentence on by one token and hands back the sentences that are done. ``decode_corpus``
+tops the batch up from length-sorted input as sentences finish, so the last steps of a batch
+do not run with a handful of sentences.
+
+Each sentence keeps K beams, all its rows in one batch with no Python loop over sentences or
+beams inside a step; its K beams share one copy of its encoder states. Per step it keeps 2K
+candidates so that K hypotheses stay alive after some of them end (as fairseq does), and it is
+done once K hypotheses have ended. Sentences that joined at different steps have histories of
+different lengths: histories are right-aligned, padded on the left with PAD (which search never
+chooses, so padding cannot match a repeated n-gram). A finished sentence stays on as a
+passenger (scores -inf) until the running ones fit a smaller bucket size (``rows_to_keep``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from s2s.config import DecodeConfig
+from s2s.data.batching import pad
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
+from s2s.search.hypothesis import Hypothesis
+from s2s.search.steps import max_output_lengths, next_token_log_probs, row_topk, rows_to_keep
+
+
+class BeamBatch:
+    """The running beam search of many sentences, each known by the index its caller gave it."""
+
+    def __init__(self, model: Seq2Seq, config: DecodeConfig, device: torch.device, *,
+                 with_attention: bool = False) -> None:
+        """``with_attention``: hypotheses carry their attention weights (``Hypothesis``)."""
+        self.model, self.config, self.device = model, config, device
+        self.beam = config.beam_size
+        self.with_attention = with_attention
+        self.step_weights: list[tuple[Tensor, Tensor]] | None = None  # joined once, reused
+        self.indices: list[int] = []  # the caller's index of each sentence row
+        self.beams: BeamState | None = None  # None while empty
+
+    def __len__(self) -> int:
+        """Sentences in the batch, passengers included."""
+        return len(self.indices)
+
+    @property
+    def running_tokens(self) -> int:
+        """Source tokens (EOS included) of the sentences not yet done."""
+        if self.beams is None:
+            return 0
+        return int(self.beams.src_lengths[~self.beams.done].sum())
+
+    @torch.inference_mode()
+    def add(self, sentences: Sequence[np.ndarray | list[int]], indices: Sequence[int]) -> None:
+        """Encode ``sentences`` (token ids without EOS) and start them at the next step."""
+        if len(sentences) != len(indices):
+            raise ValueError(f"{len(sentences)} sentences but {len(indices)} indices")
+        if not len(sentences):
+            return
+        src, src_lengths = (tensor.to(self.device) for tensor in pad(sentences, suffix=EOS_ID))
+        encoded, state = self.model.encode(src, src_lengths,
+                                           for_search=self.step_weights is None)
+        if self.step_weights is None:
+            self.step_weights = encoded.step_weights
+        encoded = encoded._replace(step_weights=self.step_weights)
+        count, beam = len(sentences), self.beam
+        state = state.select(torch.arange(count, device=self.device).repeat_interleave(beam))
+        new = BeamState.start(encoded, state, src_lengths, max_output_lengths(
+            src_lengths, self.config), beam, self.with_attention)
+        if self.beams is not None:
+            self._keep(rows_to_keep(self.beams.done, passengers=False))
+        self.beams = new if self.beams is None else self.beams.joined(new)
+        self.indices = [*self.indices, *indices]
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[int, list[Hypothesis]]]:
+        """One token for every sentence; the (index, ``nbest`` best hypotheses) of those that
+        are done now."""
+        beams, beam, config = self.beams, self.beam, self.config
+        if beams is None:
+            return []
+        count = len(self.indices)
+        logits, beams.state, weights = self.model.decode_step(beams.prev, beams.state,
+                                                              beams.encoded)
+        if beams.attention is not None:
+            beams.attention = torch.cat([beams.attention, weights.float()[:, None]], dim=1)
+        at_limit = (beams.lengths >= beams.limits).repeat_interleave(beam)
+        log_probs = next_token_log_probs(logits, beams.history, at_limit, config)  # (n K, V)
+        # a sentence's best 2K continuations are among each beam's best 2K: select per beam
+        width = min(2 * beam, log_probs.size(1))
+        row_scores, row_tokens = row_topk(log_probs, width)  # (n K, 2K)
+        candidates = (beams.scores.view(-1, 1) + row_scores.float()).view(count, -1)
+        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
+        tokens = row_tokens.view(count, -1).gather(1, top_ids)  # (n, 2K)
+        origins = torch.arange(count, device=self.device)[:, None] * beam + top_ids // width
+        beams.lengths += 1
+        beams.finish(top_scores, tokens == EOS_ID, origins, config)
+        # the K best candidates that did not end continue
+        ended = (tokens == EOS_ID) | torch.isinf(top_scores)
+        position = torch.arange(top_scores.size(1), device=self.device)
+        keep = torch.argsort(position + ended * top_scores.size(1), dim=1)[:, :beam]  # (n, K)
+        beams.scores = top_scores.gather(1, keep)
+        beams.extend(origins.gather(1, keep).view(-1), tokens.gather(1, keep).view(-1, 1))
+        newly_done = (beams.complete() | torch.isinf(beams.scores).all(dim=1)) & ~beams.done
+        beams.done |= newly_done
+        beams.scores.masked_fill_(beams.done[:, None], float("-inf"))  # passengers add nothing
+        results = self._results(newly_done)
+        self._keep(rows_to_keep(beams.done))
+        return results
+
+    def _results(self, newly_done: Tensor) -> list[tuple[int, list[Hypothesis]]]:
+        rows = newly_done.nonzero().squeeze(1).tolist()
+        if not rows:
+            return []
+        assert self.beams is not None
+        hypotheses = self.beams.hypotheses(rows, self.config.nbest)
+        return [(self.indices[row], found) for row, found in zip(rows, hypotheses)]
+
+    def _keep(self, kept: Tensor | None) -> None:
+        """Keep only the sentence rows ``kept`` (None: all)."""
+        if kept is None or self.beams is None:
+            return
+        if len(kept) == 0:
+            self.indices, self.beams = [], None
+            return
+        self.beams = self.beams.selected(kept)
+        self.indices = [self.indices[row] for row in kept.tolist()]
+
+
+def _per_sentence(time_dim: int | None = None, fill: float = 0.0, *,
+                  source_dim: bool = False) -> Any:
+    """A field of ``BeamState`` with a row per sentence (see ``_Layout``)."""
+    return field(metadata={"layout": _Layout("sentence", time_dim, fill, source_dim)})
+
+
+def _per_beam(time_dim: int | None = None, fill: float = 0.0, *,
+              source_dim: bool = False) -> Any:
+    """A field of ``BeamState`` with a row per beam, K consecutive rows per sentence."""
+    return field(metadata={"layout": _Layout("beam", time_dim, fill, source_dim)})
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a tensor of ``BeamState`` is selected and joined: its rows are sentences or beams;
+    a ``time_dim`` is right-aligned (trimmed to the longest history on select, left-padded with
+    ``fill`` on join); a ``source_dim`` (the last) is padded to the longer source on join."""
+
+    rows: str  # "sentence" or "beam"
+    time_dim: int | None
+    fill: float
+    source_dim: bool
+
+
+@dataclass
+class BeamState:
+    """The tensors of a running beam search, n sentences with K beams each. Every field says
+    how it is kept and joined (``_per_sentence``, ``_per_beam``); ``selected`` and ``joined``
+    read that, so adding a tensor is adding a field.
+
+    Token histories and attention are right-aligned in time, and so are the finished
+    hypotheses of each sentence (its K best ended so far).
+    """
+
+    beam: int = field(metadata={"layout": None})
+    encoded: Encoded = field(metadata={"layout": None})  # n sentences
+    state: DecoderState = field(metadata={"layout": None})  # n K beams
+    src_lengths: Tensor = _per_sentence()  # (n,) EOS included
+    limits: Tensor = _per_sentence()  # (n,) most tokens each may get
+    lengths: Tensor = _per_sentence()  # (n,) tokens chosen so far
+    done: Tensor = _per_sentence()  # (n,) bool: passengers
+    scores: Tensor = _per_sentence()  # (n, K) raw log-probabilities of the live beams
+    history: Tensor = _per_beam(time_dim=1, fill=PAD_ID)  # (n K, t) tokens chosen
+    prev: Tensor = _per_beam()  # (n K,) the last of them (BOS at first)
+    attention: Tensor | None = _per_beam(time_dim=1, source_dim=True)  # (n K, t, S) or None
+    finished_scores: Tensor = _per_sentence()  # (n, K) length-penalised, -inf where none yet
+    finished_tokens: Tensor = _per_sentence(time_dim=2, fill=PAD_ID)  # (n, K, t') no EOS
+    finished_attention: Tensor | None = _per_sentence(time_dim=2, source_dim=True)
+    # (n, K, t' + 1, S) or None
+
+    @classmethod
+    def start(cls, encoded: Encoded, state: DecoderState, src_lengths: Tensor, limits: Tensor,
+              beam: int, with_attention: bool) -> "BeamState":
+        count, device = len(src_lengths), src_lengths.device
+        scores = torch.full((count, beam), float("-inf"), device=device)
+        scores[:, 0] = 0.0  # one live beam to start from
+        source = encoded.states.size(1)
+        return cls(
+            beam=beam, encoded=encoded, state=state, src_lengths=src_lengths,
+            limits=limits.to(device), lengths=torch.zeros(count, dtype=torch.long, device=device),
+            done=torch.zeros(count, dtype=torch.bool, device=device), scores=scores,
+            history=torch.empty((count * beam, 0), dtype=torch.long, device=device),
+            prev=torch.full((count * beam,), BOS_ID, dtype=torch.long, device=device),
+            attention=torch.empty((count * beam, 0, source), device=device) if with_attention
+            else None,
+            finished_scores=torch.full((count, beam), float("-inf"), device=device),
+            finished_tokens=torch.empty((count, beam, 0), dtype=torch.long, device=device),
+            finished_attention=torch.empty((count, beam, 0, source), device=device)
+            if with_attention else None)
+
+    def finish(self, raw_scores: Tensor, is_eos: Tensor, origins: Tensor,
+               config: DecodeConfig) -> None:
+        """Merge this step's candidates (n, 2K) that chose EOS among the first K into each
+        sentence's K best; ``origins`` are the beam rows they extend, ``lengths`` already
+        count their EOS."""
+        count, width = origins.shape
+        in_beam = torch.arange(width, device=origins.device) < self.beam
+        ending = is_eos & in_beam & ~torch.isinf(raw_scores)
+        if not bool(ending.any()):
+            return
+        penalty = length_penalty(self.lengths, config)[:, None]  # (n, 1)
+        new_scores = torch.where(ending, raw_scores / penalty, float("-inf"))
+        prefixes = self.history[origins.view(-1)].view(count, width, -1)  # (n, 2K, t)
+        all_scores = torch.cat([self.finished_scores, new_scores], dim=1)  # (n, 3K)
+        self.finished_scores, best = all_scores.topk(self.beam, dim=1)
+        self.finished_tokens = _best_of(self.finished_tokens, prefixes, best, PAD_ID)
+        if self.attention is not None and self.finished_attention is not None:
+            attention = self.attention[origins.view(-1)].view(count, width,
+                                                              *self.attention.shape[1:])
+            self.finished_attention = _best_of(self.finished_attention, attention, best, 0.0)
+
+    def extend(self, beam_rows: Tensor, tokens: Tensor) -> None:
+        """The beams continue from ``beam_rows`` with ``tokens`` (n K, 1)."""
+        self.history = torch.cat([self.history[beam_rows], tokens], dim=1)
+        self.prev = tokens[:, 0]
+        self.state = self.state.select(beam_rows)
+        if self.attention is not None:
+            self.attention = self.attention[beam_rows]
+
+    def complete(self) -> Tensor:
+        """(n,) True where K hypotheses have ended."""
+        return ~torch.isinf(self.finished_scores[:, -1])
+
+    def hypotheses(self, indices: list[int], nbest: int) -> list[list[Hypothesis]]:
+        """The ``nbest`` best finished hypotheses of the sentences at ``indices``."""
+        scores = self.finished_scores[indices, :nbest].tolist()
+        tokens = self.finished_tokens[indices, :nbest].tolist()
+        sources = self.src_lengths[indices].tolist()
+        sentences = []
+        for row, (row_scores, row_tokens, source) in enumerate(zip(scores, tokens, sources)):
+            hypotheses = []
+            for rank, (score, ids) in enumerate(zip(row_scores, row_tokens)):
+                if score == float("-inf"):
+                    continue
+                ids = [token for token in ids if token != PAD_ID]
+                attention = None
+                if self.finished_attention is not None:
+                    weights = self.finished_attention[indices[row], rank]  # (t' + 1, S)
+                    attention = weights[weights.size(0) - len(ids) - 1:, :source].cpu().numpy()
+                hypotheses.append(Hypothesis(ids, score, attention))
+            sentences.append(hypotheses)
+        return sentences
+
+    def selected(self, kept: Tensor) -> "BeamState":
+        """Only the sentences ``kept``, with time trimmed to their longest history."""
+        beam_rows = (kept[:, None] * self.beam + torch.arange(self.beam, device=kept.device)
+                     ).view(-1)
+        running = self.lengths[kept][~self.done[kept]]
+        longest = int(running.max()) if len(running) else 0
+
+        def select(tensor: Tensor, layout: _Layout) -> Tensor:
+            tensor = tensor[kept if layout.rows == "sentence" else beam_rows]
+            return tensor if layout.time_dim is None else _last(tensor, longest,
+                                                                 layout.time_dim)
+
+        return self._mapped(select, encoded=self.encoded.select(kept),
+                            state=self.state.select(beam_rows))
+
+    def joined(self, new: "BeamState") -> "BeamState":
+        """These sentences followed by ``new`` ones (which start at their first step)."""
+        source = max(self.encoded.states.size(1), new.encoded.states.size(1))
+
+        def join(tensor: Tensor, layout: _Layout, name: str) -> Tensor:
+            other = getattr(new, name)
+            if layout.source_dim:
+                tensor, other = _padded(tensor, -1, source, 0.0), _padded(other, -1, source, 0.0)
+            if layout.time_dim is not None:
+                time = max(tensor.size(layout.time_dim), other.size(layout.time_dim))
+                tensor, other = (_padded(t, layout.time_dim, time, layout.fill, left=True)
+                                 for t in (tensor, other))
+            return torch.cat([tensor, other])
+
+        return self._mapped(join, encoded=self.encoded.joined(new.encoded),
+                            state=self.state.joined(new.state), with_name=True)
+
+    def _mapped(self, change: Callable[..., Tensor], *, encoded: Encoded, state: DecoderState,
+                with_name: bool = False) -> "BeamState":
+        """A new state whose tensors are ``change(tensor, layout[, name])`` of these."""
+        values: dict[str, Any] = {"beam": self.beam, "encoded": encoded, "state": state}
+        for item in fields(self):
+            layout, tensor = item.metadata["layout"], getattr(self, item.name)
+            if layout is None:
+                continue
+            values[item.name] = None if tensor is None else (
+                change(tensor, layout, item.name) if with_name else change(tensor, layout))
+        return BeamState(**values)
+
+
+def length_penalty(lengths: Tensor, config: DecodeConfig) -> Tensor:
+    """(n,) the divisor of each hypothesis' log-probability; ``lengths`` count the EOS.
+
+    Computed in fp64 and rounded once, as a Python float divisor would be.
+    """
+    lengths = lengths.double()
+    if config.length_penalty == "gnmt":
+        return (((5.0 + lengths) / 6.0) ** config.alpha).float()
+    if config.length_penalty == "average":
+        return lengths.float()
+    return torch.ones_like(lengths, dtype=torch.float32)
+
+
+def _best_of(kept: Tensor, new: Tensor, best: Tensor, fill: float | int) -> Tensor:
+    """Rows (n, K, t, ...) of [kept, new] along dim 1 picked by ``best`` (n, K), after
+    left-padding both to one length in time."""
+    time = max(kept.size(2), new.size(2))
+    both = torch.cat([_padded(kept, 2, time, fill, left=True),
+                      _padded(new, 2, time, fill, left=True)], dim=1)
+    return both[torch.arange(len(best), device=best.device)[:, None], best]
+
+
+def _padded(tensor: Tensor, dim: int, size: int, fill: float | int | bool, *,
+            left: bool = False) -> Tensor:
+    """``tensor`` padded with ``fill`` to ``size`` along ``dim`` (at the end, or the start)."""
+    dim = dim % tensor.dim()
+    missing = size - tensor.size(dim)
+    if missing <= 0:
+        return tensor
+    widths = [0] * (2 * (tensor.dim() - dim))  # pad() lists the last dim first, ``dim`` last
+    widths[-2 if left else -1] = missing
+    return nn.functional.pad(tensor, widths, value=fill)
+
+
+def _last(tensor: Tensor, size: int, dim: int) -> Tensor:
+    """The last ``size`` entries along ``dim`` (right-aligned data keeps all it needs)."""
+    return tensor.narrow(dim, tensor.size(dim) - size, size) if tensor.size(dim) > size else (
+        tensor)

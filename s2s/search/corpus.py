@@ -1,0 +1,61 @@
+"""Search a corpus: greedy search (``s2s.search.greedy``) over fixed length-sorted batches, or
+beam search (``s2s.search.beam``) over one running batch topped up with the next sentences as
+others finish. Both run the encoder once per group of sentences.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from s2s.config import DecodeConfig
+from s2s.data.batching import pad, token_batches
+from s2s.data.vocab import EOS_ID
+from s2s.model.seq2seq import Seq2Seq
+from s2s.search.beam import BeamBatch
+from s2s.search.greedy import greedy_search
+from s2s.search.hypothesis import Hypothesis
+
+# a running beam batch is topped up when its source tokens fall below this share of the budget
+TOP_UP_BELOW = 0.75
+
+
+def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
+                  config: DecodeConfig, device: torch.device, *, with_attention: bool = False
+                  ) -> list[list[Hypothesis]]:
+    """Translate id sequences in length order; results come back in input order.
+
+    Greedy search when ``config`` asks for one hypothesis of one beam, else beam search.
+    ``config.batch_tokens`` bounds the source tokens (padding included) times the beam size
+    decoded at once.
+    """
+    lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    budget = max(config.batch_tokens // config.beam_size, 1)
+    if config.beam_size == 1 and config.nbest == 1:
+        for indices in token_batches(lengths, budget):
+            src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
+            found = greedy_search(model, src.to(device), src_lengths.to(device), config,
+                                  with_attention=with_attention)
+            for index, hypotheses in zip(indices, found):
+                results[index] = hypotheses
+        return results
+    batch = BeamBatch(model, config, device, with_attention=with_attention)
+    waiting = np.argsort(lengths, kind="stable")[::-1].tolist()  # the shortest at the end
+    while waiting or len(batch):
+        if waiting and batch.running_tokens < TOP_UP_BELOW * budget:
+            group = _next_group(waiting, lengths, budget - batch.running_tokens)
+            batch.add([sentences[i] for i in group], group)
+        for index, hypotheses in batch.step():
+            results[index] = hypotheses
+    return results
+
+
+def _next_group(waiting: list[int], lengths: np.ndarray, budget: int) -> list[int]:
+    """Take the shortest waiting sentences whose padded size fits ``budget`` (at least one)."""
+    group = [waiting.pop()]
+    while waiting and int(lengths[waiting[-1]]) * (len(group) + 1) <= budget:
+        group.append(waiting.pop())
+    return group

@@ -1,0 +1,63 @@
+"""Greedy search: the most probable next token at every step, for a padded batch.
+
+Batched with no Python loop over sentences inside a step; finished sentences leave the batch
+in steps of a few bucket sizes (``rows_to_keep``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from s2s.config import DecodeConfig
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from s2s.model.seq2seq import Seq2Seq
+from s2s.search.hypothesis import Hypothesis
+from s2s.search.steps import (
+    attention_of,
+    max_output_lengths,
+    next_token_log_probs,
+    row_topk,
+    rows_to_keep,
+    strip,
+)
+
+
+@torch.inference_mode()
+def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
+                  with_attention: bool = False) -> list[list[Hypothesis]]:
+    """The most probable next token at every step; one hypothesis per sentence."""
+    encoded, state = model.encode(src, src_lengths, for_search=True)
+    limits = max_output_lengths(src_lengths, config).to(src.device)
+    batch = len(src)
+    steps = int(limits.max()) + 1
+    outputs = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=src.device)
+    scores = torch.zeros(batch, dtype=torch.float32, device=src.device)
+    active = torch.arange(batch, device=src.device)  # the sentence of each row
+    ended = torch.zeros(batch, dtype=torch.bool, device=src.device)  # rows that are passengers
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    attention = torch.zeros((batch, steps, src.size(1)), device=src.device) if (
+        with_attention) else None
+    for step in range(steps):
+        logits, state, weights = model.decode_step(prev, state, encoded)
+        if attention is not None:
+            attention[active, step] = weights.float()
+        log_probs = next_token_log_probs(logits, outputs[active, :step],
+                                          step >= limits[active], config)  # (n, V)
+        best, tokens = (column[:, 0] for column in row_topk(log_probs, 1))  # (n,)
+        best = best.float()
+        tokens, best = tokens.masked_fill(ended, PAD_ID), best.masked_fill(ended, 0.0)
+        outputs[active, step] = tokens
+        scores[active] += best
+        ended |= tokens == EOS_ID
+        kept = rows_to_keep(ended)
+        if kept is not None and len(kept) == 0:
+            break
+        if kept is not None:
+            active, ended, tokens = active[kept], ended[kept], tokens[kept]
+            encoded, state = encoded.select(kept), state.select(kept)
+        prev = tokens
+    tokens = [strip(row) for row in outputs.tolist()]
+    return [[Hypothesis(row, float(score), attention_of(attention, index, len(row),
+                                                         src_lengths))]
+            for index, (row, score) in enumerate(zip(tokens, scores.tolist()))]

@@ -1,0 +1,123 @@
+"""What every search step needs: restricted next-token log-probabilities, a fast top-k, and
+batch sizes that oneDNN has kernels for."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from s2s.config import DecodeConfig
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
+    """Most tokens (EOS excluded) each sentence may get: a * source length + b."""
+    source_tokens = (src_lengths - 1).clamp(min=0).double()  # minus the source EOS
+    return (config.max_len_a * source_tokens + config.max_len_b).floor().long()
+
+
+def rows_to_keep(done: Tensor, *, passengers: bool = True) -> Tensor | None:
+    """Which batch rows the next step keeps, or None to keep them all.
+
+    Rows still running are kept; finished ones stay on as passengers until the running rows
+    fit a smaller bucket size, and then fill it up (``passengers=False``: none stay). Every
+    new batch size costs oneDNN new matmul kernels (about 1.5 ms per weight shape on first
+    use): a few bucket sizes cost less than one size for every count of running sentences.
+    """
+    running = (~done).nonzero().squeeze(1)
+    size = bucket_size(len(running)) if passengers else len(running)
+    if size >= len(done):
+        return None
+    finished = done.nonzero().squeeze(1)[:size - len(running)]
+    return torch.cat([running, finished])
+
+
+def bucket_size(count: int) -> int:
+    """``count`` rounded up to one of four sizes per power of two (at most 25% more)."""
+    if count <= 8:
+        return count
+    step = 1 << (count.bit_length() - 3)
+    return -(-count // step) * step
+
+
+def next_token_log_probs(logits: Tensor, history: Tensor, at_limit: Tensor,
+                          config: DecodeConfig) -> Tensor:
+    """Log-probabilities (N, V) of the next token, with the search's restrictions applied.
+
+    They keep the logits' dtype: for a bf16 model one fused log-softmax (fp32 inside) rounds
+    them to bf16, an error of at most 0.4% of each value, smaller than the bf16 logits' own;
+    hypothesis scores add them up in fp32. The distribution is normalised before the
+    restrictions, so a forced EOS keeps its probability under the model.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    _restrict(log_probs, history, at_limit, config)
+    return log_probs
+
+
+def row_topk(scores: Tensor, k: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """``scores.topk(k, dim=1)`` in two passes, each cheaper than a top-k over a whole row.
+
+    The k best entries of a row lie in the k chunks with the largest maxima, so only those
+    k * chunk entries are searched: a row's top-k then costs a max per chunk plus a small
+    top-k, instead of a selection over the whole vocabulary at every decoding step.
+    """
+    rows, width = scores.shape
+    if width <= k * chunk:
+        return scores.topk(k, dim=1)
+    whole = width // chunk * chunk
+    chunk_max = scores[:, :whole].view(rows, -1, chunk).amax(dim=2)  # (N, width // chunk)
+    if whole < width:
+        chunk_max = torch.cat([chunk_max, scores[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    best_chunks = chunk_max.topk(k, dim=1).indices  # (N, k)
+    offsets = torch.arange(chunk, device=scores.device)
+    columns = (best_chunks[:, :, None] * chunk + offsets).view(rows, -1)  # (N, k chunk)
+    outside = columns >= width  # the last chunk may be short
+    candidates = scores.gather(1, columns.clamp(max=width - 1)).masked_fill_(
+        outside, float("-inf"))
+    values, positions = candidates.topk(k, dim=1)
+    return values, columns.gather(1, positions)
+
+
+def _restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig) -> None:
+    """In place on log-probabilities: force EOS at the length limit; block repeated n-grams."""
+    if config.no_repeat_ngram:
+        _block_repeats(log_probs, history, config.no_repeat_ngram)
+    if bool(at_limit.any()):
+        eos_scores = log_probs[:, EOS_ID].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, EOS_ID] = torch.where(at_limit, eos_scores, log_probs[:, EOS_ID])
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
+
+
+def _block_repeats(log_probs: Tensor, history: Tensor, size: int) -> None:
+    """Forbid any token that would repeat an n-gram of ``size`` already in the history."""
+    length = history.size(1)
+    if length < size:
+        return
+    if size == 1:
+        log_probs.scatter_(1, history, float("-inf"))
+        return
+    windows = history.unfold(1, size, 1)  # (N, length - size + 1, size)
+    last = history[:, length - size + 1:]  # (N, size - 1)
+    matches = (windows[:, :, :-1] == last[:, None]).all(dim=-1)  # (N, windows)
+    banned = torch.zeros_like(log_probs)
+    banned.scatter_add_(1, windows[:, :, -1], matches.to(log_probs.dtype))
+    log_probs.masked_fill_(banned > 0, float("-inf"))
+
+
+def strip(row: list[int]) -> list[int]:
+    """Tokens up to (not including) the first EOS or padding."""
+    for index, token in enumerate(row):
+        if token in (EOS_ID, PAD_ID):
+            return row[:index]
+    return row
+
+
+def attention_of(attention: Tensor | None, index: int, length: int, src_lengths: Tensor
+                 ) -> np.ndarray | None:
+    """Sentence ``index``'s (length + 1, its source length) weights out of a padded tensor."""
+    if attention is None:
+        return None
+    return attention[index, :length + 1, :int(src_lengths[index])].cpu().numpy()

@@ -1,0 +1,255 @@
+"""`s2s serve`: translations over HTTP, with concurrent requests translated together.
+
+``create_app(translator)`` builds the FastAPI application around one loaded model. Requests
+wait in a queue; a batch closes when it holds ``max_batch_sentences`` lines or ``max_wait_ms``
+after its first request arrived, and runs on one worker thread, off the event loop, so
+``/health`` answers while a batch translates. Each request gets exactly its own lines back, as
+`s2s translate` would give them for the same settings. Requests with different settings (beam,
+n-best, alignment) share a batch window but are translated in separate groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, AsyncIterator, Iterator, Literal, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictInt
+
+from s2s.config import config_to_dict
+from s2s.errors import S2SError
+from s2s.serve.batcher import Batcher, RequestOptions
+from s2s.translation.output import alignment_value
+from s2s.translation.translator import TranslationResult, Translator
+
+MAX_BEAM = 64
+# lone surrogates (valid JSON, not encodable text) and control characters other than whitespace
+_UNENCODABLE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_lines: int = 256
+    max_chars: int = 100_000
+    max_beam: int = MAX_BEAM
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Union[str, list[str]]
+    beam: StrictInt | None = None
+    nbest: StrictInt | None = None
+    alignment: Union[bool, Literal["hard", "soft"]] = False
+
+
+class OpenNMTItem(BaseModel):
+    """OpenNMT-py's server request: a list of these."""
+
+    model_config = ConfigDict(extra="allow")
+
+    src: str
+    id: int = 0
+
+
+class BadRequest(Exception):
+    """A request that is well-formed JSON but asks for something it may not."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(translator: Translator, *, max_batch_sentences: int = 64,
+               max_wait_ms: float = 10.0, limits: Limits = Limits()) -> FastAPI:
+    """The HTTP application serving ``translator``'s model."""
+    batcher = Batcher(translator, max_batch_sentences=max_batch_sentences,
+                      max_wait_ms=max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(batcher.run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            batcher.close()
+
+    app = FastAPI(title="s2s", lifespan=lifespan)
+    app.state.batcher = batcher
+    defaults = translator.decode
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        return {**_model_info(translator), "batching": {
+            "max_batch_sentences": max_batch_sentences, "max_wait_ms": max_wait_ms,
+            "batches_run": batcher.batches}, "limits": {
+            "max_lines": limits.max_lines, "max_chars": limits.max_chars,
+            "max_beam": limits.max_beam}}
+
+    @app.post("/translate")
+    async def translate(request: TranslateRequest) -> dict[str, Any]:
+        lines = [request.text] if isinstance(request.text, str) else request.text
+        options = _options(request.beam, request.nbest, request.alignment, defaults, limits)
+        results = await batcher.translate(_checked_lines(lines, limits), options)
+        return _response(results, options, single=isinstance(request.text, str))
+
+    @app.post("/translator/translate")
+    async def opennmt(items: list[OpenNMTItem]) -> list[list[dict[str, Any]]]:
+        options = _options(None, None, False, defaults, limits)
+        results = await batcher.translate(_checked_lines([i.src for i in items], limits),
+                                          options)
+        return [[{"src": item.src, "tgt": result.text, "n_best": 1,
+                  "pred_score": result.scores[0] if result.scores else 0.0}
+                 for item, result in zip(items, results)]]
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return resources.files("s2s.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error a client causes is JSON ``{"error": one line}`` with a 4xx status."""
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(error)}, status_code=422)
+
+    @app.exception_handler(S2SError)
+    async def s2s_error(request: Request, error: S2SError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
+
+
+def _model_info(translator: Translator) -> dict[str, Any]:
+    loaded = translator.loaded
+    config = loaded.config
+    metric, best = config.train.early_stopping_metric, loaded.best_score
+    return {
+        "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
+        "model": config_to_dict(config.model),
+        "vocab_sizes": {"src": len(loaded.src_tokenizer), "tgt": len(loaded.tgt_tokenizer)},
+        "checkpoint": str(loaded.path) if loaded.path else None,
+        "checkpoint_step": loaded.step,
+        "decode": config_to_dict(translator.decode),
+        # the checkpoint keeps the best score negated for loss (higher is better there)
+        "validation": {"metric": metric, "best": None if best is None else (
+            -best if metric == "loss" else best)},
+    }
+
+
+def _options(beam: int | None, nbest: int | None, alignment: bool | str,
+             defaults: Any, limits: Limits) -> RequestOptions:
+    beam = defaults.beam_size if beam is None else beam
+    if not 1 <= beam <= limits.max_beam:
+        raise BadRequest(f"beam: {beam} is out of range; choose 1 to {limits.max_beam}")
+    nbest = 1 if nbest is None else nbest
+    if not 1 <= nbest <= beam:
+        raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to the beam size ({beam})")
+    mode = "hard" if alignment is True else "none" if alignment is False else alignment
+    return RequestOptions(beam, nbest, mode)
+
+
+def _checked_lines(lines: list[str], limits: Limits) -> list[str]:
+    """Lines within the limits, with text that cannot be translated made harmless."""
+    if len(lines) > limits.max_lines:
+        raise BadRequest(f"text: {len(lines)} lines in one request; at most {limits.max_lines}",
+                         413)
+    characters = sum(len(line) for line in lines)
+    if characters > limits.max_chars:
+        raise BadRequest(f"text: {characters} characters in one request; at most "
+                         f"{limits.max_chars}", 413)
+    return [_CONTROL.sub(" ", _UNENCODABLE.sub("\ufffd", line)) for line in lines]
+
+
+def _response(results: list[TranslationResult], options: RequestOptions, *, single: bool
+              ) -> dict[str, Any]:
+    """N lines in, N translations out; with n-best, a list of hypotheses per line."""
+    def per_line(values: list[Any], empty: Any = "") -> Any:
+        return values if options.nbest > 1 else (values[0] if values else empty)
+
+    translations = [per_line(r.texts) for r in results]
+    scores = [per_line(r.scores) if r.scores else (0.0 if options.nbest == 1 else [])
+              for r in results]
+    body: dict[str, Any] = {"translations": translations, "scores": scores}
+    if options.alignment != "none":
+        empty = "" if options.alignment == "hard" else []
+        body["alignments"] = [per_line([alignment_value(a, options.alignment)
+                                        for a in (r.alignments or [])], empty)
+                              for r in results]
+    if single:
+        body = {key: value[0] for key, value in body.items()}
+    return body
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    """One line naming the first bad field and what was wrong with it."""
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return (f"the body is not valid JSON (at character {location[0] if location else '?'}: "
+                f"{first.get('ctx', {}).get('error', 'invalid')})")
+    if location[:1] == ["text"] and first.get("type") in ("string_type", "list_type"):
+        return "text: must be a string or a list of strings"
+    if not location:
+        return ("body: expected a JSON object (send Content-Type: application/json), "
+                f"{first.get('msg', 'invalid').lower()}")
+    return f"{'.'.join(location)}: {first.get('msg', 'invalid')}"
+
+
+def serve(app: FastAPI, host: str, port: int, *, on_ready: Any = None) -> None:
+    """Run uvicorn until SIGINT/SIGTERM, then finish the requests in flight and return (the
+    command exits 0; uvicorn itself would re-raise the signal). ``on_ready(url)`` is called
+    once the socket listens."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {number: signal.signal(number, self.handle_exit)
+                        for number in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                   lifespan="on"))
+
+    async def main() -> None:
+        async def announce() -> None:
+            while not server.started:
+                await asyncio.sleep(0.02)
+            if on_ready is not None:
+                on_ready(f"http://{host}:{port}/")
+        announcer = asyncio.create_task(announce())
+        await server.serve()
+        announcer.cancel()
+
+    asyncio.run(main())
