@@ -109,6 +109,7 @@ def main() -> None:
         for text in args.variant:
             name, _, settings = text.partition("=")
             variants[name] = [item for item in settings.split(",") if item]
+    PreparedData.of(load_config(args.config, args.overrides))  # a bad run fails before timing
     # bf16 matmuls are emulated on CPUs without bf16 kernels: minutes for one 2048^3 product
     has_bf16 = cpu_supports_bf16()
     peaks = {"fp32": matmul_peak(torch.float32),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -10,7 +12,11 @@ import pytest
 import torch
 import yaml
 
+from s2s.config import Config
 from s2s.data.demo import write_demo_corpus
+from s2s.data.prepare import prepare
+from s2s.data.store import data_config_hash, inputs_hash
+from s2s.run.directory import RunDir
 
 # Every test runs with this many CPU threads, whatever the machine (1 core or 16), so that its
 # numbers are the same everywhere; a test (or the library code it calls) must leave it so.
@@ -37,6 +43,27 @@ def config_dict(corpus: Path, run_dir: Path, **sections: dict[str, Any]) -> dict
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config
+
+
+_PREPARED: dict[tuple[str, str], Path] = {}  # (inputs hash, data settings hash) -> a copy
+_PREPARED_HOME = tempfile.TemporaryDirectory(prefix="s2s-prepared-")  # gone at exit
+
+
+def prepare_run(config: Config) -> Path:
+    """``s2s prepare`` for ``config``, sharing work across the session: data prepared once
+    for the same corpus and data/vocab settings is copied into the run (``prepare`` then
+    checks the copy against the config and finds it up to date), so sentencepiece trains
+    once per corpus and settings, not once per test. Returns the run's data directory."""
+    key = (inputs_hash(config), data_config_hash(config))
+    target = RunDir(config.run_dir).data
+    if key in _PREPARED and not target.exists():
+        shutil.copytree(_PREPARED[key], target)
+    result = prepare(config)
+    assert result.up_to_date == (key in _PREPARED), "a shared copy must be up to date"
+    if key not in _PREPARED:
+        copy = Path(_PREPARED_HOME.name) / str(len(_PREPARED))
+        _PREPARED[key] = Path(shutil.copytree(target, copy))
+    return target
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
@@ -74,14 +101,13 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory, demo_corpus: Path) -> Path:
     """Config path of a tiny run that has been prepared and trained for 150 steps."""
     from s2s.config import load_config
-    from s2s.data.prepare import prepare
     from s2s.training.loop import train
 
     directory = tmp_path_factory.mktemp("trained")
     config_path = write_config(directory / "config.yaml", config_dict(
         demo_corpus, directory / "run", train={"max_steps": 150, "valid_every": 75}))
     config = load_config(config_path)
-    prepare(config)
+    prepare_run(config)
     train(config)
     return config_path
 

@@ -29,7 +29,7 @@ runner = CliRunner()
 def reversal_translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
     with torch.random.fork_rng():
         return word_task_translator(tmp_path_factory.mktemp("reverse"), reverse,
-                                    full_stops=False, steps=800)
+                                    full_stops=False, steps=400)
 
 
 def _links(translator: Translator, lines: list[str]) -> list[tuple[list[tuple[int, int]], int,
@@ -53,6 +53,7 @@ def _chance_lines(translator: Translator, count: int, seed: int, full_stop: bool
     return lines
 
 
+@pytest.mark.slow
 def test_a_copy_model_aligns_on_the_diagonal(copy_translator: Translator) -> None:
     on_diagonal = total = 0
     for pairs, _, _, _ in _links(copy_translator, _chance_lines(copy_translator, 40, 1, True)):
@@ -61,6 +62,7 @@ def test_a_copy_model_aligns_on_the_diagonal(copy_translator: Translator) -> Non
     assert on_diagonal / total >= 0.9
 
 
+@pytest.mark.slow
 def test_a_reversal_model_aligns_on_the_anti_diagonal(reversal_translator: Translator) -> None:
     lines = _chance_lines(reversal_translator, 40, 2, full_stop=False)
     exact, mirrored, total, correlations = 0, 0, 0, []
@@ -76,6 +78,7 @@ def test_a_reversal_model_aligns_on_the_anti_diagonal(reversal_translator: Trans
     assert np.mean(correlations) <= -0.9
 
 
+@pytest.mark.slow
 def test_links_stay_inside_both_sentences_and_cover_every_target_word(
         copy_translator: Translator) -> None:
     lines = _chance_lines(copy_translator, 30, 3, True) + ["red fox. " * 12, "",
@@ -103,6 +106,7 @@ def test_subword_attention_is_summed_into_words() -> None:
     assert word_spans("我 爱猫", by_character=True) == [(0, 3), (4, 7), (7, 10)]
 
 
+@pytest.mark.slow
 def test_translate_alignment_lines_hard_soft_and_nbest(copy_translator: Translator,
                                                        tmp_path: Path) -> None:
     checkpoint = copy_translator.loaded.path

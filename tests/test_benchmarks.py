@@ -10,6 +10,8 @@ import pytest
 
 from benchmarks.common import REPO
 
+pytestmark = pytest.mark.slow  # each test starts processes
+
 
 @pytest.mark.parametrize("script", ["train_speed", "step_profile", "translate_speed"])
 def test_a_missing_config_is_one_error_line(script: str, tmp_path: Path) -> None:

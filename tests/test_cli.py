@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from s2s.cli import app
 from s2s.config import load_config
 from s2s.run.directory import RunDir
+from s2s.translation.translator import load_translator
 from tests.conftest import TEST_THREADS, config_dict, write_config
 
 runner = CliRunner()
@@ -93,23 +94,30 @@ def test_data_error_exits_1_without_traceback(tmp_path: Path) -> None:
     assert "data file not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_whole_pipeline_through_the_cli(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     result = runner.invoke(app, ["demo-data", str(corpus)])
     assert result.exit_code == 0, result.output
     assert len((corpus / "train.en").read_text(encoding="utf-8").splitlines()) == 12000
-    raw = config_dict(corpus, tmp_path / "run", train={"max_steps": 40, "valid_every": 20})
+    # 300 steps learn the demo grammar: test BLEU 87 (at 150 steps it is still near 1)
+    raw = config_dict(corpus, tmp_path / "run", train={
+        "max_steps": 300, "valid_every": 150, "lr": 0.01, "batch_tokens": 2000})
     path = write_config(tmp_path / "c.yaml", raw)
     for command in (["prepare", str(path)], ["train", str(path)],
                     ["evaluate", str(path), "--checkpoint", "best,last"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, (command, result.output)
     scores = json.loads((tmp_path / "run" / "eval" / "test.best.json").read_text())
-    assert scores["sentences"] == 500 and 0.0 <= scores["bleu"] <= 100.0
+    assert scores["sentences"] == 500 and scores["bleu"] > 60.0
     assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-    result = runner.invoke(app, ["translate", str(path)], input="A dog sees a cat.\n\nThe man.\n")
+    lines = ["A dog sees a cat.", "", "The man."]
+    result = runner.invoke(app, ["translate", str(path)], input="\n".join(lines) + "\n")
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.split("\n")) == 4 and result.stdout.split("\n")[1] == ""
+    config = load_config(path)
+    library = load_translator(config.run_dir, decode=config.decode, device="cpu")
+    assert result.stdout.split("\n") == [r.text for r in library.translate(lines)] + [""]
+    assert result.stdout.split("\n")[1] == "" and "Hund" in result.stdout
 
 
 def test_evaluate_reproduces_sacrebleu_on_its_hypothesis_file(trained_run: Path) -> None:

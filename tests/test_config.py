@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s2s.config import Config, config_from_dict, dump_config, load_config, parse_yaml
+from s2s.config import config_from_dict, dump_config, load_config, parse_yaml
 from s2s.errors import ConfigError
 from tests.conftest import config_dict, write_config
 
@@ -14,10 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads(path: Path) -> None:
+def test_every_shipped_config_loads_with_every_value_it_sets(path: Path) -> None:
     config = load_config(path)
-    assert isinstance(config, Config)
     assert config.data.src_lang != config.data.tgt_lang
+    raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    assert config.run_dir == Path(raw.pop("run_dir")).absolute()  # paths: from where s2s runs
+    for section, values in raw.items():  # nothing the file says is dropped or changed
+        for key, value in values.items():
+            loaded = getattr(getattr(config, section), key)
+            expected = Path(value).absolute() if isinstance(loaded, Path) else value
+            assert loaded == expected, f"{section}.{key}"
 
 
 def _errors(tmp_path: Path, raw: dict, overrides: tuple[str, ...] = ()) -> list[str]:

@@ -10,7 +10,6 @@ import torch
 
 import s2s.device
 from s2s.config import DecodeConfig, load_config
-from s2s.data.prepare import prepare
 from s2s.device import (
     autocast,
     check_precision,
@@ -22,7 +21,7 @@ from s2s.errors import DeviceError
 from s2s.run.checkpoint import load_checkpoint
 from s2s.training.loop import train
 from s2s.translation.translator import decode_dtype
-from tests.conftest import TEST_THREADS, config_dict, write_config
+from tests.conftest import TEST_THREADS, config_dict, prepare_run, write_config
 
 
 def test_threads_zero_shares_the_cores_among_the_processes_on_this_machine(
@@ -49,7 +48,7 @@ def test_training_leaves_threads_signals_and_random_streams_as_it_found_them(
         demo_corpus: Path, tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "c.yaml", config_dict(
         demo_corpus, tmp_path / "run", train={"threads": 1, "max_steps": 2, "valid_every": 2})))
-    prepare(config)
+    prepare_run(config)
     handlers = {number: signal.getsignal(number)
                 for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     torch.manual_seed(1234)
@@ -95,7 +94,7 @@ def test_auto_precision_is_bf16_only_where_the_device_has_bf16_kernels(
     config = load_config(write_config(tmp_path / "c.yaml", config_dict(
         demo_corpus, tmp_path / "run",
         train={"precision": "auto", "max_steps": 2, "valid_every": 2})))
-    prepare(config)
+    prepare_run(config)
     train(config)
     stored = load_checkpoint(config.run_dir / "checkpoints" / "last.pt")["config"]
     assert stored["train"]["precision"] == "fp32"  # what auto became, for decoding and resume

@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from s2s.config import load_config
-from s2s.data.prepare import prepare
 from s2s.run.checkpoint import load_checkpoint
 from s2s.run.directory import RunDir
 from s2s.training.loop import train
-from tests.conftest import config_dict, write_config
+from tests.conftest import config_dict, prepare_run, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 # no dropout: each process draws its own dropout masks, one process draws them in sequence
 NO_DROPOUT = {"dropout": 0.0, "embed_dropout": 0.0}
+
+pytestmark = pytest.mark.slow  # each test starts processes
 
 
 def _config(tmp_path: Path, corpus: Path, name: str, cell: str = "lstm",
@@ -30,7 +31,7 @@ def _config(tmp_path: Path, corpus: Path, name: str, cell: str = "lstm",
     model = {**NO_DROPOUT, "cell": cell}
     path = write_config(tmp_path / f"{name}.yaml",
                         config_dict(corpus, tmp_path / name, train=settings, model=model))
-    prepare(load_config(path))
+    prepare_run(load_config(path))
     return path
 
 

@@ -42,6 +42,7 @@ def _long_lines() -> list[str]:
     return [sentences, "", no_punctuation, "red fox."]
 
 
+@pytest.mark.slow
 def test_split_pieces_are_joined_back_in_order(copy_translator: Translator,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With a decoder that returns its input, a long line comes back exactly as it went in."""
@@ -55,6 +56,7 @@ def test_split_pieces_are_joined_back_in_order(copy_translator: Translator,
     assert [result.text for result in copy_translator.translate(lines)] == lines
 
 
+@pytest.mark.slow
 def test_a_line_three_times_the_limit_is_translated_whole(copy_translator: Translator) -> None:
     """The real copy model: nothing is dropped (a truncated line would keep a third of it)."""
     lines = _long_lines()
@@ -66,6 +68,7 @@ def test_a_line_three_times_the_limit_is_translated_whole(copy_translator: Trans
         assert difflib.SequenceMatcher(a=words, b=copied).ratio() >= 0.9, result.text
 
 
+@pytest.mark.slow
 def test_translate_warns_that_a_long_line_was_split(copy_translator: Translator,
                                                     capsys: pytest.CaptureFixture) -> None:
     from rich.console import Console

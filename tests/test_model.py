@@ -110,6 +110,7 @@ def test_weights_start_uniform_in_the_init_range_and_embeddings_keep_theirs(
     assert 0.06 < default.decoder.combine.weight.abs().max().item() <= 256 ** -0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,cell", [("copy", "lstm"), ("reverse", "lstm"), ("copy", "gru"),
                                        ("copy", "rnn")])
 def test_learns_a_tiny_copy_or_reverse_task(task: str, cell: str) -> None:

@@ -21,13 +21,12 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import Config, config_from_dict, load_config
-from s2s.data.prepare import prepare
 from s2s.errors import CheckpointError
 from s2s.run.checkpoint import load_checkpoint
 from s2s.run.directory import RunDir
 from s2s.run.lock import RunLock
 from s2s.training.loop import train
-from tests.conftest import config_dict, write_config
+from tests.conftest import config_dict, prepare_run, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -207,7 +206,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
         demo_corpus: Path, tmp_path: Path, monkeypatch) -> None:
     config = config_from_dict(config_dict(demo_corpus, tmp_path / "run",
                                           train={"max_steps": 4, "valid_every": 2}))
-    prepare(config)
+    prepare_run(config)
     train(config, should_stop=lambda p: p.step == 2)
     last = RunDir(config.run_dir).checkpoint("last")
     before = last.read_bytes()
@@ -243,17 +242,22 @@ def _last_step(directory: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
         demo_corpus: Path, tmp_path: Path) -> None:
-    sections = {"train": {"max_steps": 300, "valid_every": 4, "batch_tokens": 300,
+    # a checkpoint every 4 steps, so kills land in writes too; six kills take some 60 steps
+    sections = {"train": {"max_steps": 200, "valid_every": 4, "batch_tokens": 300,
                           "threads": 1}, "model": {"dropout": 0.2}}
-    straight = config_from_dict(config_dict(demo_corpus, tmp_path / "straight", **sections))
-    prepare(straight)
-    train(straight)
+    straight_path = write_config(tmp_path / "straight.yaml",
+                                 config_dict(demo_corpus, tmp_path / "straight", **sections))
+    straight = load_config(straight_path)
+    prepare_run(straight)
+    # the uninterrupted run trains on the other core meanwhile (one thread each)
+    uninterrupted = _train_process(straight_path, tmp_path / "straight.log")
     path = write_config(tmp_path / "killed.yaml",
                         config_dict(demo_corpus, tmp_path / "killed", **sections))
     killed = load_config(path)
-    prepare(killed)
+    prepare_run(killed)
     directory = RunDir(killed.run_dir).checkpoints
     chance = random.Random(1234)
     steps_seen, torn_writes = [], 0
@@ -276,6 +280,7 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(
     assert steps_seen == sorted(steps_seen), f"step went backwards: {steps_seen}"
     final = _train_process(path, tmp_path / "train.log")
     assert final.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-2000:]
+    assert uninterrupted.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text()[-2000:]
     expected, actual = _final_weights(straight.run_dir), _final_weights(killed.run_dir)
     different = [name for name in expected if not torch.equal(expected[name], actual[name])]
     assert not different, (f"after {len(steps_seen)} kills the weights differ from the "
@@ -301,16 +306,17 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_inside_a_checkpoint_write_loses_nothing(demo_corpus: Path,
                                                          tmp_path: Path) -> None:
     sections = {"train": {"max_steps": 20, "valid_every": 4, "batch_tokens": 300}}
     straight = config_from_dict(config_dict(demo_corpus, tmp_path / "straight", **sections))
-    prepare(straight)
+    prepare_run(straight)
     train(straight)
     path = write_config(tmp_path / "c.yaml", config_dict(demo_corpus, tmp_path / "run",
                                                          **sections))
     config = load_config(path)
-    prepare(config)
+    prepare_run(config)
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     died = subprocess.run([sys.executable, "-c", DIE_IN_THIRD_SAVE, str(path)], cwd=REPO,
                           env=environment, capture_output=True, timeout=300)
@@ -325,6 +331,7 @@ def test_sigkill_inside_a_checkpoint_write_loses_nothing(demo_corpus: Path,
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_number,exit_code", [(signal.SIGINT, 130),
                                                      (signal.SIGTERM, 143),
                                                      (signal.SIGHUP, 129)])
@@ -358,7 +365,7 @@ def _prepared(corpus: Path, tmp_path: Path, **train_settings) -> tuple[Path, Con
     path = write_config(tmp_path / "c.yaml", config_dict(corpus, tmp_path / "run",
                                                          train=train_settings))
     config = load_config(path)
-    prepare(config)
+    prepare_run(config)
     return path, config
 
 
@@ -367,6 +374,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow
 def test_a_closed_log_pipe_stops_the_output_not_the_training(demo_corpus: Path,
                                                              tmp_path: Path) -> None:
     """`s2s train CONFIG 2>&1 | head -3`: once head exits, training goes on to the end."""
@@ -382,6 +390,7 @@ def test_a_closed_log_pipe_stops_the_output_not_the_training(demo_corpus: Path,
     assert [r["step"] for r in _metrics(config.run_dir) if r["kind"] == "valid"] == [20, 40]
 
 
+@pytest.mark.slow
 def test_translate_into_a_closed_pipe_exits_quietly(trained_run: Path, tmp_path: Path) -> None:
     source = tmp_path / "many.txt"
     source.write_text("The dog sees a cat.\n" * 5000, encoding="utf-8")

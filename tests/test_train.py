@@ -9,20 +9,19 @@ import pytest
 import torch
 
 from s2s.config import TrainConfig, config_from_dict, load_config
-from s2s.data.prepare import prepare
 from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
 from s2s.run.directory import RunDir
 from s2s.training.loop import train
 from s2s.training.schedule import learning_rate
-from tests.conftest import config_dict, write_config
+from tests.conftest import config_dict, prepare_run, write_config
 
 CUDA = torch.cuda.is_available()
 
 
 def _prepared(corpus: Path, run: Path, **sections):
     config = config_from_dict(config_dict(corpus, run, **sections))
-    prepare(config)
+    prepare_run(config)
     return config
 
 
@@ -189,7 +188,7 @@ def test_resuming_a_finished_run_says_why_nothing_happens(demo_corpus: Path,
     from s2s.cli import app
     path = write_config(tmp_path / "c.yaml", config_dict(
         demo_corpus, tmp_path / "run", train={"max_steps": 4, "valid_every": 4}))
-    prepare(load_config(path))
+    prepare_run(load_config(path))
     runner = CliRunner()
     assert runner.invoke(app, ["train", str(path)]).exit_code == 0
     result = runner.invoke(app, ["train", str(path)])
