@@ -1,3 +1,3 @@
 """The attentional recurrent encoder-decoder: the model itself (``seq2seq``), its attention
 layer (``attention``), the recurrent cells it can use (``cells``) and the step-wise layers that
-make decoding one token at a time fast (``steps``)."""
+make decoding one token at a time fast (``step_layers``)."""

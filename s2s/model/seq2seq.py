@@ -24,7 +24,7 @@ from s2s.config import ModelConfig
 from s2s.data.vocab import PAD_ID
 from s2s.model.attention import Attention
 from s2s.model.cells import CELLS
-from s2s.model.steps import (
+from s2s.model.step_layers import (
     SplitStepLayer,
     joined_step_layer,
     recurrent_layer,

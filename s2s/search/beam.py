@@ -119,7 +119,7 @@ class BeamBatch:
             return []
         assert self.beams is not None
         hypotheses = self.beams.hypotheses(rows, self.config.nbest)
-        return [(self.indices[row], found) for row, found in zip(rows, hypotheses)]
+        return [(self.indices[row], of_row) for row, of_row in zip(rows, hypotheses)]
 
     def _keep(self, kept: Tensor | None) -> None:
         """Keep only the sentence rows ``kept`` (None: all)."""

@@ -37,9 +37,9 @@ def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
     if config.beam_size == 1 and config.nbest == 1:
         for indices in token_batches(lengths, budget):
             src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
-            found = greedy_search(model, src.to(device), src_lengths.to(device), config,
-                                  with_attention=with_attention)
-            for index, hypotheses in zip(indices, found):
+            batch_results = greedy_search(model, src.to(device), src_lengths.to(device), config,
+                                          with_attention=with_attention)
+            for index, hypotheses in zip(indices, batch_results):
                 results[index] = hypotheses
         return results
     batch = BeamBatch(model, config, device, with_attention=with_attention)

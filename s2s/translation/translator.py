@@ -87,12 +87,12 @@ class Translator:
             hypotheses = decode_corpus(self.model, [piece.ids for piece in pieces], self.decode,
                                        self.device, with_attention=with_attention)
         piece_texts = iter(self.loaded.tgt_tokenizer.decode(
-            [hypothesis.tokens for found in hypotheses for hypothesis in found]))
+            [hypothesis.tokens for of_piece in hypotheses for hypothesis in of_piece]))
         parts_of_line: dict[int, list[_TranslatedPiece]] = {}
-        for line, source, found in zip(line_of_piece, pieces, hypotheses):
+        for line, source, of_piece in zip(line_of_piece, pieces, hypotheses):
             parts_of_line.setdefault(line, []).append(_TranslatedPiece(
-                [_one_line(next(piece_texts)) for _ in found], [h.score for h in found],
-                [self._alignment(source, h) for h in found] if with_attention else None))
+                [_one_line(next(piece_texts)) for _ in of_piece], [h.score for h in of_piece],
+                [self._alignment(source, h) for h in of_piece] if with_attention else None))
         results = [TranslationResult([], [], [] if with_attention else None) for _ in lines]
         for line, parts in parts_of_line.items():
             results[line] = self._joined(parts)
