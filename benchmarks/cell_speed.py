@@ -1,7 +1,7 @@
 """What the gating buys: one config trained with each cell (lstm, gru, rnn) for the same
 wall-clock budget, then scored on its test split, as a Markdown table.
 
-Usage: python benchmarks/cells.py CONFIG --minutes 15 --work DIR [--set KEY=VALUE ...]
+Usage: python benchmarks/cell_speed.py CONFIG --minutes 15 --work DIR [--set KEY=VALUE ...]
 
 Every cell trains from the same prepared data (prepared once, copied into each run), with
 ``train.max_minutes`` as the budget and the best checkpoint evaluated with the config's
