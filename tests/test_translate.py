@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,3 +164,27 @@ def test_crlf_input_translates_and_scores_exactly_like_lf(trained_run: Path,
     assert "\r" not in outputs["crlf"][0]
     assert outputs["crlf"] == outputs["lf"]
     assert outputs["lf"][0].split("\n")[1] == ""  # the empty line stays empty
+
+
+def test_a_translator_leaves_the_model_it_is_given_as_it_found_it(
+        translator: Translator) -> None:
+    """Training validates its live model through a translator: the model keeps its weights,
+    dtype and train mode; a dtype it is not in is decoded from a copy of the translator's."""
+    model = copy.deepcopy(translator.loaded.model).train()
+    loaded = replace(translator.loaded, model=model)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    shared = Translator(loaded, decode=translator.decode, device=torch.device("cpu"),
+                        dtype=torch.float32, threads=2)
+    assert shared.model is model
+    texts = [result.text for result in shared.translate(["The dog sees a cat.", "A man."])]
+    assert all(module.training for module in model.modules())
+    assert texts == [result.text for result in translator.translate(["The dog sees a cat.",
+                                                                      "A man."])]
+    converted = Translator(loaded, decode=translator.decode, device=torch.device("cpu"),
+                           dtype=torch.float64, threads=2)
+    assert converted.model is not model
+    assert next(converted.model.parameters()).dtype == torch.float64
+    assert converted.translate(["The dog sees a cat."])[0].text
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert all(module.training for module in model.modules())
+    assert shared.with_decode(translator.decode).model is model

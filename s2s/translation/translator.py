@@ -70,8 +70,9 @@ class Translator:
 
     def with_decode(self, decode: DecodeConfig) -> "Translator":
         """The same model (shared, not copied) with other decoding settings."""
-        return Translator(self.loaded, decode=decode, device=self.device, dtype=self.dtype,
-                          threads=self.threads, reporter=self.reporter)
+        other = copy.copy(self)
+        other.decode = decode
+        return other
 
     def translate(self, lines: list[str], first_line: int = 1, *,
                   with_attention: bool = False) -> list[TranslationResult]:
@@ -178,7 +179,7 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
     loaded = replace(loaded, config=with_resolved_precision(loaded.config, target))
     decode = loaded.config.decode if decode is None else decode
     dtype = decode_dtype(decode, loaded.config.train.precision, target)
-    loaded.model.to(target, dtype)  # the loader's own model: converted in place
+    loaded.model.to(target, dtype).eval()  # the loader's own model: set up in place
     threads = loaded.config.train.threads if threads is None else threads
     return Translator(loaded, decode=decode, device=target, dtype=dtype, threads=threads,
                       reporter=reporter)
