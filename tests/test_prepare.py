@@ -237,3 +237,43 @@ def test_chinese_and_japanese_targets_keep_full_width_punctuation(tmp_path: Path
     raw["data"]["normalization"] = "nfkc"
     folded = prepare(config_from_dict(raw)).data_dir / "valid.tgt.txt"
     assert folded.read_text(encoding="utf-8").splitlines()[0] == "这是你的第0号吗,汤姆?"
+
+
+def test_gzip_and_xz_corpora_are_read_as_they_come(demo_corpus: Path, tmp_path: Path) -> None:
+    """A prefix finds ``train.en.gz`` or ``train.de.xz`` where no plain file exists; the prepared
+    files equal those of the plain corpus, and the split is mapped, not read."""
+    import gzip
+    import lzma
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    for name, module in (("train.en", gzip), ("train.de", lzma), ("test.de", gzip)):
+        plain = corpus / name
+        (corpus / f"{name}.{'gz' if module is gzip else 'xz'}").write_bytes(
+            module.compress(plain.read_bytes()))
+        plain.unlink()
+    compressed = prepare(_config(corpus, tmp_path / "compressed")).data_dir
+    reference = prepare(_config(demo_corpus, tmp_path / "plain")).data_dir
+    for path in reference.glob("*.npy"):
+        assert path.read_bytes() == (compressed / path.name).read_bytes(), path.name
+    assert isinstance(load_split(compressed, "train").src.ids, np.memmap)
+
+
+def test_a_truncated_gzip_corpus_is_one_error_line_and_keeps_the_prepared_data(
+        demo_corpus: Path, tmp_path: Path) -> None:
+    import gzip
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    path = write_config(tmp_path / "c.yaml", config_dict(corpus, tmp_path / "run"))
+    assert subprocess.run([sys.executable, "-m", "s2s", "prepare", str(path)], cwd=REPO,
+                          capture_output=True).returncode == 0
+    manifest = (tmp_path / "run" / "data" / "manifest.json").read_bytes()
+    whole = gzip.compress((corpus / "train.de").read_bytes())
+    (corpus / "train.de").unlink()
+    (corpus / "train.de.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
+    result = subprocess.run([sys.executable, "-m", "s2s", "prepare", str(path)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert line.startswith(f"error: {corpus / 'train.de.gz'}:")
+    assert "the compressed data is damaged or cut short after line" in line
+    lines_before = int(line.split(":")[2])  # file:LINE: ...
+    assert 100 < lines_before < 1500
+    assert (tmp_path / "run" / "data" / "manifest.json").read_bytes() == manifest

@@ -9,7 +9,8 @@
       valid.tgt.txt, test.tgt.txt the normalised target text, to read (scores use the
                                   references as distributed: s2s.evaluation.validation)
 
-Loading 100k pairs is a few small file reads, with no re-tokenising. `s2s prepare` builds the
+Loading a split maps its files (no reading, no re-tokenising): training on millions of pairs
+starts at once and keeps only the pages its batches touch. `s2s prepare` builds the
 contents; this module alone knows their names, and checks that prepared data still matches a
 config before anyone uses it.
 """
@@ -28,7 +29,7 @@ import sentencepiece as spm
 
 import s2s
 from s2s.config import Config, config_to_dict
-from s2s.data.text import parallel_paths, read_bytes, side_normalization
+from s2s.data.text import parallel_paths, raw_bytes, side_normalization
 from s2s.data.vocab import UNK_ID
 from s2s.errors import DataError
 from s2s.run.directory import RunDir
@@ -87,8 +88,11 @@ def save_split(directory: Path, split: str, encoded: EncodedSplit) -> None:
 
 
 def load_split(directory: Path, split: str) -> EncodedSplit:
-    sides = [EncodedSide(np.load(directory / f"{split}.{side}.ids.npy"),
-                         np.load(directory / f"{split}.{side}.offsets.npy")) for side in SIDES]
+    """A prepared split, memory-mapped: its pages are read when batches touch them, shared by
+    every process that maps them (torchrun's too), and never count as a process's own memory."""
+    sides = [EncodedSide(np.load(directory / f"{split}.{side}.ids.npy", mmap_mode="r"),
+                         np.load(directory / f"{split}.{side}.offsets.npy", mmap_mode="r"))
+             for side in SIDES]
     return EncodedSplit(*sides)
 
 
@@ -116,7 +120,7 @@ def inputs_hash(config: Config) -> str:
     for split in SPLITS:
         for path in parallel_paths(getattr(config.data, split), config.data.src_lang,
                                    config.data.tgt_lang):
-            digest.update(hashlib.sha256(read_bytes(path)).digest())
+            digest.update(hashlib.sha256(raw_bytes(path)).digest())
     return digest.hexdigest()
 
 

@@ -1,4 +1,5 @@
-"""Reading and cleaning raw text: UTF-8 checks with line numbers, Unicode and space normalisation.
+"""Reading and cleaning raw text: UTF-8 checks with line numbers, Unicode and space normalisation,
+gzip and xz corpora decompressed as they are read.
 
 Lines are split on "\\n" only (never on Unicode line separators), so line N of a source file
 always stays aligned with line N of its target file.
@@ -6,10 +7,13 @@ always stays aligned with line N of its target file.
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import unicodedata
+import zlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from s2s.errors import DataError
 
@@ -20,6 +24,8 @@ Normalization = Literal["nfkc", "nfc", "none"]
 _KEEPS_FULL_WIDTH = {"zh", "ja"}
 # written without spaces between words: translated pieces of a long line join with ""
 _NO_SPACES = {"zh", "ja", "th", "lo", "km", "my"}
+# corpora read as they are downloaded: the suffix says how to decompress
+COMPRESSION: dict[str, Any] = {".gz": gzip, ".xz": lzma}
 
 
 def base_language(code: str) -> str:
@@ -105,11 +111,41 @@ def read_parallel(prefix: Path, src_lang: str, tgt_lang: str, *, normalization: 
 
 
 def parallel_paths(prefix: Path, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:
-    return Path(f"{prefix}.{src_lang}"), Path(f"{prefix}.{tgt_lang}")
+    """The two files of a parallel corpus: ``prefix.src_lang`` and ``prefix.tgt_lang``, each
+    found compressed (``.gz``, ``.xz``) where only the compressed file exists."""
+    return (corpus_file(Path(f"{prefix}.{src_lang}")),
+            corpus_file(Path(f"{prefix}.{tgt_lang}")))
+
+
+def corpus_file(path: Path) -> Path:
+    """``path``, or ``path.gz`` or ``path.xz`` when only that exists."""
+    if path.exists():
+        return path
+    for suffix in COMPRESSION:
+        compressed = path.with_name(path.name + suffix)
+        if compressed.exists():
+            return compressed
+    return path
 
 
 def read_bytes(path: Path) -> bytes:
-    """A data file's bytes; a missing, directory or unreadable path is a DataError naming it."""
+    """A data file's bytes, decompressed when its name ends in .gz or .xz; a missing,
+    directory, unreadable or damaged file is a DataError naming it."""
+    data = raw_bytes(path)
+    opener = COMPRESSION.get(path.suffix)
+    if opener is None:
+        return data
+    try:
+        return opener.decompress(data)
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
+        lines = _lines_before_damage(path)
+        raise DataError(f"{path}:{lines + 1}: the compressed data is damaged or cut short after "
+                        f"line {lines} ({str(error).rstrip('.') or type(error).__name__})"
+                        ) from None
+
+
+def raw_bytes(path: Path) -> bytes:
+    """A file's bytes as stored; a missing, directory or unreadable path is a DataError."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a text file")
     if not path.exists():
@@ -118,3 +154,16 @@ def read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read: {os.strerror(error.errno or 0) or error}") from None
+
+
+def _lines_before_damage(path: Path) -> int:
+    """How many whole lines a damaged compressed file yields before it breaks off (to within
+    the decompressor's buffer of a few kilobytes)."""
+    lines = 0
+    try:
+        with COMPRESSION[path.suffix].open(path, "rb") as stream:
+            for _ in stream:
+                lines += 1
+    except (EOFError, OSError, lzma.LZMAError, zlib.error):
+        pass
+    return lines
