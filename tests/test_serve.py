@@ -53,6 +53,23 @@ def test_health_and_info(client: TestClient, translator: Translator) -> None:
     assert info["decode"]["beam_size"] == 3 and info["model"]["decoder_hidden"] == 64
     assert info["validation"]["metric"] == "bleu"
     assert info["validation"]["best"] == pytest.approx(translator.loaded.best_score)
+    assert info["checkpoint"] == "best"  # named, not where it lies on the server's disk
+
+
+@pytest.mark.parametrize("method,path,body,status,message", [
+    ("POST", "/translate", b'{"text": "\xff\xfe"}', 400, "body: not readable as JSON"),
+    ("POST", "/translate", b"[" * 100_000 + b"]" * 100_000, 400, "body: not readable as JSON"),
+    ("GET", "/nope", None, 404, "GET /nope: no such path; s2s serves POST /translate"),
+    ("GET", "/translate", None, 405, "GET /translate: method not allowed; use POST"),
+    ("DELETE", "/info", None, 405, "DELETE /info: method not allowed; use GET"),
+])
+def test_what_the_framework_refuses_gets_the_same_error_shape(
+        client: TestClient, method: str, path: str, body: bytes | None, status: int,
+        message: str) -> None:
+    response = client.request(method, path, content=body,
+                              headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert list(response.json()) == ["error"] and response.json()["error"].startswith(message)
 
 
 def test_n_lines_in_n_translations_out_as_translate_gives_them(

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2s.config import config_to_dict
 from s2s.errors import S2SError
@@ -129,7 +130,8 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every error a client causes is JSON ``{"error": one line}`` with a 4xx status."""
+    """Every error a client causes is JSON ``{"error": one line}`` with a 4xx status, the
+    framework's own (unknown path or method, an unreadable body) too."""
     @app.exception_handler(BadRequest)
     async def bad_request(request: Request, error: BadRequest) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=error.status)
@@ -142,6 +144,27 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def s2s_error(request: Request, error: S2SError) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": _http_message(request, error)},
+                            status_code=error.status_code, headers=error.headers)
+
+
+def _http_message(request: Request, error: StarletteHTTPException) -> str:
+    """The one-line error of what the framework refuses before s2s sees the request."""
+    where = f"{request.method} {request.url.path}"
+    if error.status_code == 404:
+        return (f"{where}: no such path; s2s serves POST /translate, POST "
+                "/translator/translate, GET /info, GET /health and the page at GET /")
+    if error.status_code == 405:
+        headers = {name.lower(): value for name, value in (error.headers or {}).items()}
+        allowed = headers.get("allow", "")
+        return f"{where}: method not allowed" + (f"; use {allowed}" if allowed else "")
+    if error.status_code == 400:
+        return ("body: not readable as JSON (not UTF-8, malformed, or nested too deeply); send "
+                'one JSON object such as {"text": "..."}')
+    return f"{where}: {error.detail}"
+
 
 def _model_info(translator: Translator) -> dict[str, Any]:
     loaded = translator.loaded
@@ -151,7 +174,8 @@ def _model_info(translator: Translator) -> dict[str, Any]:
         "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
         "model": config_to_dict(config.model),
         "vocab_sizes": {"src": len(loaded.src_tokenizer), "tgt": len(loaded.tgt_tokenizer)},
-        "checkpoint": str(loaded.path) if loaded.path else None,
+        # its name (best, last, avg, step-N), not where it lies on the server's disk
+        "checkpoint": loaded.path.stem if loaded.path else None,
         "checkpoint_step": loaded.step,
         "decode": config_to_dict(translator.decode),
         # the checkpoint keeps the best score negated for loss (higher is better there)
