@@ -47,6 +47,9 @@ class DataConfig:
     max_tokens: int = _option(128, minimum=1)
     max_length_ratio: float = _option(3.0, minimum=1.0)  # longer/shorter side, in tokens
     dedupe: bool = True  # drop exact duplicate training pairs
+    # processes that clean and encode the training pairs in `s2s prepare`; 0 = one per core
+    # this process may use. The prepared files are the same whatever the count.
+    workers: int = _option(0, minimum=0, maximum=256)
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,33 @@ def test_the_same_corpus_gives_identical_files_on_any_core_count(demo_corpus: Pa
     assert outputs[0] == outputs[1] == outputs[2]
 
 
+def test_workers_change_nothing_in_the_files(demo_corpus: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training pairs go through the workers in chunks (here 100 pairs, so 16 chunks,
+    with duplicates and filtered pairs across chunk boundaries); every file but the manifest
+    (which records the seconds) is the same for 1, 2 and 3 workers."""
+    import s2s.data.chunks
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    with open(corpus / "train.en", "a", encoding="utf-8") as src, \
+            open(corpus / "train.de", "a", encoding="utf-8") as tgt:
+        for number in range(50):  # duplicates of the first pairs, and pairs to filter
+            src.write(["The dog.", "", "x " * 300, "A cat."][number % 4] + "\n")
+            tgt.write(["Der Hund.", "Leer.", "lang", "Eine Katze."][number % 4] + "\n")
+    monkeypatch.setattr(s2s.data.chunks, "CHUNK_PAIRS", 100)
+    outputs, manifests = [], []
+    for workers in (1, 2, 3):
+        result = prepare(_config(corpus, tmp_path / f"workers-{workers}",
+                                 data={"workers": workers, "max_chars": 200}))
+        outputs.append({item.name: item.read_bytes() for item in sorted(result.data_dir.iterdir())
+                        if item.name != "manifest.json"})
+        manifests.append((result.manifest["splits"], result.manifest["dropped"]))
+    assert len(outputs[0]) == 2 + 12 + 4 and outputs[0] == outputs[1] == outputs[2]
+    assert manifests[0] == manifests[1] == manifests[2]
+    dropped = manifests[0][1]
+    assert dropped["duplicate pair"] >= 23 and dropped["empty side"] == 13
+    assert dropped["too many characters"] >= 12
+
+
 def test_manifest_records_versions_and_every_setting_that_shapes_the_data(
         demo_corpus: Path, tmp_path: Path) -> None:
     manifest = prepare(_config(demo_corpus, tmp_path / "run")).manifest

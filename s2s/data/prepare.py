@@ -12,25 +12,41 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from s2s.config import Config, dump_config
+from s2s.data.chunks import (
+    EMPTY,
+    KEPT,
+    TOO_LONG,
+    Chunk,
+    TextRules,
+    encode_chunk,
+    in_order,
+    pair_text,
+    read_chunks,
+    scan_chunk,
+    usable_cores,
+)
 from s2s.data.store import (
-    SPLITS,
     EncodedSide,
     EncodedSplit,
+    SplitWriter,
     build_manifest,
     data_config_hash,
     inputs_hash,
     read_manifest,
     save_split,
     save_text,
+    split_stats,
     spm_paths,
     write_manifest,
     write_text,
 )
-from s2s.data.text import read_parallel, side_normalization
-from s2s.data.vocab import Tokenizer, train_sentencepiece
+from s2s.data.text import check_readable, parallel_paths, read_parallel, side_normalization
+from s2s.data.vocab import Tokenizer, sample_indices, train_sentencepiece
 from s2s.errors import DataError
 from s2s.report import Reporter, make_table
 from s2s.run.directory import RunDir
@@ -72,33 +88,142 @@ def prepare(config: Config, *, force: bool = False, reporter: Reporter = Reporte
 
 
 def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
-    """Read, filter, train vocabularies, encode and save; return the manifest."""
-    with reporter.progress("prepare", total=5) as progress:
-        texts = {}
-        for split in SPLITS:
-            texts[split] = _read_split(config, split, reporter)
-            progress.advance(status=f"read {split}")
-        train_src, train_tgt, dropped = _filter_text(config, *texts["train"])
-        tokenizers = _train_vocabularies(config, train_src, train_tgt, out)
-        progress.advance(status="trained vocabularies")
-        src_tok, tgt_tok = tokenizers
-        encoded = {}
-        for split in SPLITS:
-            src_lines, tgt_lines = (train_src, train_tgt) if split == "train" else texts[split]
-            src_ids, tgt_ids = src_tok.encode(src_lines), tgt_tok.encode(tgt_lines)
-            if split == "train":
-                src_ids, tgt_ids = _filter_tokens(config, src_ids, tgt_ids, dropped)
-                if not src_ids:
-                    raise DataError(f"{config.data.train}: no training pairs left after filtering "
-                                    f"({_dropped_text(dropped)}); relax the data.* limits")
-            else:  # the cleaned text of valid/test: evaluation translates these sources
-                save_text(out, split, "src", src_lines)
-                save_text(out, split, "tgt", tgt_lines)
-            encoded[split] = EncodedSplit(EncodedSide.from_lists(src_ids, len(src_tok)),
-                                          EncodedSide.from_lists(tgt_ids, len(tgt_tok)))
-            save_split(out, split, encoded[split])
-        progress.advance(amount=2, status="encoded")
-    return build_manifest(config, (len(src_tok), len(tgt_tok)), encoded, dropped)
+    """Filter the training pairs, train vocabularies, encode and save every split; return the
+    manifest. The training corpus is streamed (s2s.data.chunks); valid and test are small and
+    read whole."""
+    corpus = _TrainingCorpus.of(config)
+    keep, dropped = _scan(corpus, reporter)
+    sample = _vocabulary_sample(corpus, keep, config.vocab.joint)
+    tokenizers = _train_vocabularies(config, *sample, out)
+    del sample
+    sizes = (len(tokenizers[0]), len(tokenizers[1]))
+    stats = {"train": _encode_training_pairs(corpus, keep, tokenizers, out, dropped, reporter)}
+    if not stats["train"]["pairs"]:
+        raise DataError(f"{config.data.train}: no training pairs left after filtering "
+                        f"({_dropped_text(dropped)}); relax the data.* limits")
+    for split in ("valid", "test"):  # their cleaned text is what evaluation translates
+        src_lines, tgt_lines = _read_split(config, split, reporter)
+        save_text(out, split, "src", src_lines)
+        save_text(out, split, "tgt", tgt_lines)
+        encoded = EncodedSplit(EncodedSide.from_lists(tokenizers[0].encode(src_lines), sizes[0]),
+                               EncodedSide.from_lists(tokenizers[1].encode(tgt_lines), sizes[1]))
+        save_split(out, split, encoded)
+        stats[split] = split_stats(encoded)
+    return build_manifest(config, sizes, stats, dropped)
+
+
+@dataclass(frozen=True)
+class _TrainingCorpus:
+    """The training pairs' files, the rules that clean them, and the processes that do it."""
+
+    config: Config
+    paths: tuple[Path, Path]
+    rules: TextRules
+    workers: int
+
+    @classmethod
+    def of(cls, config: Config) -> "_TrainingCorpus":
+        data = config.data
+        paths = parallel_paths(data.train, data.src_lang, data.tgt_lang)
+        for path in paths:
+            check_readable(path)
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: data file is empty")
+        rules = TextRules(side_normalization(data.normalization, data.src_lang),
+                          side_normalization(data.normalization, data.tgt_lang),
+                          data.invalid_utf8, data.max_chars, (str(paths[0]), str(paths[1])))
+        workers = data.workers or usable_cores()
+        return cls(config, paths, rules, workers)
+
+    def chunks(self) -> Iterator[Chunk]:
+        return read_chunks(self.paths)
+
+
+def _scan(corpus: _TrainingCorpus, reporter: Reporter) -> tuple[np.ndarray, dict[str, int]]:
+    """Pass 1: which training pairs the text filters keep (a mask over the corpus), with
+    exact duplicates found by 64-bit hashes of their text, and what each rule dropped."""
+    statuses, hashes, replaced = [], [], 0
+    with reporter.progress("filter", total=None) as bar:
+        for status, chunk_hashes, bad in in_order(
+                scan_chunk, ((corpus.rules, chunk) for chunk in corpus.chunks()),
+                corpus.workers):
+            statuses.append(status)
+            hashes.append(chunk_hashes)
+            replaced += bad
+            bar.advance(len(status), status="pairs")
+    if replaced:
+        reporter.warn(f"train: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
+    status = np.concatenate(statuses)
+    candidates = np.flatnonzero(status == KEPT)
+    keep = np.zeros(len(status), dtype=bool)
+    if corpus.config.data.dedupe:  # the first of equal pairs stays
+        _, first = np.unique(np.concatenate(hashes)[candidates], return_index=True)
+        keep[candidates[first]] = True
+    else:
+        keep[candidates] = True
+    dropped = dict.fromkeys(FILTER_RULES, 0)
+    dropped.update({"empty side": int(np.count_nonzero(status == EMPTY)),
+                    "too many characters": int(np.count_nonzero(status == TOO_LONG)),
+                    "duplicate pair": len(candidates) - int(keep.sum())})
+    if not keep.any():
+        raise DataError(f"{corpus.config.data.train}: no training pairs left after filtering "
+                        f"({_dropped_text(dropped)})")
+    return keep, dropped
+
+
+def _vocabulary_sample(corpus: _TrainingCorpus, keep: np.ndarray, joint: bool
+                       ) -> tuple[list[str], list[str]]:
+    """Pass 2: the sentences each vocabulary trains on: ``vocab.max_sentences`` of the kept
+    pairs' sides (of both sides together for a joint vocabulary), drawn by s2s.data.vocab's
+    fixed-seed sample, so the vocabulary is the one the whole kept text in memory would give."""
+    kept = int(keep.sum())
+    limit = corpus.config.vocab.max_sentences
+    wanted = sample_indices(2 * kept if joint else kept, limit)
+    # a pair's rank among the kept ones, and whether each side of it is drawn
+    src_drawn = np.zeros(kept, dtype=bool)
+    tgt_drawn = np.zeros(kept, dtype=bool)
+    if joint:
+        src_drawn[wanted[wanted < kept]] = True
+        tgt_drawn[wanted[wanted >= kept] - kept] = True
+    else:
+        src_drawn[wanted] = tgt_drawn[wanted] = True
+    sources: list[str] = []
+    targets: list[str] = []
+    rank = 0
+    for chunk in corpus.chunks():
+        chunk_keep = keep[chunk.first_line - 1:chunk.first_line - 1 + len(chunk.sources)]
+        for index in np.flatnonzero(chunk_keep):
+            if src_drawn[rank] or tgt_drawn[rank]:
+                source, target, _ = pair_text(corpus.rules, chunk.first_line + int(index),
+                                              chunk.sources[index], chunk.targets[index])
+                if src_drawn[rank]:
+                    sources.append(source)
+                if tgt_drawn[rank]:
+                    targets.append(target)
+            rank += 1
+    return sources, targets
+
+
+def _encode_training_pairs(corpus: _TrainingCorpus, keep: np.ndarray,
+                           tokenizers: tuple[Tokenizer, Tokenizer], out: Path,
+                           dropped: dict[str, int], reporter: Reporter) -> dict[str, int]:
+    """Pass 3: encode the kept pairs chunk by chunk (on the workers, written in chunk order),
+    drop those too long or too unbalanced in tokens, and write the train split."""
+    protos = (tokenizers[0].model_proto, tokenizers[1].model_proto)
+    writer = SplitWriter(out, "train", (len(tokenizers[0]), len(tokenizers[1])))
+    jobs = ((corpus.rules, protos, chunk,
+             keep[chunk.first_line - 1:chunk.first_line - 1 + len(chunk.sources)])
+            for chunk in corpus.chunks())
+    with reporter.progress("encode", total=int(keep.sum())) as bar:
+        for sources, targets in in_order(_encode_job, jobs, corpus.workers):
+            writer.add(*_filter_tokens(corpus.config, sources, targets, dropped))
+            bar.advance(len(sources), status="pairs")
+    return writer.close()
+
+
+def _encode_job(rules: TextRules, protos: tuple[bytes, bytes], chunk: Chunk, kept: np.ndarray
+                ) -> tuple[list[list[int]], list[list[int]]]:
+    return encode_chunk(rules, (Tokenizer(protos[0]), Tokenizer(protos[1])), chunk, kept)
 
 
 def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[str], list[str]]:
@@ -109,29 +234,6 @@ def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[st
     if replaced:
         reporter.warn(f"{split}: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
     return src, tgt
-
-
-def _filter_text(config: Config, src: list[str], tgt: list[str]
-                 ) -> tuple[list[str], list[str], dict[str, int]]:
-    """Drop empty, over-long and duplicate training pairs; count each rule."""
-    dropped = dict.fromkeys(FILTER_RULES, 0)
-    seen: set[tuple[str, str]] = set()
-    kept_src, kept_tgt = [], []
-    for source, target in zip(src, tgt):
-        if not source or not target:
-            dropped["empty side"] += 1
-        elif max(len(source), len(target)) > config.data.max_chars:
-            dropped["too many characters"] += 1
-        elif config.data.dedupe and (source, target) in seen:
-            dropped["duplicate pair"] += 1
-        else:
-            seen.add((source, target))
-            kept_src.append(source)
-            kept_tgt.append(target)
-    if not kept_src:
-        raise DataError(f"{config.data.train}: no training pairs left after filtering "
-                        f"({_dropped_text(dropped)})")
-    return kept_src, kept_tgt, dropped
 
 
 def _filter_tokens(config: Config, src_ids: list[list[int]], tgt_ids: list[list[int]],

@@ -29,7 +29,7 @@ import sentencepiece as spm
 
 import s2s
 from s2s.config import Config, config_to_dict
-from s2s.data.text import parallel_paths, raw_bytes, side_normalization
+from s2s.data.text import check_readable, parallel_paths, side_normalization
 from s2s.data.vocab import UNK_ID
 from s2s.errors import DataError
 from s2s.run.directory import RunDir
@@ -47,7 +47,7 @@ class EncodedSide:
 
     @classmethod
     def from_lists(cls, sentences: list[list[int]], vocab_size: int) -> "EncodedSide":
-        dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+        dtype = _ids_dtype(vocab_size)
         lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
         offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -106,10 +106,11 @@ def save_text(directory: Path, split: str, side: str, lines: list[str]) -> None:
 
 
 def data_config_hash(config: Config) -> str:
-    """A hash of the settings that shape prepared data (not the input paths themselves)."""
+    """A hash of the settings that shape prepared data (not the input paths themselves, nor
+    the worker count, which changes nothing in the files)."""
     sections = {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")}
-    for split in SPLITS:
-        sections["data"].pop(split)
+    for key in (*SPLITS, "workers"):
+        sections["data"].pop(key)
     sections["format"] = FORMAT_VERSION
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
@@ -120,7 +121,12 @@ def inputs_hash(config: Config) -> str:
     for split in SPLITS:
         for path in parallel_paths(getattr(config.data, split), config.data.src_lang,
                                    config.data.tgt_lang):
-            digest.update(hashlib.sha256(raw_bytes(path)).digest())
+            check_readable(path)
+            file_digest = hashlib.sha256()
+            with open(path, "rb") as stream:  # a block at a time: corpora can be gigabytes
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    file_digest.update(block)
+            digest.update(file_digest.digest())
     return digest.hexdigest()
 
 
@@ -135,19 +141,72 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
+def split_stats(encoded: EncodedSplit) -> dict[str, int]:
+    """A split's pairs, tokens per side and unknown tokens, as the manifest records them."""
+    return {"pairs": len(encoded), "src_tokens": int(encoded.src.offsets[-1]),
+            "tgt_tokens": int(encoded.tgt.offsets[-1]),
+            "unknown_tokens": int(np.count_nonzero(encoded.src.ids == UNK_ID)
+                                  + np.count_nonzero(encoded.tgt.ids == UNK_ID))}
+
+
+class SplitWriter:
+    """Writes a split a batch of pairs at a time, for splits too large to hold: ids go to
+    disk as they come, and ``close`` turns them into the split's .npy files."""
+
+    def __init__(self, directory: Path, split: str, vocab_sizes: tuple[int, int]) -> None:
+        self.directory, self.split = directory, split
+        self.dtypes = [_ids_dtype(size) for size in vocab_sizes]
+        self.raw = [open(directory / f"{split}.{side}.ids.raw", "wb") for side in SIDES]
+        self.lengths: list[list[np.ndarray]] = [[], []]
+        self.unknown = 0
+
+    def add(self, sources: list[list[int]], targets: list[list[int]]) -> None:
+        for side, sentences in enumerate((sources, targets)):
+            ids = np.fromiter((token for s in sentences for token in s),
+                              dtype=self.dtypes[side])
+            self.raw[side].write(ids.tobytes())
+            self.lengths[side].append(np.fromiter((len(s) for s in sentences), dtype=np.int64,
+                                                  count=len(sentences)))
+            self.unknown += int(np.count_nonzero(ids == UNK_ID))
+
+    def close(self) -> dict[str, int]:
+        """Write the .npy files; return the split's stats (``split_stats``)."""
+        stats = {"pairs": 0, "src_tokens": 0, "tgt_tokens": 0, "unknown_tokens": self.unknown}
+        for side, name in enumerate(SIDES):
+            self.raw[side].close()
+            lengths = np.concatenate(self.lengths[side]) if self.lengths[side] else (
+                np.zeros(0, dtype=np.int64))
+            offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            np.save(self.directory / f"{self.split}.{name}.offsets.npy", offsets)
+            raw = self.directory / f"{self.split}.{name}.ids.raw"
+            _raw_to_npy(raw, self.directory / f"{self.split}.{name}.ids.npy",
+                        self.dtypes[side], int(offsets[-1]))
+            raw.unlink()
+            stats["pairs"], stats[f"{name}_tokens"] = len(lengths), int(offsets[-1])
+        return stats
+
+
+def _ids_dtype(vocab_size: int) -> type:
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def _raw_to_npy(raw: Path, target: Path, dtype: type, count: int, block: int = 1 << 24) -> None:
+    """The ids in ``raw`` as an .npy file, copied a block at a time."""
+    array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(count,))
+    with open(raw, "rb") as stream:
+        for start in range(0, count, block):
+            part = np.frombuffer(stream.read(min(block, count - start) * array.itemsize),
+                                 dtype=dtype)
+            array[start:start + len(part)] = part
+    array.flush()
+    del array
+
+
 def build_manifest(config: Config, vocab_sizes: tuple[int, int],
-                   encoded: dict[str, EncodedSplit], dropped: dict[str, int]
+                   splits: dict[str, dict[str, int]], dropped: dict[str, int]
                    ) -> dict[str, Any]:
     """What the files hold and what shaped them, so that two machines' results can be traced."""
-    splits = {}
-    for split, data in encoded.items():
-        splits[split] = {
-            "pairs": len(data),
-            "src_tokens": int(data.src.offsets[-1]),
-            "tgt_tokens": int(data.tgt.offsets[-1]),
-            "unknown_tokens": int(np.count_nonzero(data.src.ids == UNK_ID)
-                                  + np.count_nonzero(data.tgt.ids == UNK_ID)),
-        }
     data = config.data
     return {
         "format": FORMAT_VERSION,

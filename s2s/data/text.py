@@ -144,12 +144,17 @@ def read_bytes(path: Path) -> bytes:
                         ) from None
 
 
-def raw_bytes(path: Path) -> bytes:
-    """A file's bytes as stored; a missing, directory or unreadable path is a DataError."""
+def check_readable(path: Path) -> None:
+    """A missing path, or a directory, is a DataError naming it."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a text file")
     if not path.exists():
         raise DataError(f"{path}: data file not found")
+
+
+def raw_bytes(path: Path) -> bytes:
+    """A file's bytes as stored; a missing, directory or unreadable path is a DataError."""
+    check_readable(path)
     try:
         return path.read_bytes()
     except OSError as error:

@@ -68,8 +68,14 @@ def sample_sentences(lines: Sequence[str], limit: int) -> list[str]:
     """
     if len(lines) <= limit:
         return list(lines)
-    chosen = np.random.default_rng(SAMPLE_SEED).choice(len(lines), size=limit, replace=False)
-    return [lines[index] for index in np.sort(chosen)]
+    return [lines[index] for index in sample_indices(len(lines), limit)]
+
+
+def sample_indices(count: int, limit: int) -> np.ndarray:
+    """The sorted positions ``sample_sentences`` keeps of ``count`` lines (all when few)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).choice(count, size=limit, replace=False))
 
 
 def train_sentencepiece(lines: Sequence[str], model_path: Path, vocab_size: int,

@@ -1,0 +1,175 @@
+"""A training corpus streamed in fixed chunks of raw line pairs, and the work done on each.
+
+`s2s prepare` reads the training pairs three times (filter and find duplicates, sample the
+vocabulary's sentences, encode) without ever holding the corpus: each pass walks the two files
+in lockstep, in chunks of ``CHUNK_PAIRS`` pairs. The chunk boundaries never depend on the
+machine, and a pool of worker processes hands results back in chunk order, so the prepared
+files are the same whatever the worker count. The functions that run on a chunk
+(``scan_chunk``, ``encode_chunk``) are plain functions of their inputs: a worker process runs
+them exactly as the main process does when there is one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import lzma
+import multiprocessing
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+import numpy as np
+
+from s2s.data.text import COMPRESSION, Normalization, normalize
+from s2s.data.vocab import Tokenizer
+from s2s.errors import DataError
+
+CHUNK_PAIRS = 20_000
+# what scan_chunk says of each pair
+KEPT, EMPTY, TOO_LONG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Consecutive raw pairs of the corpus; ``first_line`` is the 1-based line of the first."""
+
+    first_line: int
+    sources: list[bytes]
+    targets: list[bytes]
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """How a raw pair becomes text and which text filters it must pass."""
+
+    src_normalization: Normalization
+    tgt_normalization: Normalization
+    invalid_utf8: str  # error or replace
+    max_chars: int
+    paths: tuple[str, str]  # for error messages
+
+
+def read_chunks(paths: tuple[Path, Path]) -> Iterator[Chunk]:
+    """The pairs of a parallel corpus in chunks; a side that ends before the other, or
+    compressed data that breaks off, is a DataError naming the file and line."""
+    with _open(paths[0]) as sources, _open(paths[1]) as targets:
+        line = 1
+        while True:
+            chunk_src = _read_lines(sources, paths[0], line)
+            chunk_tgt = _read_lines(targets, paths[1], line)
+            if len(chunk_src) != len(chunk_tgt):
+                shorter, longer = (paths[0], paths[1]) if len(chunk_src) < len(chunk_tgt) else (
+                    paths[1], paths[0])
+                last = line + min(len(chunk_src), len(chunk_tgt)) - 1
+                raise DataError(f"{shorter}: ends after line {last} but {longer} goes on; "
+                                "parallel files must align line by line")
+            if not chunk_src:
+                return
+            yield Chunk(line, chunk_src, chunk_tgt)
+            line += len(chunk_src)
+
+
+def scan_chunk(rules: TextRules, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each pair's fate under the text filters (KEPT, EMPTY, TOO_LONG), the 64-bit hashes of
+    the kept pairs' normalised text (for duplicates), and how many lines had invalid UTF-8."""
+    status = np.zeros(len(chunk.sources), dtype=np.uint8)
+    hashes = np.zeros(len(chunk.sources), dtype=np.uint64)
+    replaced = 0
+    for index, (raw_src, raw_tgt) in enumerate(zip(chunk.sources, chunk.targets)):
+        source, target, bad = pair_text(rules, chunk.first_line + index, raw_src, raw_tgt)
+        replaced += bad
+        if not source or not target:
+            status[index] = EMPTY
+        elif max(len(source), len(target)) > rules.max_chars:
+            status[index] = TOO_LONG
+        else:
+            digest = hashlib.blake2b(source.encode() + b"\0" + target.encode(), digest_size=8)
+            hashes[index] = int.from_bytes(digest.digest(), "little")
+    return status, hashes, replaced
+
+
+def encode_chunk(rules: TextRules, tokenizers: tuple[Tokenizer, Tokenizer], chunk: Chunk,
+                 kept: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+    """The token ids of the pairs ``kept`` (a mask over the chunk) marks."""
+    sources, targets = [], []
+    for index in np.flatnonzero(kept):
+        source, target, _ = pair_text(rules, chunk.first_line + int(index),
+                                      chunk.sources[index], chunk.targets[index])
+        sources.append(source)
+        targets.append(target)
+    return tokenizers[0].encode(sources), tokenizers[1].encode(targets)
+
+
+def pair_text(rules: TextRules, line: int, raw_src: bytes, raw_tgt: bytes
+              ) -> tuple[str, str, int]:
+    """One pair as normalised text, and how many of its two lines had invalid UTF-8."""
+    source, bad_src = _decoded(raw_src, rules, 0, line)
+    target, bad_tgt = _decoded(raw_tgt, rules, 1, line)
+    return (normalize(source, rules.src_normalization),
+            normalize(target, rules.tgt_normalization), bad_src + bad_tgt)
+
+
+def in_order(work: Callable[..., Any], items: Iterator[tuple], workers: int) -> Iterator[Any]:
+    """``work(*item)`` for every item, results in item order, on ``workers`` processes (in
+    this process when there is one). ``work`` must be a module-level function."""
+    if workers <= 1:
+        yield from (work(*item) for item in items)
+        return
+    context = multiprocessing.get_context("spawn")  # no inherited threads or locks
+    with context.Pool(workers) as pool:
+        yield from pool.imap(_call, ((work, item) for item in items), chunksize=1)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, so `taskset` is honoured); the same
+    count as s2s.device's, without importing torch into `s2s prepare` and its workers."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def _call(job: tuple[Callable[..., Any], tuple]) -> Any:
+    work, item = job
+    return work(*item)
+
+
+def _decoded(raw: bytes, rules: TextRules, side: int, line: int) -> tuple[str, int]:
+    raw = raw.rstrip(b"\n").rstrip(b"\r") if raw.endswith(b"\n") else raw
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError as error:
+        if rules.invalid_utf8 == "error":
+            raise DataError(f"{rules.paths[side]}:{line}: invalid UTF-8 (byte {error.start + 1} "
+                            "of the line); fix the file or set data.invalid_utf8: replace"
+                            ) from None
+        return raw.decode("utf-8", errors="replace"), 1
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
+    opener = COMPRESSION.get(path.suffix)
+    try:
+        stream = opener.open(path, "rb") if opener is not None else open(path, "rb")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+    with stream:
+        yield stream
+
+
+def _read_lines(stream: BinaryIO, path: Path, first_line: int) -> list[bytes]:
+    lines = []
+    try:
+        for _ in range(CHUNK_PAIRS):
+            line = stream.readline()
+            if not line:
+                break
+            lines.append(line)
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
+        last = first_line + len(lines) - 1
+        raise DataError(f"{path}:{last + 1}: the compressed data is damaged or cut short after "
+                        f"line {last} ({str(error).rstrip('.') or type(error).__name__})"
+                        ) from None
+    return lines
