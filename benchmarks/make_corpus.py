@@ -3,7 +3,8 @@
 Usage: python benchmarks/make_corpus.py PREFIX --pairs 1000000 [--zh] [--seed 1] [--gzip]
 
 Writes PREFIX.en and PREFIX.de (PREFIX.zh with --zh, written without spaces between words).
-Word types follow a Zipf law over a vocabulary of 300,000 made-up words a side; sentence
+Word types follow a Zipf law over a vocabulary of 300,000 made-up words a side (syllables;
+CJK characters for Chinese); sentence
 lengths a log-normal law with a long tail (mean about 20 words, a few over 100); each source
 word has its own target word, with local reordering, so the pairs are translations of a sort.
 About 3% of the pairs repeat an earlier pair, and about 1% are junk for the filters: an empty
@@ -27,19 +28,19 @@ SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 
 
 def vocabulary(rng: np.random.Generator, size: int, chinese: bool) -> np.ndarray:
-    """``size`` distinct made-up words: syllables, or for Chinese 1-3 CJK characters."""
-    if chinese:
-        characters = np.array([chr(code) for code in range(0x4E00, 0x4E00 + 3000)])
-        lengths = rng.choice([1, 2, 2, 3], size=size)
-        words = ["".join(characters[rng.integers(0, 3000, n)]) for n in lengths]
-    else:
-        syllables = np.array(SYLLABLES)
-        lengths = rng.choice([2, 3, 3, 4], size=size)
-        words = ["".join(syllables[rng.integers(0, len(SYLLABLES), n)]) for n in lengths]
-    words = list(dict.fromkeys(words))  # distinct; top up the few collisions
-    while len(words) < size:
-        words.append(f"{words[len(words) % 1000]}{len(words)}")
-    return np.array(words[:size], dtype=object)
+    """``size`` distinct made-up words, the frequent ones short: word i spells i in a
+    shuffled alphabet of syllables (or, for Chinese, of 3,000 CJK characters)."""
+    letters = [chr(code) for code in range(0x4E00, 0x4E00 + 3000)] if chinese else SYLLABLES
+    alphabet = np.array(letters, dtype=object)[rng.permutation(len(letters))]
+    base, words = len(alphabet), []
+    for index in range(size):
+        digits = [alphabet[index % base]]
+        index //= base
+        while index or len(digits) < (1 if chinese else 2):
+            digits.append(alphabet[index % base])
+            index //= base
+        words.append("".join(digits))
+    return np.array(words, dtype=object)
 
 
 def sentence_lengths(rng: np.random.Generator, count: int) -> np.ndarray:
