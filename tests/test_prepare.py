@@ -304,3 +304,26 @@ def test_a_truncated_gzip_corpus_is_one_error_line_and_keeps_the_prepared_data(
     lines_before = int(line.split(":")[2])  # file:LINE: ...
     assert 100 < lines_before < 1500
     assert (tmp_path / "run" / "data" / "manifest.json").read_bytes() == manifest
+
+
+def test_training_sides_that_differ_only_at_the_end_name_the_file_and_line(
+        demo_corpus: Path, tmp_path: Path) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    with open(corpus / "train.de", "a", encoding="utf-8") as stream:
+        stream.write("Noch eine.\n")  # line 1501, the only one without a partner
+    with pytest.raises(DataError) as caught:
+        prepare(_config(corpus, tmp_path / "run"))
+    assert str(caught.value) == (f"{corpus / 'train.en'}: ends after line 1500 but "
+                                 f"{corpus / 'train.de'} goes on; parallel files must align "
+                                 "line by line")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_invalid_utf8_in_the_training_pairs_names_the_line_whoever_reads_it(
+        demo_corpus: Path, tmp_path: Path, workers: int) -> None:
+    corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
+    lines = (corpus / "train.en").read_bytes().split(b"\n")
+    lines[1233] = b"The d\xe9g."  # line 1234
+    (corpus / "train.en").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=rf"^{corpus / 'train.en'}:1234: invalid UTF-8 \(byte 6 "):
+        prepare(_config(corpus, tmp_path / "run", data={"workers": workers}))
