@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import lzma
 import multiprocessing
 import os
@@ -91,16 +92,47 @@ def scan_chunk(rules: TextRules, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, 
     return status, hashes, replaced
 
 
-def encode_chunk(rules: TextRules, tokenizers: tuple[Tokenizer, Tokenizer], chunk: Chunk,
-                 kept: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
-    """The token ids of the pairs ``kept`` (a mask over the chunk) marks."""
+@dataclass(frozen=True)
+class TokenRules:
+    """The token filters, and how ids are stored."""
+
+    max_tokens: int
+    max_length_ratio: float
+    dtypes: tuple[type, type]  # of the source and target ids
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk's pairs that pass every filter, as flat ids and lengths per side, and how many
+    pairs each token filter dropped."""
+
+    ids: tuple[np.ndarray, np.ndarray]
+    lengths: tuple[np.ndarray, np.ndarray]
+    too_many_tokens: int
+    length_ratio: int
+
+
+def encode_chunk(rules: TextRules, token_rules: TokenRules, protos: tuple[bytes, bytes],
+                 chunk: Chunk, kept: np.ndarray) -> EncodedChunk:
+    """Encode the pairs ``kept`` (a mask over the chunk) marks with the sentencepiece models
+    ``protos`` and apply the token filters; numpy arrays travel back from a worker cheaply."""
     sources, targets = [], []
     for index in np.flatnonzero(kept):
         source, target, _ = pair_text(rules, chunk.first_line + int(index),
                                       chunk.sources[index], chunk.targets[index])
         sources.append(source)
         targets.append(target)
-    return tokenizers[0].encode(sources), tokenizers[1].encode(targets)
+    encoded = (Tokenizer(protos[0]).encode(sources), Tokenizer(protos[1]).encode(targets))
+    lengths = [np.fromiter(map(len, side), dtype=np.int64, count=len(side)) for side in encoded]
+    shorter, longer = np.minimum(*lengths), np.maximum(*lengths)
+    too_long = longer > token_rules.max_tokens
+    unbalanced = ~too_long & (longer > token_rules.max_length_ratio * np.maximum(shorter, 1))
+    passing = ~(too_long | unbalanced)
+    ids = tuple(np.fromiter(itertools.chain.from_iterable(itertools.compress(side, passing)),
+                            dtype=dtype, count=int(side_lengths[passing].sum()))
+                for side, side_lengths, dtype in zip(encoded, lengths, token_rules.dtypes))
+    return EncodedChunk(ids, (lengths[0][passing], lengths[1][passing]),  # type: ignore[arg-type]
+                        int(too_long.sum()), int(unbalanced.sum()))
 
 
 def pair_text(rules: TextRules, line: int, raw_src: bytes, raw_tgt: bytes
@@ -114,8 +146,11 @@ def pair_text(rules: TextRules, line: int, raw_src: bytes, raw_tgt: bytes
 
 def in_order(work: Callable[..., Any], items: Iterator[tuple], workers: int) -> Iterator[Any]:
     """``work(*item)`` for every item, results in item order, on ``workers`` processes (in
-    this process when there is one). ``work`` must be a module-level function."""
-    if workers <= 1:
+    this process when there is one, or only one item: starting processes costs more than a
+    chunk). ``work`` must be a module-level function."""
+    first = list(itertools.islice(items, 2))
+    items = itertools.chain(first, items)
+    if workers <= 1 or len(first) < 2:
         yield from (work(*item) for item in items)
         return
     context = multiprocessing.get_context("spawn")  # no inherited threads or locks

@@ -23,6 +23,7 @@ from s2s.data.chunks import (
     TOO_LONG,
     Chunk,
     TextRules,
+    TokenRules,
     encode_chunk,
     in_order,
     pair_text,
@@ -211,19 +212,19 @@ def _encode_training_pairs(corpus: _TrainingCorpus, keep: np.ndarray,
     drop those too long or too unbalanced in tokens, and write the train split."""
     protos = (tokenizers[0].model_proto, tokenizers[1].model_proto)
     writer = SplitWriter(out, "train", (len(tokenizers[0]), len(tokenizers[1])))
-    jobs = ((corpus.rules, protos, chunk,
+    data = corpus.config.data
+    token_rules = TokenRules(data.max_tokens, data.max_length_ratio, writer.dtypes)
+    jobs = ((corpus.rules, token_rules, protos, chunk,
              keep[chunk.first_line - 1:chunk.first_line - 1 + len(chunk.sources)])
             for chunk in corpus.chunks())
     with reporter.progress("encode", total=int(keep.sum())) as bar:
-        for sources, targets in in_order(_encode_job, jobs, corpus.workers):
-            writer.add(*_filter_tokens(corpus.config, sources, targets, dropped))
-            bar.advance(len(sources), status="pairs")
+        for encoded in in_order(encode_chunk, jobs, corpus.workers):
+            writer.add(encoded.ids, encoded.lengths)
+            dropped["too many tokens"] += encoded.too_many_tokens
+            dropped["length ratio"] += encoded.length_ratio
+            bar.advance(len(encoded.lengths[0]) + encoded.too_many_tokens + encoded.length_ratio,
+                        status="pairs")
     return writer.close()
-
-
-def _encode_job(rules: TextRules, protos: tuple[bytes, bytes], chunk: Chunk, kept: np.ndarray
-                ) -> tuple[list[list[int]], list[list[int]]]:
-    return encode_chunk(rules, (Tokenizer(protos[0]), Tokenizer(protos[1])), chunk, kept)
 
 
 def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[str], list[str]]:
@@ -234,22 +235,6 @@ def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[st
     if replaced:
         reporter.warn(f"{split}: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
     return src, tgt
-
-
-def _filter_tokens(config: Config, src_ids: list[list[int]], tgt_ids: list[list[int]],
-                   dropped: dict[str, int]) -> tuple[list[list[int]], list[list[int]]]:
-    """Drop training pairs that are too long in tokens or too unbalanced."""
-    kept_src, kept_tgt = [], []
-    for source, target in zip(src_ids, tgt_ids):
-        shorter, longer = sorted((len(source), len(target)))
-        if longer > config.data.max_tokens:
-            dropped["too many tokens"] += 1
-        elif longer > config.data.max_length_ratio * max(shorter, 1):
-            dropped["length ratio"] += 1
-        else:
-            kept_src.append(source)
-            kept_tgt.append(target)
-    return kept_src, kept_tgt
 
 
 def _train_vocabularies(config: Config, src: list[str], tgt: list[str], out: Path

@@ -160,14 +160,13 @@ class SplitWriter:
         self.lengths: list[list[np.ndarray]] = [[], []]
         self.unknown = 0
 
-    def add(self, sources: list[list[int]], targets: list[list[int]]) -> None:
-        for side, sentences in enumerate((sources, targets)):
-            ids = np.fromiter((token for s in sentences for token in s),
-                              dtype=self.dtypes[side])
-            self.raw[side].write(ids.tobytes())
-            self.lengths[side].append(np.fromiter((len(s) for s in sentences), dtype=np.int64,
-                                                  count=len(sentences)))
-            self.unknown += int(np.count_nonzero(ids == UNK_ID))
+    def add(self, ids: tuple[np.ndarray, np.ndarray], lengths: tuple[np.ndarray, np.ndarray]
+            ) -> None:
+        """Append pairs: each side's ids, concatenated, and each sentence's length."""
+        for side in range(2):
+            self.raw[side].write(ids[side].astype(self.dtypes[side], copy=False).tobytes())
+            self.lengths[side].append(lengths[side])
+            self.unknown += int(np.count_nonzero(ids[side] == UNK_ID))
 
     def close(self) -> dict[str, int]:
         """Write the .npy files; return the split's stats (``split_stats``)."""
