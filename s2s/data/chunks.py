@@ -14,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import lzma
 import multiprocessing
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from s2s.data.text import COMPRESSION, Normalization, normalize
+from s2s.data.text import COMPRESSION, DAMAGED, Normalization, damaged_error, decode_line, normalize
 from s2s.data.vocab import Tokenizer
 from s2s.errors import DataError
 
@@ -40,6 +38,10 @@ class Chunk:
     first_line: int
     sources: list[bytes]
     targets: list[bytes]
+
+    def part(self, per_pair: np.ndarray) -> np.ndarray:
+        """This chunk's entries of an array with one entry per pair of the whole corpus."""
+        return per_pair[self.first_line - 1:self.first_line - 1 + len(self.sources)]
 
 
 @dataclass(frozen=True)
@@ -173,14 +175,8 @@ def _call(job: tuple[Callable[..., Any], tuple]) -> Any:
 
 def _decoded(raw: bytes, rules: TextRules, side: int, line: int) -> tuple[str, int]:
     raw = raw.rstrip(b"\n").rstrip(b"\r") if raw.endswith(b"\n") else raw
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError as error:
-        if rules.invalid_utf8 == "error":
-            raise DataError(f"{rules.paths[side]}:{line}: invalid UTF-8 (byte {error.start + 1} "
-                            "of the line); fix the file or set data.invalid_utf8: replace"
-                            ) from None
-        return raw.decode("utf-8", errors="replace"), 1
+    text, bad = decode_line(raw, rules.paths[side], line, rules.invalid_utf8)
+    return text, int(bad)
 
 
 @contextlib.contextmanager
@@ -202,9 +198,6 @@ def _read_lines(stream: BinaryIO, path: Path, first_line: int) -> list[bytes]:
             if not line:
                 break
             lines.append(line)
-    except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
-        last = first_line + len(lines) - 1
-        raise DataError(f"{path}:{last + 1}: the compressed data is damaged or cut short after "
-                        f"line {last} ({str(error).rstrip('.') or type(error).__name__})"
-                        ) from None
+    except DAMAGED as error:
+        raise damaged_error(path, first_line + len(lines) - 1, error) from None
     return lines

@@ -192,8 +192,7 @@ def _vocabulary_sample(corpus: _TrainingCorpus, keep: np.ndarray, joint: bool
     targets: list[str] = []
     rank = 0
     for chunk in corpus.chunks():
-        chunk_keep = keep[chunk.first_line - 1:chunk.first_line - 1 + len(chunk.sources)]
-        for index in np.flatnonzero(chunk_keep):
+        for index in np.flatnonzero(chunk.part(keep)):
             if src_drawn[rank] or tgt_drawn[rank]:
                 source, target, _ = pair_text(corpus.rules, chunk.first_line + int(index),
                                               chunk.sources[index], chunk.targets[index])
@@ -214,8 +213,7 @@ def _encode_training_pairs(corpus: _TrainingCorpus, keep: np.ndarray,
     writer = SplitWriter(out, "train", (len(tokenizers[0]), len(tokenizers[1])))
     data = corpus.config.data
     token_rules = TokenRules(data.max_tokens, data.max_length_ratio, writer.dtypes)
-    jobs = ((corpus.rules, token_rules, protos, chunk,
-             keep[chunk.first_line - 1:chunk.first_line - 1 + len(chunk.sources)])
+    jobs = ((corpus.rules, token_rules, protos, chunk, chunk.part(keep))
             for chunk in corpus.chunks())
     with reporter.progress("encode", total=int(keep.sum())) as bar:
         for encoded in in_order(encode_chunk, jobs, corpus.workers):

@@ -26,6 +26,8 @@ _KEEPS_FULL_WIDTH = {"zh", "ja"}
 _NO_SPACES = {"zh", "ja", "th", "lo", "km", "my"}
 # corpora read as they are downloaded: the suffix says how to decompress
 COMPRESSION: dict[str, Any] = {".gz": gzip, ".xz": lzma}
+# what a decompressor raises on data that is damaged or cut short
+DAMAGED = (EOFError, OSError, lzma.LZMAError, zlib.error)
 
 
 def base_language(code: str) -> str:
@@ -68,16 +70,30 @@ def read_lines(path: Path, *, invalid_utf8: Literal["error", "replace"] = "error
     lines: list[str] = []
     replaced = 0
     for number, raw in enumerate(raw_lines, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            if invalid_utf8 == "error":
-                raise DataError(f"{path}:{number}: invalid UTF-8 (byte {error.start + 1} of the "
-                                "line); fix the file or set data.invalid_utf8: replace") from None
-            text = raw.decode("utf-8", errors="replace")
-            replaced += 1
+        text, bad = decode_line(raw, path, number, invalid_utf8)
+        replaced += bad
         lines.append(normalize(text, normalization))
     return lines, replaced
+
+
+def decode_line(raw: bytes, path: Path | str, number: int, invalid_utf8: str
+                ) -> tuple[str, bool]:
+    """A corpus line as text, and whether it had invalid UTF-8 (replaced with U+FFFD when
+    ``invalid_utf8`` is "replace", else a DataError naming the file and line)."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError as error:
+        if invalid_utf8 == "error":
+            raise DataError(f"{path}:{number}: invalid UTF-8 (byte {error.start + 1} of the "
+                            "line); fix the file or set data.invalid_utf8: replace") from None
+        return raw.decode("utf-8", errors="replace"), True
+
+
+def damaged_error(path: Path, lines_before: int, error: Exception) -> DataError:
+    """The error for compressed data that breaks off after ``lines_before`` whole lines."""
+    return DataError(f"{path}:{lines_before + 1}: the compressed data is damaged or cut short "
+                     f"after line {lines_before} "
+                     f"({str(error).rstrip('.') or type(error).__name__})")
 
 
 def read_references(path: Path) -> list[str]:
@@ -137,11 +153,8 @@ def read_bytes(path: Path) -> bytes:
         return data
     try:
         return opener.decompress(data)
-    except (EOFError, OSError, lzma.LZMAError, zlib.error) as error:
-        lines = _lines_before_damage(path)
-        raise DataError(f"{path}:{lines + 1}: the compressed data is damaged or cut short after "
-                        f"line {lines} ({str(error).rstrip('.') or type(error).__name__})"
-                        ) from None
+    except DAMAGED as error:
+        raise damaged_error(path, _lines_before_damage(path), error) from None
 
 
 def check_readable(path: Path) -> None:
@@ -169,6 +182,6 @@ def _lines_before_damage(path: Path) -> int:
         with COMPRESSION[path.suffix].open(path, "rb") as stream:
             for _ in stream:
                 lines += 1
-    except (EOFError, OSError, lzma.LZMAError, zlib.error):
+    except DAMAGED:
         pass
     return lines
