@@ -31,6 +31,13 @@ RunConfigArg = Annotated[Optional[Path], typer.Argument(
 RunOption = Annotated[Optional[Path], typer.Option(metavar="RUN_DIR", help="Run directory.")]
 CheckpointOption = Annotated[str, typer.Option(metavar="NAME",
                                                help="best, last, avg or a path.")]
+ModelOption = Annotated[Optional[list[str]], typer.Option(
+    "--model", metavar="RUN[:CHECKPOINT]",
+    help="Another model to decode with as an ensemble (repeatable; CHECKPOINT: best, last, avg "
+         "or a path; best when left out). Models must share both vocabularies.")]
+WeightsOption = Annotated[Optional[str], typer.Option(
+    metavar="W,W,...", help="Ensemble weights, one per model, the main model first "
+                            "(default: equal). decode.ensemble_combine says how they combine.")]
 AlignmentOption = Annotated[str, typer.Option(
     metavar="hard|soft", help="Add word alignments: hard as src-tgt pairs, soft as a JSON "
                               "matrix (target words x source words).")]
@@ -148,13 +155,14 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
                   metavar="FILE", help="Reference file for --src.")] = None,
              beam: BeamOption = None, device: DeviceOption = "auto",
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False,
-             alignment: AlignmentOption = "none") -> None:
+             alignment: AlignmentOption = "none", model: ModelOption = None,
+             weights: WeightsOption = None) -> None:
     """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
     from s2s.evaluation.evaluate import evaluate as run_evaluate
     changes = list(overrides or []) + _decode_overrides(beam, None, None)
     run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
                  src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
-                 reporter=_reporter())
+                 ensemble=_model_refs(model), weights=_weights(weights), reporter=_reporter())
 
 
 @app.command()
@@ -172,14 +180,15 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
                                                            help="Hypotheses per line.")] = None,
               batch_tokens: Annotated[Optional[int], typer.Option(
                   metavar="N", help="Source tokens x beam per batch.")] = None,
-              alignment: AlignmentOption = "none",
+              alignment: AlignmentOption = "none", model: ModelOption = None,
+              weights: WeightsOption = None,
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translation.output import OutputFormat
     from s2s.translation.stream import translate_stream
     changes = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
     OutputFormat(alignment=alignment)  # a bad --alignment fails before the model loads
-    translator, _ = _translator(config, run, checkpoint, changes, device)
+    translator, _ = _translator(config, run, checkpoint, changes, device, model, weights)
     output_format = OutputFormat(translator.decode.nbest, alignment)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
@@ -203,6 +212,7 @@ def serve(config: RunConfigArg = None, run: RunOption = None,
               min=1, metavar="N", help="Most lines in one request.")] = 256,
           max_chars: Annotated[int, typer.Option(
               min=1, metavar="N", help="Most characters in one request.")] = 100_000,
+          model: ModelOption = None, weights: WeightsOption = None,
           overrides: SetOption = None) -> None:
     """Serve translations over HTTP (JSON API and a web page) until Ctrl-C or SIGTERM."""
     try:
@@ -211,7 +221,8 @@ def serve(config: RunConfigArg = None, run: RunOption = None,
     except ImportError as error:
         raise UsageError(f"s2s serve needs the serve extra ({error.name} is missing): "
                          "pip install 's2s[serve]'") from None
-    translator, run_dir = _translator(config, run, checkpoint, list(overrides or []), device)
+    translator, run_dir = _translator(config, run, checkpoint, list(overrides or []), device,
+                                      model, weights)
     application = create_app(translator, max_batch_sentences=max_batch_sentences,
                              max_wait_ms=max_wait_ms,
                              limits=Limits(max_lines=max_lines, max_chars=max_chars))
@@ -267,21 +278,43 @@ def demo_data(directory: Annotated[Path, typer.Argument(
 
 
 def _translator(config: Optional[Path], run: Optional[Path], checkpoint: str,
-                overrides: list[str], device: str):
-    """The translator of a run's checkpoint, decoding as CONFIG (or, with --run, as stored
-    in the checkpoint) and ``overrides`` say; and the run directory."""
+                overrides: list[str], device: str, models: Optional[list[str]] = None,
+                weights: Optional[str] = None):
+    """The translator of a run's checkpoint (with ``models``: of an ensemble), decoding as
+    CONFIG (or, with --run, as stored in the checkpoint) and ``overrides`` say; and the run
+    directory."""
     from s2s.translation.translator import load_translator
     experiment = _translation_config(config, run, overrides)
+    ensemble = {"ensemble": _model_refs(models), "weights": _weights(weights)}
     if experiment is None:
         assert run is not None
         translator = load_translator(run, checkpoint, overrides=overrides,
                                      option_names=DECODE_OPTIONS, device=device,
-                                     reporter=_reporter())
+                                     reporter=_reporter(), **ensemble)
         return translator, run
     translator = load_translator(experiment.run_dir, checkpoint, decode=experiment.decode,
                                  threads=experiment.train.threads, device=device,
-                                 reporter=_reporter())
+                                 reporter=_reporter(), **ensemble)
     return translator, experiment.run_dir
+
+
+def _model_refs(models: Optional[list[str]]):
+    from s2s.translation.translator import ModelRef
+    return [ModelRef.parse(text) for text in models or []]
+
+
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    """--weights 2,1 -> [2.0, 1.0]; each a positive number."""
+    if text is None:
+        return None
+    try:
+        weights = [float(item) for item in text.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or not all(0 < weight < float("inf") for weight in weights):
+        raise UsageError(f"--weights {text}: expected positive numbers separated by commas, "
+                         "one per model (the main model first), e.g. --weights 2,1")
+    return weights
 
 
 def _translation_config(config: Optional[Path], run: Optional[Path], overrides: list[str]):

@@ -144,6 +144,9 @@ class DecodeConfig:
     batch_tokens: int = _option(6000, minimum=16)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights' dtype; auto: as trained
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
+    # how an ensemble's next-token distributions combine: the weighted mean of probabilities
+    # (prob, as fairseq) or of log-probabilities (logprob, as OpenNMT-py)
+    ensemble_combine: Literal["prob", "logprob"] = "prob"
 
 
 @dataclass(frozen=True)

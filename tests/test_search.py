@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from typing import Sequence
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from s2s.config import DecodeConfig, ModelConfig
 from s2s.data.batching import pad
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from s2s.model.ensemble import Ensemble
 from s2s.model.seq2seq import Seq2Seq
 from s2s.search.beam import BeamBatch
 from s2s.search.corpus import decode_corpus
@@ -217,21 +220,39 @@ def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None
 # Python over decode_step (through the model's ordinary decoder path, not search's joined
 # weights). The batched searches must find the same translations with the same scores.
 
-def _reference_search(model: Seq2Seq, sentence: list[int], config: DecodeConfig
+def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
+                      config: DecodeConfig, weights: Sequence[float] | None = None
                       ) -> list[tuple[list[int], float]]:
+    """``model``: one model, or an ensemble's members (combined as ``config`` says)."""
+    models = [model] if isinstance(model, Seq2Seq) else list(model)
+    shares = [1.0 / len(models)] * len(models) if weights is None else [
+        weight / sum(weights) for weight in weights]
     src, src_lengths = pad([sentence], suffix=EOS_ID)
-    encoded, start = model.encode(src, src_lengths)
+    encoded = [member.encode(src, src_lengths)[0] for member in models]
+    start = [member.encode(src, src_lengths)[1] for member in models]
     limit = int(max_output_lengths(src_lengths, config)[0])  # at this step only EOS may come
 
-    def next_log_probs(tokens: list[int], state):  # -> {token: log-probability}, new state
+    def next_log_probs(tokens: list[int], states):  # -> {token: log-probability}, new states
         previous = torch.tensor([tokens[-1] if tokens else BOS_ID])
-        logits, state, _ = model.decode_step(previous, state, encoded)
-        log_probs = torch.log_softmax(logits[0].float(), dim=-1).tolist()
+        member_log_probs, new_states = [], []
+        for member, state, member_encoded in zip(models, states, encoded):
+            logits, state, _ = member.decode_step(previous, state, member_encoded)
+            member_log_probs.append(torch.log_softmax(logits[0].double(), dim=-1).tolist())
+            new_states.append(state)
+        combined = []
+        for values in zip(*member_log_probs):
+            if config.ensemble_combine == "prob":
+                combined.append(math.log(sum(share * math.exp(value)
+                                             for share, value in zip(shares, values))))
+            else:
+                combined.append(sum(share * value for share, value in zip(shares, values)))
+        normaliser = math.log(sum(math.exp(value) for value in combined))
+        log_probs = [value - normaliser for value in combined]
         allowed = {token: value for token, value in enumerate(log_probs)
                    if token not in (PAD_ID, BOS_ID)}
         if len(tokens) >= limit:
             allowed = {EOS_ID: allowed[EOS_ID]}
-        return allowed, state
+        return allowed, new_states
 
     if config.beam_size == 1 and config.nbest == 1:  # greedy: the best token at every step
         tokens, score, state = [], 0.0, start
@@ -319,3 +340,43 @@ def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds
         for mine, other in zip(ours, theirs):
             assert mine.attention.shape == other.attention.shape
             assert mine.attention == pytest.approx(other.attention, abs=1e-5)
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (4, 3)])
+@pytest.mark.parametrize("combine", ["prob", "logprob"])
+def test_an_ensemble_of_a_model_with_itself_is_that_model(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int, combine: str) -> None:
+    model = copy_models["lstm", True]
+    sentences = _batch(25, seed=4)
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, ensemble_combine=combine)  # type: ignore[arg-type]
+    alone = decode_corpus(model, sentences, settings, torch.device("cpu"), with_attention=True)
+    twice = decode_corpus(Ensemble([model, model], [2.0, 1.0], combine), sentences, settings,
+                          torch.device("cpu"), with_attention=True)
+    for ours, theirs in zip(twice, alone):
+        assert [hypothesis.tokens for hypothesis in ours] == [h.tokens for h in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [h.score for h in theirs], abs=1e-5)
+        for mine, other in zip(ours, theirs):
+            assert mine.attention == pytest.approx(other.attention, abs=1e-6)
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (4, 3)])
+@pytest.mark.parametrize("combine", ["prob", "logprob"])
+def test_batched_ensemble_search_equals_the_naive_reference(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int, combine: str) -> None:
+    """Two models of different cells that disagree (they are half-trained), weighted 3:1."""
+    members = [copy_models["lstm", True], copy_models["gru", False]]
+    sentences = _batch(25, seed=4)
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=4 * 30,
+                            ensemble_combine=combine)  # type: ignore[arg-type]
+    batched = decode_corpus(Ensemble(members, [3.0, 1.0], combine), sentences, settings,
+                            torch.device("cpu"))
+    single = decode_corpus(members[0], sentences, settings, torch.device("cpu"))
+    assert sum(ours[0].tokens != theirs[0].tokens for ours, theirs in zip(batched, single)) >= 3
+    with torch.no_grad():
+        expected = [_reference_search(members, sentence, settings, [3.0, 1.0])
+                    for sentence in sentences]
+    for ours, theirs in zip(batched, expected):
+        assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [score for _, score in theirs], abs=1e-4)

@@ -21,7 +21,7 @@ from s2s.evaluation.validation import EvaluationSet, Validation, validate
 from s2s.report import Reporter, make_table
 from s2s.run.directory import RunDir
 from s2s.translation.output import OutputFormat
-from s2s.translation.translator import Translator, load_translator
+from s2s.translation.translator import ModelRef, Translator, load_translator
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,12 @@ class Evaluation:
 def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] = ("best",),
              src_file: Path | None = None, ref_file: Path | None = None,
              device: str = "auto", with_ter: bool = False, alignment: str = "none",
+             ensemble: Sequence[ModelRef] = (), weights: Sequence[float] | None = None,
              reporter: Reporter = Reporter()) -> list[Evaluation]:
     """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
+
+    With ``ensemble`` (other runs' models, ``weights`` one per model) the one checkpoint
+    named decodes together with them, reported as "ensemble" (files ``<split>.ensemble.*``).
 
     Decoding follows ``config.decode`` and ``config.train.threads``, not the settings stored
     in the checkpoints. Scoring is ``s2s.evaluation.validation.validate``, as in training. With an
@@ -50,6 +54,9 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
     file beside the ``.hyp`` file, line by line.
     """
     output = OutputFormat(alignment=alignment)
+    if ensemble and len(checkpoints) > 1:
+        raise UsageError("--model makes one ensemble with one --checkpoint of this run; "
+                         f"got {len(checkpoints)} checkpoints ({','.join(checkpoints)})")
     data = _inputs(config, split, src_file, ref_file)
     run = RunDir(config.run_dir)
     results = []
@@ -58,12 +65,14 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
         # the run's own split is encoded with the run's vocabulary: the checkpoint must share it
         translator = load_translator(config.run_dir, name, decode=config.decode,
                                      threads=config.train.threads, device=device,
-                                     check_run_vocabulary=src_file is None, reporter=reporter)
+                                     check_run_vocabulary=src_file is None,
+                                     ensemble=ensemble, weights=weights, reporter=reporter)
         loaded = time.perf_counter()
         validation = validate(translator, data, with_ter=with_ter,
                               with_attention=output.with_attention)
-        result = Evaluation(name, data.name, validation, len(data.sources), loaded - started,
-                            run.eval_file(data.name, name, ".hyp"))
+        label = "ensemble" if ensemble else name
+        result = Evaluation(label, data.name, validation, len(data.sources), loaded - started,
+                            run.eval_file(data.name, label, ".hyp"))
         _write_outputs(run, result, translator, output)
         results.append(result)
     _report(results, reporter)
@@ -92,6 +101,8 @@ def _write_outputs(run: RunDir, result: Evaluation, translator: Translator,
     record: dict[str, Any] = {
         "split": result.split, "checkpoint": result.checkpoint,
         "checkpoint_step": translator.loaded.step, **validation.scores.as_dict(),
+        "models": [str(member.path) for member in translator.members],
+        "ensemble_weights": None if translator.weights is None else list(translator.weights),
         "loss": validation.loss, "ppl": validation.ppl,
         "decode": config_to_dict(translator.decode), "device": str(translator.device),
         "sentences": result.sentences, "load_seconds": round(result.load_seconds, 3),

@@ -41,6 +41,10 @@ class Encoded(NamedTuple):
     # only when search asked for them: per decoder layer, all gates' (weight, bias) joined
     step_weights: list[tuple[Tensor, Tensor]] | None = None
 
+    def with_step_weights(self, weights: list[tuple[Tensor, Tensor]] | None) -> "Encoded":
+        """The same states with search's joined weights (built once per search, reused)."""
+        return self._replace(step_weights=weights)
+
     def select(self, index: Tensor) -> "Encoded":
         """Keep or repeat batch rows (finished sentences leave; beams expand)."""
         return Encoded(self.states.index_select(0, index), self.keys.index_select(0, index),

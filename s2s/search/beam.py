@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from s2s.config import DecodeConfig
 from s2s.data.batching import pad
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
+from s2s.model.ensemble import AnyEncoded, AnyState, Decodable
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import max_output_lengths, next_token_log_probs, row_topk, rows_to_keep
 
@@ -34,13 +34,13 @@ from s2s.search.steps import max_output_lengths, next_token_log_probs, row_topk,
 class BeamBatch:
     """The running beam search of many sentences, each known by the index its caller gave it."""
 
-    def __init__(self, model: Seq2Seq, config: DecodeConfig, device: torch.device, *,
+    def __init__(self, model: Decodable, config: DecodeConfig, device: torch.device, *,
                  with_attention: bool = False) -> None:
         """``with_attention``: hypotheses carry their attention weights (``Hypothesis``)."""
         self.model, self.config, self.device = model, config, device
         self.beam = config.beam_size
         self.with_attention = with_attention
-        self.step_weights: list[tuple[Tensor, Tensor]] | None = None  # joined once, reused
+        self.step_weights: Any = None  # the model's joined step weights: built once, reused
         self.indices: list[int] = []  # the caller's index of each sentence row
         self.beams: BeamState | None = None  # None while empty
 
@@ -67,7 +67,7 @@ class BeamBatch:
                                            for_search=self.step_weights is None)
         if self.step_weights is None:
             self.step_weights = encoded.step_weights
-        encoded = encoded._replace(step_weights=self.step_weights)
+        encoded = encoded.with_step_weights(self.step_weights)
         count, beam = len(sentences), self.beam
         state = state.select(torch.arange(count, device=self.device).repeat_interleave(beam))
         new = BeamState.start(encoded, state, src_lengths, max_output_lengths(
@@ -167,8 +167,8 @@ class BeamState:
     """
 
     beam: int = field(metadata={"layout": None})
-    encoded: Encoded = field(metadata={"layout": None})  # n sentences
-    state: DecoderState = field(metadata={"layout": None})  # n K beams
+    encoded: AnyEncoded = field(metadata={"layout": None})  # n sentences
+    state: AnyState = field(metadata={"layout": None})  # n K beams
     src_lengths: Tensor = _per_sentence()  # (n,) EOS included
     limits: Tensor = _per_sentence()  # (n,) most tokens each may get
     lengths: Tensor = _per_sentence()  # (n,) tokens chosen so far
@@ -183,7 +183,7 @@ class BeamState:
     # (n, K, t' + 1, S) or None
 
     @classmethod
-    def start(cls, encoded: Encoded, state: DecoderState, src_lengths: Tensor, limits: Tensor,
+    def start(cls, encoded: AnyEncoded, state: AnyState, src_lengths: Tensor, limits: Tensor,
               beam: int, with_attention: bool) -> "BeamState":
         count, device = len(src_lengths), src_lengths.device
         scores = torch.full((count, beam), float("-inf"), device=device)
@@ -287,7 +287,7 @@ class BeamState:
         return self._mapped(join, encoded=self.encoded.joined(new.encoded),
                             state=self.state.joined(new.state), with_name=True)
 
-    def _mapped(self, change: Callable[..., Tensor], *, encoded: Encoded, state: DecoderState,
+    def _mapped(self, change: Callable[..., Tensor], *, encoded: AnyEncoded, state: AnyState,
                 with_name: bool = False) -> "BeamState":
         """A new state whose tensors are ``change(tensor, layout[, name])`` of these."""
         values: dict[str, Any] = {"beam": self.beam, "encoded": encoded, "state": state}

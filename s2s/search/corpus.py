@@ -13,7 +13,7 @@ import torch
 from s2s.config import DecodeConfig
 from s2s.data.batching import pad, token_batches
 from s2s.data.vocab import EOS_ID
-from s2s.model.seq2seq import Seq2Seq
+from s2s.model.ensemble import Decodable
 from s2s.search.beam import BeamBatch
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
@@ -22,7 +22,7 @@ from s2s.search.hypothesis import Hypothesis
 TOP_UP_BELOW = 0.75
 
 
-def decode_corpus(model: Seq2Seq, sentences: Sequence[np.ndarray | list[int]],
+def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
                   config: DecodeConfig, device: torch.device, *, with_attention: bool = False
                   ) -> list[list[Hypothesis]]:
     """Translate id sequences in length order; results come back in input order.

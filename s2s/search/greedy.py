@@ -11,7 +11,7 @@ from torch import Tensor
 
 from s2s.config import DecodeConfig
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from s2s.model.seq2seq import Seq2Seq
+from s2s.model.ensemble import Decodable
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import (
     attention_of,
@@ -24,7 +24,7 @@ from s2s.search.steps import (
 
 
 @torch.inference_mode()
-def greedy_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
+def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
                   with_attention: bool = False) -> list[list[Hypothesis]]:
     """The most probable next token at every step; one hypothesis per sentence."""
     encoded, state = model.encode(src, src_lengths, for_search=True)

@@ -25,6 +25,8 @@ from s2s.device import (
     thread_scope,
     with_resolved_precision,
 )
+from s2s.errors import CheckpointError, UsageError
+from s2s.model.ensemble import Decodable, Ensemble
 from s2s.model.seq2seq import Seq2Seq, evaluating
 from s2s.report import Reporter
 from s2s.run.checkpoint import LoadedModel, check_vocabulary, load_model, resolve_checkpoint
@@ -48,19 +50,56 @@ class TranslationResult:
         return self.texts[0] if self.texts else ""
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """A model of an ensemble: a run directory and one of its checkpoints."""
+
+    run_dir: Path
+    checkpoint: str = "best"
+
+    @classmethod
+    def parse(cls, text: str, option: str = "--model") -> "ModelRef":
+        """``RUN[:CHECKPOINT]``: best, last, avg or a checkpoint file (best when left out)."""
+        run, colon, checkpoint = text.rpartition(":")
+        if not colon:
+            run, checkpoint = text, "best"
+        if not run or not checkpoint:
+            raise UsageError(f"{option} {text}: expected RUN[:CHECKPOINT], e.g. runs/b:best")
+        if not Path(run).is_dir():
+            raise UsageError(f"{option} {text}: {run} is not a run directory")
+        return cls(Path(run), checkpoint)
+
+
 class Translator:
-    """A model with its tokenizers and decoding settings; translates lists of lines."""
+    """A model (or an ensemble of models) with its tokenizers and decoding settings;
+    translates lists of lines."""
 
     def __init__(self, loaded: LoadedModel, *, decode: DecodeConfig, device: torch.device,
-                 dtype: torch.dtype, threads: int, reporter: Reporter = Reporter()) -> None:
+                 dtype: torch.dtype, threads: int, reporter: Reporter = Reporter(),
+                 ensemble: Sequence[LoadedModel] = (),
+                 weights: Sequence[float] | None = None) -> None:
         """Decode ``loaded.model`` on ``device`` in ``dtype`` (see ``decode_dtype``) with
-        ``threads`` CPU threads; the model itself is left as it is (module docstring)."""
+        ``threads`` CPU threads; the model itself is left as it is (module docstring).
+
+        ``ensemble``: more models, which must share ``loaded``'s vocabularies, decoding
+        together with it (``s2s.model.ensemble``); ``weights``: one per model, ``loaded``'s
+        first (equal when None).
+        """
         self.loaded = loaded
+        self.members = (loaded, *ensemble)
+        self.weights = None if weights is None else tuple(weights)
+        if self.weights is not None and len(self.weights) != len(self.members):
+            raise UsageError(f"{len(self.weights)} ensemble weights for {len(self.members)} "
+                             "models: give one weight per model")
+        for member in ensemble:
+            check_same_vocabularies(loaded, member)
         self.decode = decode
         self.device, self.dtype = device, dtype
         self.threads = threads
         self.reporter = reporter
-        self.model = _decoding_model(loaded.model, device, dtype)
+        self._decoding_models = [_decoding_model(member.model, device, dtype)
+                                 for member in self.members]
+        self.model = self._search_model()
         data = loaded.config.data
         self.max_tokens = data.max_tokens
         self.normalization = side_normalization(data.normalization, data.src_lang)
@@ -68,11 +107,29 @@ class Translator:
         # languages written without spaces align character by character
         self.by_character = (joiner(data.src_lang) == "", self.joiner == "")
 
+    def _search_model(self) -> Decodable:
+        if len(self._decoding_models) == 1:
+            return self._decoding_models[0]
+        try:
+            return Ensemble(self._decoding_models, self.weights, self.decode.ensemble_combine)
+        except ValueError as error:
+            raise UsageError(f"ensemble: {error}") from None
+
     def with_decode(self, decode: DecodeConfig) -> "Translator":
         """The same model (shared, not copied) with other decoding settings."""
         other = copy.copy(self)
         other.decode = decode
+        other.model = other._search_model()
         return other
+
+    @property
+    def description(self) -> str:
+        """The checkpoint(s) it decodes, for reports: a name, or "ensemble of ..." ."""
+        if len(self.members) == 1:
+            return self.loaded.name
+        weights = "" if self.weights is None else f" with weights {list(self.weights)}"
+        names = ", ".join(member.name for member in self.members)
+        return f"ensemble ({self.decode.ensemble_combine}) of {names}{weights}"
 
     def translate(self, lines: list[str], first_line: int = 1, *,
                   with_attention: bool = False) -> list[TranslationResult]:
@@ -160,29 +217,47 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
                     decode: DecodeConfig | None = None, threads: int | None = None,
                     overrides: Sequence[str] = (),
                     option_names: Mapping[str, str] | None = None, device: str = "auto",
-                    check_run_vocabulary: bool = True, reporter: Reporter = Reporter()
+                    check_run_vocabulary: bool = True, ensemble: Sequence[ModelRef] = (),
+                    weights: Sequence[float] | None = None, reporter: Reporter = Reporter()
                     ) -> Translator:
     """The translator of a run's checkpoint (best, last, avg or a file path).
 
     ``decode`` and ``threads`` (a config's) replace the settings stored in the checkpoint;
     ``overrides`` (``--set`` items; ``option_names`` maps keys to the options they came from,
     for errors) change the stored ones. With ``check_run_vocabulary`` a checkpoint whose
-    vocabulary is not the run's is refused. The device and the precisions are resolved here,
-    once.
+    vocabulary is not the run's is refused. ``ensemble`` adds models that decode together with
+    this one (``weights``: one per model, this one first). The device and the precisions are
+    resolved here, once.
     """
     path = resolve_checkpoint(run_dir, checkpoint, reporter=reporter)
     loaded = load_model(path, overrides, option_names)
     if check_run_vocabulary:
         check_vocabulary(loaded, run_dir)
+    others = [load_model(resolve_checkpoint(ref.run_dir, ref.checkpoint, reporter=reporter))
+              for ref in ensemble]
     target = resolve_device(device)
     # a checkpoint stores the precision its training resolved; older ones may say auto
-    loaded = replace(loaded, config=with_resolved_precision(loaded.config, target))
-    decode = loaded.config.decode if decode is None else decode
-    dtype = decode_dtype(decode, loaded.config.train.precision, target)
-    loaded.model.to(target, dtype).eval()  # the loader's own model: set up in place
-    threads = loaded.config.train.threads if threads is None else threads
-    return Translator(loaded, decode=decode, device=target, dtype=dtype, threads=threads,
-                      reporter=reporter)
+    members = [replace(member, config=with_resolved_precision(member.config, target))
+               for member in (loaded, *others)]
+    decode = members[0].config.decode if decode is None else decode
+    # bf16 weights (decode.precision auto) only when every member trained in bf16
+    trained = "bf16" if all(m.config.train.precision == "bf16" for m in members) else "fp32"
+    dtype = decode_dtype(decode, trained, target)
+    for member in members:
+        member.model.to(target, dtype).eval()  # the loader's own models: set up in place
+    threads = members[0].config.train.threads if threads is None else threads
+    return Translator(members[0], decode=decode, device=target, dtype=dtype, threads=threads,
+                      reporter=reporter, ensemble=members[1:], weights=weights)
+
+
+def check_same_vocabularies(first: LoadedModel, other: LoadedModel) -> None:
+    """Refuse to ensemble models whose token ids mean different pieces."""
+    for name, mine, theirs in (("target", first.tgt_tokenizer, other.tgt_tokenizer),
+                               ("source", first.src_tokenizer, other.src_tokenizer)):
+        if mine.model_proto != theirs.model_proto:
+            raise CheckpointError(f"ensemble: {other.name} and {first.name} have different "
+                                  f"{name} vocabularies; an ensemble's models must share both "
+                                  "(prepare their runs from the same data and vocab settings)")
 
 
 def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device

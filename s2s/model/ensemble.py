@@ -1,0 +1,128 @@
+"""Several models that decode as one: an ensemble looks like a ``Seq2Seq`` to search.
+
+Every member encodes the source and takes each step on its own states; the members'
+next-token distributions are then combined, and their attention weights averaged, with the
+members' weights (normalised to sum to one):
+
+- ``prob`` (the default, as fairseq): the weighted mean of the probabilities,
+  log sum_i w_i p_i(y), a proper distribution;
+- ``logprob`` (as OpenNMT-py): the weighted mean of the log-probabilities, sum_i w_i log p_i(y),
+  which search renormalises (a weighted geometric mean of the distributions).
+
+Members must share both vocabularies (``load_translator`` checks), so their token ids, source
+lengths and attention columns line up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
+
+COMBINE_RULES = ("prob", "logprob")
+
+
+class EnsembleEncoded(NamedTuple):
+    """Each member's ``Encoded`` for the same sentences."""
+
+    members: tuple[Encoded, ...]
+
+    @property
+    def states(self) -> Tensor:
+        """The first member's encoder states: search reads only their shape (B, S, .)."""
+        return self.members[0].states
+
+    @property
+    def step_weights(self) -> tuple[list[tuple[Tensor, Tensor]] | None, ...]:
+        return tuple(member.step_weights for member in self.members)
+
+    def with_step_weights(self, weights: Sequence[list[tuple[Tensor, Tensor]] | None]
+                          ) -> "EnsembleEncoded":
+        return EnsembleEncoded(tuple(member.with_step_weights(own)
+                                     for member, own in zip(self.members, weights)))
+
+    def select(self, index: Tensor) -> "EnsembleEncoded":
+        return EnsembleEncoded(tuple(member.select(index) for member in self.members))
+
+    def joined(self, other: "EnsembleEncoded") -> "EnsembleEncoded":
+        return EnsembleEncoded(tuple(mine.joined(theirs)
+                                     for mine, theirs in zip(self.members, other.members)))
+
+
+class EnsembleState(NamedTuple):
+    """Each member's decoder state for the same rows."""
+
+    members: tuple[DecoderState, ...]
+
+    def select(self, index: Tensor) -> "EnsembleState":
+        return EnsembleState(tuple(member.select(index) for member in self.members))
+
+    def joined(self, other: "EnsembleState") -> "EnsembleState":
+        return EnsembleState(tuple(mine.joined(theirs)
+                                   for mine, theirs in zip(self.members, other.members)))
+
+
+class Ensemble(nn.Module):
+    """Models decoding together; ``encode`` and ``decode_step`` as ``Seq2Seq``'s."""
+
+    def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None,
+                 combine: str = "prob") -> None:
+        super().__init__()
+        if combine not in COMBINE_RULES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_RULES)}, not {combine}")
+        weights = [1.0] * len(models) if weights is None else list(weights)
+        if len(weights) != len(models) or not models:
+            raise ValueError(f"{len(models)} models but {len(weights)} weights")
+        if any(not weight > 0 or not math.isfinite(weight) for weight in weights):
+            raise ValueError(f"ensemble weights must be positive numbers, not {weights}")
+        self.members = nn.ModuleList(models)
+        self.weights = [weight / sum(weights) for weight in weights]
+        self.combine = combine
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor, *, for_search: bool = False
+               ) -> tuple[EnsembleEncoded, EnsembleState]:
+        pairs = [member.encode(src_ids, src_lengths, for_search=for_search)
+                 for member in self.members]
+        return (EnsembleEncoded(tuple(encoded for encoded, _ in pairs)),
+                EnsembleState(tuple(state for _, state in pairs)))
+
+    def decode_step(self, prev_tokens: Tensor, state: EnsembleState, encoded: EnsembleEncoded
+                    ) -> tuple[Tensor, EnsembleState, Tensor]:
+        """The combined log-probabilities (B G, V) in fp32 (search takes them as logits), the
+        members' new states and their weighted mean attention (B G, S)."""
+        log_probs, states, attention = [], [], None
+        for member, weight, own_state, own_encoded in zip(self.members, self.weights,
+                                                          state.members, encoded.members):
+            logits, new_state, weights = member.decode_step(prev_tokens, own_state, own_encoded)
+            log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+            states.append(new_state)
+            weighted = weights.float() * weight
+            attention = weighted if attention is None else attention + weighted
+        assert attention is not None
+        return self._combined(log_probs), EnsembleState(tuple(states)), attention
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
+                positions: Tensor | None = None) -> Tensor:
+        """Teacher-forced combined log-probabilities, shaped as ``Seq2Seq.forward``'s logits
+        (the validation loss of an ensemble)."""
+        return self._combined([torch.log_softmax(member(src_ids, src_lengths, tgt_in,
+                                                        positions).float(), dim=-1)
+                               for member in self.members])
+
+    def _combined(self, log_probs: list[Tensor]) -> Tensor:
+        stacked = torch.stack(log_probs)  # (members, ..., V)
+        shape = (-1,) + (1,) * (stacked.dim() - 1)
+        member_weights = torch.tensor(self.weights, device=stacked.device).view(shape)
+        if self.combine == "prob":
+            return torch.logsumexp(stacked + member_weights.log(), dim=0)
+        return (stacked * member_weights).sum(dim=0)
+
+
+# what search decodes: one model or several, and the per-sentence and per-row state it keeps
+Decodable = Union[Seq2Seq, Ensemble]
+AnyEncoded = Union[Encoded, EnsembleEncoded]
+AnyState = Union[DecoderState, EnsembleState]
