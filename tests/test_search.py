@@ -15,6 +15,7 @@ from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from s2s.model.ensemble import Ensemble
 from s2s.model.seq2seq import Seq2Seq
 from s2s.search.beam import BeamBatch
+from s2s.search.constraints import TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
@@ -221,9 +222,10 @@ def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None
 # weights). The batched searches must find the same translations with the same scores.
 
 def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
-                      config: DecodeConfig, weights: Sequence[float] | None = None
-                      ) -> list[tuple[list[int], float]]:
-    """``model``: one model, or an ensemble's members (combined as ``config`` says)."""
+                      config: DecodeConfig, weights: Sequence[float] | None = None,
+                      prefix: Sequence[int] = ()) -> list[tuple[list[int], float]]:
+    """``model``: one model, or an ensemble's members (combined as ``config`` says);
+    ``prefix``: the tokens every output starts with."""
     models = [model] if isinstance(model, Seq2Seq) else list(model)
     shares = [1.0 / len(models)] * len(models) if weights is None else [
         weight / sum(weights) for weight in weights]
@@ -252,6 +254,8 @@ def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
                    if token not in (PAD_ID, BOS_ID)}
         if len(tokens) >= limit:
             allowed = {EOS_ID: allowed[EOS_ID]}
+        elif len(tokens) < len(prefix):
+            allowed = {prefix[len(tokens)]: allowed[prefix[len(tokens)]]}
         return allowed, new_states
 
     if config.beam_size == 1 and config.nbest == 1:  # greedy: the best token at every step
@@ -380,3 +384,73 @@ def test_batched_ensemble_search_equals_the_naive_reference(
         assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
         assert [hypothesis.score for hypothesis in ours] == pytest.approx(
             [score for _, score in theirs], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (4, 3)])
+def test_every_output_starts_with_its_prefix_as_the_naive_reference_finds(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int) -> None:
+    """Prefixes of 0-3 random tokens (often not what the model would say): scores include
+    the forced tokens."""
+    model = copy_models["lstm", False]
+    sentences = _batch(25, seed=4)
+    generator = torch.Generator().manual_seed(7)
+    prefixes = [tuple(torch.randint(4, 30, (int(n),), generator=generator).tolist())
+                for n in torch.randint(0, 4, (25,), generator=generator)]
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=4 * 40)
+    found = decode_corpus(model, sentences, settings, torch.device("cpu"),
+                          terms=[TargetTerms(prefix=prefix) for prefix in prefixes])
+    with torch.no_grad():
+        expected = [_reference_search(model, sentence, settings, prefix=prefix)
+                    for sentence, prefix in zip(sentences, prefixes)]
+    for ours, theirs, prefix in zip(found, expected, prefixes):
+        assert len(ours) == nbest
+        assert all(tuple(h.tokens[:len(prefix)]) == prefix for h in ours)
+        assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [score for _, score in theirs], abs=1e-4)
+
+
+def _contains(tokens: list[int], phrase: Sequence[int]) -> bool:
+    return any(tuple(tokens[i:i + len(phrase)]) == tuple(phrase)
+               for i in range(len(tokens) - len(phrase) + 1))
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (2, 1), (5, 3)])
+def test_every_hypothesis_contains_every_constraint_whole(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int) -> None:
+    """Random phrases of 1-3 random tokens, up to as many as the beam holds, some sharing
+    tokens; sentences join a running batch beside others with other constraints or none."""
+    model = copy_models["gru", True]
+    sentences = _batch(40, seed=5)
+    generator = torch.Generator().manual_seed(8)
+    terms = []
+    for _ in sentences:
+        count = int(torch.randint(0, min(beam, 3) + 1, (1,), generator=generator))
+        terms.append(TargetTerms(constraints=tuple(
+            tuple(torch.randint(4, 12, (int(torch.randint(1, 4, (1,), generator=generator)),),
+                                generator=generator).tolist()) for _ in range(count))))
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=beam * 60, max_len_b=12)
+    found = decode_corpus(model, sentences, settings, torch.device("cpu"), terms=terms)
+    plain = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    assert sum(bool(t.constraints) for t in terms) >= 15
+    for ours, theirs, of_sentence in zip(found, plain, terms):
+        assert len(ours) >= 1
+        for hypothesis in ours:
+            assert all(_contains(hypothesis.tokens, phrase) for phrase in of_sentence.constraints)
+        if not of_sentence.constraints:  # the same search as without constraints
+            assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+            if beam > 1:  # (greedy search's scores have no length penalty)
+                assert [h.score for h in ours] == pytest.approx([h.score for h in theirs],
+                                                                abs=1e-5)
+
+
+def test_constraints_and_a_prefix_together(copy_models: dict[ModelKey, Seq2Seq]) -> None:
+    model = copy_models["lstm", True]
+    sentences = _batch(10, seed=6)
+    terms = [TargetTerms(prefix=(5, 6), constraints=((7, 8, 9), (10,))) for _ in sentences]
+    found = decode_corpus(model, sentences, DecodeConfig(beam_size=4, nbest=2),
+                          torch.device("cpu"), terms=terms)
+    for hypotheses in found:
+        for hypothesis in hypotheses:
+            assert hypothesis.tokens[:2] == [5, 6]
+            assert _contains(hypothesis.tokens, (7, 8, 9)) and 10 in hypothesis.tokens

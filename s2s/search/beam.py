@@ -27,6 +27,15 @@ from s2s.config import DecodeConfig
 from s2s.data.batching import pad
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from s2s.model.ensemble import AnyEncoded, AnyState, Decodable
+from s2s.search.constraints import (
+    NO_TERMS,
+    Candidates,
+    PackedTerms,
+    TargetTerms,
+    bar_unfinished_ends,
+    constrained_candidates,
+    force_prefix,
+)
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import max_output_lengths, next_token_log_probs, row_topk, rows_to_keep
 
@@ -35,9 +44,12 @@ class BeamBatch:
     """The running beam search of many sentences, each known by the index its caller gave it."""
 
     def __init__(self, model: Decodable, config: DecodeConfig, device: torch.device, *,
-                 with_attention: bool = False) -> None:
-        """``with_attention``: hypotheses carry their attention weights (``Hypothesis``)."""
+                 with_attention: bool = False, word_starts: Tensor | None = None) -> None:
+        """``with_attention``: hypotheses carry their attention weights (``Hypothesis``);
+        ``word_starts`` (V,) bool: the target pieces that start a word (for prefixes that end
+        one, ``TargetTerms``)."""
         self.model, self.config, self.device = model, config, device
+        self.word_starts = word_starts
         self.beam = config.beam_size
         self.with_attention = with_attention
         self.step_weights: Any = None  # the model's joined step weights: built once, reused
@@ -56,10 +68,13 @@ class BeamBatch:
         return int(self.beams.src_lengths[~self.beams.done].sum())
 
     @torch.inference_mode()
-    def add(self, sentences: Sequence[np.ndarray | list[int]], indices: Sequence[int]) -> None:
-        """Encode ``sentences`` (token ids without EOS) and start them at the next step."""
+    def add(self, sentences: Sequence[np.ndarray | list[int]], indices: Sequence[int],
+            terms: Sequence[TargetTerms] | None = None) -> None:
+        """Encode ``sentences`` (token ids without EOS) and start them at the next step, each
+        with its ``terms`` (a prefix, constraints) if given."""
         if len(sentences) != len(indices):
             raise ValueError(f"{len(sentences)} sentences but {len(indices)} indices")
+        terms = [NO_TERMS] * len(sentences) if terms is None else terms
         if not len(sentences):
             return
         src, src_lengths = (tensor.to(self.device) for tensor in pad(sentences, suffix=EOS_ID))
@@ -71,7 +86,8 @@ class BeamBatch:
         count, beam = len(sentences), self.beam
         state = state.select(torch.arange(count, device=self.device).repeat_interleave(beam))
         new = BeamState.start(encoded, state, src_lengths, max_output_lengths(
-            src_lengths, self.config), beam, self.with_attention)
+            src_lengths, self.config), beam, self.with_attention,
+            PackedTerms.of(terms, self.device))
         if self.beams is not None:
             self._keep(rows_to_keep(self.beams.done, passengers=False))
         self.beams = new if self.beams is None else self.beams.joined(new)
@@ -91,13 +107,22 @@ class BeamBatch:
             beams.attention = torch.cat([beams.attention, weights.float()[:, None]], dim=1)
         at_limit = (beams.lengths >= beams.limits).repeat_interleave(beam)
         log_probs = next_token_log_probs(logits, beams.history, at_limit, config)  # (n K, V)
-        # a sentence's best 2K continuations are among each beam's best 2K: select per beam
+        if beams.prefix.size(1):
+            force_prefix(log_probs, *(tensor.repeat_interleave(beam, dim=0) for tensor in (
+                beams.prefix, beams.prefix_lengths, beams.prefix_ends_word, beams.lengths)),
+                self.word_starts)
         width = min(2 * beam, log_probs.size(1))
-        row_scores, row_tokens = row_topk(log_probs, width)  # (n K, 2K)
-        candidates = (beams.scores.view(-1, 1) + row_scores.float()).view(count, -1)
-        top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
-        tokens = row_tokens.view(count, -1).gather(1, top_ids)  # (n, 2K)
-        origins = torch.arange(count, device=self.device)[:, None] * beam + top_ids // width
+        if beams.constraints.size(1):
+            top_scores, tokens, origins, constrained = self._constrained(log_probs, width)
+        else:
+            # a sentence's best 2K continuations are among each beam's best 2K: select per beam
+            row_scores, row_tokens = row_topk(log_probs, width)  # (n K, 2K)
+            candidates = (beams.scores.view(-1, 1) + row_scores.float()).view(count, -1)
+            top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
+            tokens = row_tokens.view(count, -1).gather(1, top_ids)  # (n, 2K)
+            origins = (torch.arange(count, device=self.device)[:, None] * beam
+                       + top_ids // width)
+            constrained = None
         beams.lengths += 1
         beams.finish(top_scores, tokens == EOS_ID, origins, config)
         # the K best candidates that did not end continue
@@ -106,12 +131,36 @@ class BeamBatch:
         keep = torch.argsort(position + ended * top_scores.size(1), dim=1)[:, :beam]  # (n, K)
         beams.scores = top_scores.gather(1, keep)
         beams.extend(origins.gather(1, keep).view(-1), tokens.gather(1, keep).view(-1, 1))
+        if constrained is not None:
+            beams.met = constrained.met.gather(1, keep[:, :, None].expand(
+                -1, -1, constrained.met.size(2))).flatten(0, 1)
+            beams.progress = constrained.progress.gather(1, keep).view(-1)
+            beams.position = constrained.position.gather(1, keep).view(-1)
         newly_done = (beams.complete() | torch.isinf(beams.scores).all(dim=1)) & ~beams.done
         beams.done |= newly_done
         beams.scores.masked_fill_(beams.done[:, None], float("-inf"))  # passengers add nothing
         results = self._results(newly_done)
         self._keep(rows_to_keep(beams.done))
         return results
+
+    def _constrained(self, log_probs: Tensor, width: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Candidates]:
+        """The 2K first candidates of a constrained step (``s2s.search.constraints``): their
+        scores, tokens and origin rows (n, 2K), and all of them with their constraint
+        states."""
+        beams = self.beams
+        assert beams is not None
+        bar_unfinished_ends(log_probs, beams.met)
+        candidates = constrained_candidates(
+            log_probs, beams.scores, width, constraints=beams.constraints,
+            constraint_lengths=beams.constraint_lengths, met=beams.met,
+            progress=beams.progress, position=beams.position)
+        first = min(2 * self.beam, candidates.scores.size(1))
+        candidates.met, candidates.progress, candidates.position = (
+            candidates.met[:, :first], candidates.progress[:, :first],
+            candidates.position[:, :first])
+        return (candidates.scores[:, :first], candidates.tokens[:, :first],
+                candidates.origins[:, :first], candidates)
 
     def _results(self, newly_done: Tensor) -> list[tuple[int, list[Hypothesis]]]:
         rows = newly_done.nonzero().squeeze(1).tolist()
@@ -133,27 +182,29 @@ class BeamBatch:
 
 
 def _per_sentence(time_dim: int | None = None, fill: float = 0.0, *,
-                  source_dim: bool = False) -> Any:
+                  end_dims: tuple[int, ...] = (), end_fill: float = 0.0) -> Any:
     """A field of ``BeamState`` with a row per sentence (see ``_Layout``)."""
-    return field(metadata={"layout": _Layout("sentence", time_dim, fill, source_dim)})
+    return field(metadata={"layout": _Layout("sentence", time_dim, fill, end_dims, end_fill)})
 
 
 def _per_beam(time_dim: int | None = None, fill: float = 0.0, *,
-              source_dim: bool = False) -> Any:
+              end_dims: tuple[int, ...] = (), end_fill: float = 0.0) -> Any:
     """A field of ``BeamState`` with a row per beam, K consecutive rows per sentence."""
-    return field(metadata={"layout": _Layout("beam", time_dim, fill, source_dim)})
+    return field(metadata={"layout": _Layout("beam", time_dim, fill, end_dims, end_fill)})
 
 
 @dataclass(frozen=True)
 class _Layout:
     """How a tensor of ``BeamState`` is selected and joined: its rows are sentences or beams;
     a ``time_dim`` is right-aligned (trimmed to the longest history on select, left-padded with
-    ``fill`` on join); a ``source_dim`` (the last) is padded to the longer source on join."""
+    ``fill`` on join); ``end_dims`` (a source, constraint phrases) are padded at their end with
+    ``end_fill`` to the longer of the two on join."""
 
     rows: str  # "sentence" or "beam"
     time_dim: int | None
     fill: float
-    source_dim: bool
+    end_dims: tuple[int, ...]
+    end_fill: float
 
 
 @dataclass
@@ -176,15 +227,25 @@ class BeamState:
     scores: Tensor = _per_sentence()  # (n, K) raw log-probabilities of the live beams
     history: Tensor = _per_beam(time_dim=1, fill=PAD_ID)  # (n K, t) tokens chosen
     prev: Tensor = _per_beam()  # (n K,) the last of them (BOS at first)
-    attention: Tensor | None = _per_beam(time_dim=1, source_dim=True)  # (n K, t, S) or None
+    attention: Tensor | None = _per_beam(time_dim=1, end_dims=(2,))  # (n K, t, S) or None
     finished_scores: Tensor = _per_sentence()  # (n, K) length-penalised, -inf where none yet
     finished_tokens: Tensor = _per_sentence(time_dim=2, fill=PAD_ID)  # (n, K, t') no EOS
-    finished_attention: Tensor | None = _per_sentence(time_dim=2, source_dim=True)
+    finished_attention: Tensor | None = _per_sentence(time_dim=2, end_dims=(3,))
     # (n, K, t' + 1, S) or None
+    # target terms (s2s.search.constraints): the prefix each must start with
+    prefix: Tensor = _per_sentence(end_dims=(1,), end_fill=PAD_ID)  # (n, P)
+    prefix_lengths: Tensor = _per_sentence()  # (n,)
+    prefix_ends_word: Tensor = _per_sentence()  # (n,) bool
+    # the phrases each must contain, and each beam's progress through them
+    constraints: Tensor = _per_sentence(end_dims=(1, 2), end_fill=PAD_ID)  # (n, M, L)
+    constraint_lengths: Tensor = _per_sentence(end_dims=(1,))  # (n, M), 0: no phrase
+    met: Tensor = _per_beam(end_dims=(1,), end_fill=True)  # (n K, M) bool
+    progress: Tensor = _per_beam()  # (n K,) the phrase it is inside, -1: none
+    position: Tensor = _per_beam()  # (n K,) tokens of that phrase produced
 
     @classmethod
     def start(cls, encoded: AnyEncoded, state: AnyState, src_lengths: Tensor, limits: Tensor,
-              beam: int, with_attention: bool) -> "BeamState":
+              beam: int, with_attention: bool, terms: PackedTerms) -> "BeamState":
         count, device = len(src_lengths), src_lengths.device
         scores = torch.full((count, beam), float("-inf"), device=device)
         scores[:, 0] = 0.0  # one live beam to start from
@@ -200,7 +261,13 @@ class BeamState:
             finished_scores=torch.full((count, beam), float("-inf"), device=device),
             finished_tokens=torch.empty((count, beam, 0), dtype=torch.long, device=device),
             finished_attention=torch.empty((count, beam, 0, source), device=device)
-            if with_attention else None)
+            if with_attention else None,
+            prefix=terms.prefix, prefix_lengths=terms.prefix_lengths,
+            prefix_ends_word=terms.prefix_ends_word, constraints=terms.constraints,
+            constraint_lengths=terms.constraint_lengths,
+            met=(terms.constraint_lengths == 0).repeat_interleave(beam, dim=0),
+            progress=torch.full((count * beam,), -1, dtype=torch.long, device=device),
+            position=torch.zeros(count * beam, dtype=torch.long, device=device))
 
     def finish(self, raw_scores: Tensor, is_eos: Tensor, origins: Tensor,
                config: DecodeConfig) -> None:
@@ -214,12 +281,12 @@ class BeamState:
             return
         penalty = length_penalty(self.lengths, config)[:, None]  # (n, 1)
         new_scores = torch.where(ending, raw_scores / penalty, float("-inf"))
-        prefixes = self.history[origins.view(-1)].view(count, width, -1)  # (n, 2K, t)
+        prefixes = self.history[origins.reshape(-1)].view(count, width, -1)  # (n, 2K, t)
         all_scores = torch.cat([self.finished_scores, new_scores], dim=1)  # (n, 3K)
         self.finished_scores, best = all_scores.topk(self.beam, dim=1)
         self.finished_tokens = _best_of(self.finished_tokens, prefixes, best, PAD_ID)
         if self.attention is not None and self.finished_attention is not None:
-            attention = self.attention[origins.view(-1)].view(count, width,
+            attention = self.attention[origins.reshape(-1)].view(count, width,
                                                               *self.attention.shape[1:])
             self.finished_attention = _best_of(self.finished_attention, attention, best, 0.0)
 
@@ -272,12 +339,11 @@ class BeamState:
 
     def joined(self, new: "BeamState") -> "BeamState":
         """These sentences followed by ``new`` ones (which start at their first step)."""
-        source = max(self.encoded.states.size(1), new.encoded.states.size(1))
-
         def join(tensor: Tensor, layout: _Layout, name: str) -> Tensor:
             other = getattr(new, name)
-            if layout.source_dim:
-                tensor, other = _padded(tensor, -1, source, 0.0), _padded(other, -1, source, 0.0)
+            for dim in layout.end_dims:
+                size = max(tensor.size(dim), other.size(dim))
+                tensor, other = (_padded(t, dim, size, layout.end_fill) for t in (tensor, other))
             if layout.time_dim is not None:
                 time = max(tensor.size(layout.time_dim), other.size(layout.time_dim))
                 tensor, other = (_padded(t, layout.time_dim, time, layout.fill, left=True)

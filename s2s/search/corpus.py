@@ -9,12 +9,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from s2s.config import DecodeConfig
 from s2s.data.batching import pad, token_batches
 from s2s.data.vocab import EOS_ID
 from s2s.model.ensemble import Decodable
 from s2s.search.beam import BeamBatch
+from s2s.search.constraints import NO_TERMS, PackedTerms, TargetTerms
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
 
@@ -23,31 +25,39 @@ TOP_UP_BELOW = 0.75
 
 
 def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
-                  config: DecodeConfig, device: torch.device, *, with_attention: bool = False
+                  config: DecodeConfig, device: torch.device, *, with_attention: bool = False,
+                  terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None
                   ) -> list[list[Hypothesis]]:
     """Translate id sequences in length order; results come back in input order.
 
-    Greedy search when ``config`` asks for one hypothesis of one beam, else beam search.
-    ``config.batch_tokens`` bounds the source tokens (padding included) times the beam size
-    decoded at once.
+    Greedy search when ``config`` asks for one hypothesis of one beam and no sentence has
+    constraints, else beam search. ``config.batch_tokens`` bounds the source tokens (padding
+    included) times the beam size decoded at once. ``terms``: each sentence's prefix and
+    constraints (``s2s.search.constraints``); ``word_starts`` (V,): the pieces that start a
+    word, for prefixes that end one.
     """
     lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     budget = max(config.batch_tokens // config.beam_size, 1)
-    if config.beam_size == 1 and config.nbest == 1:
+    terms = [NO_TERMS] * len(sentences) if terms is None else terms
+    if config.beam_size == 1 and config.nbest == 1 and not any(t.constraints for t in terms):
         for indices in token_batches(lengths, budget):
             src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
             batch_results = greedy_search(model, src.to(device), src_lengths.to(device), config,
-                                          with_attention=with_attention)
+                                          with_attention=with_attention,
+                                          terms=PackedTerms.of([terms[i] for i in indices],
+                                                               device),
+                                          word_starts=word_starts)
             for index, hypotheses in zip(indices, batch_results):
                 results[index] = hypotheses
         return results
-    batch = BeamBatch(model, config, device, with_attention=with_attention)
+    batch = BeamBatch(model, config, device, with_attention=with_attention,
+                      word_starts=word_starts)
     waiting = np.argsort(lengths, kind="stable")[::-1].tolist()  # the shortest at the end
     while waiting or len(batch):
         if waiting and batch.running_tokens < TOP_UP_BELOW * budget:
             group = _next_group(waiting, lengths, budget - batch.running_tokens)
-            batch.add([sentences[i] for i in group], group)
+            batch.add([sentences[i] for i in group], group, [terms[i] for i in group])
         for index, hypotheses in batch.step():
             results[index] = hypotheses
     return results

@@ -12,6 +12,7 @@ from torch import Tensor
 from s2s.config import DecodeConfig
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from s2s.model.ensemble import Decodable
+from s2s.search.constraints import PackedTerms, force_prefix
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import (
     attention_of,
@@ -25,8 +26,10 @@ from s2s.search.steps import (
 
 @torch.inference_mode()
 def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
-                  with_attention: bool = False) -> list[list[Hypothesis]]:
-    """The most probable next token at every step; one hypothesis per sentence."""
+                  with_attention: bool = False, terms: PackedTerms | None = None,
+                  word_starts: Tensor | None = None) -> list[list[Hypothesis]]:
+    """The most probable next token at every step; one hypothesis per sentence. ``terms``:
+    prefixes to start with (greedy search takes no constraints)."""
     encoded, state = model.encode(src, src_lengths, for_search=True)
     limits = max_output_lengths(src_lengths, config).to(src.device)
     batch = len(src)
@@ -44,6 +47,10 @@ def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: De
             attention[active, step] = weights.float()
         log_probs = next_token_log_probs(logits, outputs[active, :step],
                                           step >= limits[active], config)  # (n, V)
+        if terms is not None and terms.prefix.size(1):
+            force_prefix(log_probs, terms.prefix[active], terms.prefix_lengths[active],
+                         terms.prefix_ends_word[active], torch.full_like(active, step),
+                         word_starts)
         best, tokens = (column[:, 0] for column in row_topk(log_probs, 1))  # (n,)
         best = best.float()
         tokens, best = tokens.masked_fill(ended, PAD_ID), best.masked_fill(ended, 0.0)
