@@ -182,6 +182,13 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
                   metavar="N", help="Source tokens x beam per batch.")] = None,
               alignment: AlignmentOption = "none", model: ModelOption = None,
               weights: WeightsOption = None,
+              prefix: Annotated[bool, typer.Option(
+                  "--prefix", help="Each line is SOURCE<TAB>PREFIX: the translation starts "
+                                   "with PREFIX exactly and continues it.")] = False,
+              constraints: Annotated[bool, typer.Option(
+                  "--constraints", help="Each line is SOURCE<TAB>PHRASE<TAB>PHRASE...: every "
+                                        "phrase appears in the translation (after PREFIX with "
+                                        "--prefix).")] = False,
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translation.output import OutputFormat
@@ -192,7 +199,8 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
     output_format = OutputFormat(translator.decode.nbest, alignment)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None
-        translate_stream(translator, source, target, output_format, progress_total=total)
+        translate_stream(translator, source, target, output_format, progress_total=total,
+                         prefix=prefix, constraints=constraints)
 
 
 @app.command()

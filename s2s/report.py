@@ -49,6 +49,10 @@ class Reporter:
     def warn(self, message: str) -> None:
         self._print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
+    def error(self, message: str) -> None:
+        """A problem that does not stop the work at hand (the exit code tells it later)."""
+        self._print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
     def table(self, table: Table) -> None:
         self._print(table)
 

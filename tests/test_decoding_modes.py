@@ -4,6 +4,7 @@ constraints, through the translator and the command line."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
+from s2s.translation.terms import LineTerms, TermsError, parse_terms_line
 from s2s.translation.translator import ModelRef, Translator, load_translator
 
 runner = CliRunner()
@@ -92,3 +94,100 @@ def test_an_ensemble_translator_describes_its_members(trained_run: Path) -> None
                                  ensemble=[ModelRef(run_dir, "last")], weights=[2.0, 1.0])
     assert translator.description.startswith("ensemble (prob) of ")
     assert "best.pt" in translator.description and "last.pt" in translator.description
+
+
+@pytest.fixture(scope="module")
+def translator(trained_run: Path) -> Translator:
+    return load_translator(load_config(trained_run).run_dir, "best",
+                           overrides=("decode.beam_size=4",), device="cpu")
+
+
+def test_translate_with_a_prefix_starts_every_hypothesis_with_it_exactly(
+        trained_run: Path) -> None:
+    """A prefix that ends in a space is continued with a new word; one that ends inside a
+    word may be continued inside it; characters outside the vocabulary are spelled in bytes."""
+    lines = ["The dog sees a cat.\tDer Hund", "A man.\tEin ", "The old woman.\tDie al",
+             "A cat.\tEine ☃ Katze", "The dog.\t"]
+    result = runner.invoke(app, ["translate", str(trained_run), "--prefix", "--beam", "3",
+                                 "--nbest", "3"], input="".join(f"{x}\n" for x in lines))
+    assert result.exit_code == 0, result.output
+    outputs = result.stdout.splitlines()
+    assert len(outputs) == len(lines)
+    for line, output in zip(lines, outputs):
+        prefix = line.split("\t")[1]
+        texts = output.split("\t")[0::2]
+        assert len(texts) == 3 and all(text.startswith(prefix) for text in texts), output
+        if prefix.endswith(" "):
+            assert all(not text[len(prefix):].startswith(" ") for text in texts)
+    plain = runner.invoke(app, ["translate", str(trained_run), "--beam", "3"],
+                          input="The dog.\n")
+    assert outputs[-1].split("\t")[0] == plain.stdout.strip()  # an empty prefix: as without
+
+
+def _words(text: str) -> list[str]:
+    return [word.strip(".,") for word in text.split() if word.strip(".,")]
+
+
+def test_every_translation_contains_every_constraint(trained_run: Path,
+                                                     translator: Translator) -> None:
+    """One or two phrases per line, of one or two words drawn at random from the references
+    (mostly not what the model would write there)."""
+    import random
+    config = load_config(trained_run)
+    sources = Path(f"{config.data.test}.en").read_text(encoding="utf-8").splitlines()
+    references = Path(f"{config.data.test}.de").read_text(encoding="utf-8").splitlines()
+    chance = random.Random(4)
+    vocabulary = sorted({word for line in references for word in _words(line)})
+    terms = []
+    for _ in sources:
+        phrases = []
+        for _ in range(chance.randint(1, 2)):
+            start = chance.randrange(len(vocabulary))
+            phrases.append(" ".join(vocabulary[start:start + chance.randint(1, 2)]))
+        terms.append(LineTerms(constraints=tuple(phrases)))
+    results = translator.translate(sources, terms=terms)
+    plain = translator.translate(sources)
+    assert sum(result.text != other.text for result, other in zip(results, plain)) > 40
+    for result, line_terms in zip(results, terms):
+        for text in result.texts:  # each phrase whole: its last word not continued
+            assert all(re.search(re.escape(phrase) + r"(?!\w)", text)
+                       for phrase in line_terms.constraints), (text, line_terms)
+
+
+def test_constraints_of_a_line_split_for_length_reach_its_translation(
+        translator: Translator) -> None:
+    line = " ".join(["The dog sees a small cat in the old house."] * 12)
+    assert len(translator.encode_source(line)) > translator.max_tokens
+    phrases = ("Haus Katze", "Frau", "Mann sieht")
+    [result] = translator.translate([line], terms=[LineTerms("Die ", phrases)])
+    assert result.text.startswith("Die ")
+    assert all(phrase in result.text for phrase in phrases), result.text
+
+
+@pytest.mark.parametrize("line,message", [
+    ("A man.\tEin Mann\t", "line 2: constraint 1 is empty"),
+    ("A man.\tx\ta\tb\tc\td\te", "line 2: 5 constraints, more than the beam holds "
+                                 "(decode.beam_size 4)"),
+    ("A man.\t" + "Hund " * 40, "line 2: the prefix and constraints take"),
+])
+def test_terms_that_cannot_be_kept_are_line_errors_and_n_lines_still_come_out(
+        trained_run: Path, line: str, message: str) -> None:
+    text = f"The dog.\tDer\n{line}\nA cat.\tEine\n"
+    result = runner.invoke(app, ["translate", str(trained_run), "--beam", "4", "--prefix",
+                                 "--constraints"], input=text)
+    assert result.exit_code == 1
+    outputs = result.stdout.split("\n")[:-1]
+    assert len(outputs) == 3 and outputs[1] == "" and outputs[0].startswith("Der")
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and message in errors[0], result.stderr
+    assert "1 of 3 lines not translated" in errors[1]
+
+
+def test_terms_lines_parse_as_documented() -> None:
+    assert parse_terms_line("a\tb\tc", prefix=True, constraints=True, number=1) == (
+        "a", LineTerms("b", ("c",)))
+    assert parse_terms_line("a\tb\tc", prefix=False, constraints=True, number=1) == (
+        "a", LineTerms("", ("b", "c")))
+    assert parse_terms_line("a", prefix=True, constraints=False, number=1) == ("a", LineTerms())
+    with pytest.raises(TermsError, match="line 7: 3 tab-separated fields"):
+        parse_terms_line("a\tb\tc", prefix=True, constraints=False, number=7)

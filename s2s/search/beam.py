@@ -46,8 +46,9 @@ class BeamBatch:
     def __init__(self, model: Decodable, config: DecodeConfig, device: torch.device, *,
                  with_attention: bool = False, word_starts: Tensor | None = None) -> None:
         """``with_attention``: hypotheses carry their attention weights (``Hypothesis``);
-        ``word_starts`` (V,) bool: the target pieces that start a word (for prefixes that end
-        one, ``TargetTerms``)."""
+        ``word_starts`` (V,) bool: the target pieces that may follow a whole word (for
+        prefixes that end one and after constraints, ``s2s.search.constraints``); None for
+        languages written without spaces."""
         self.model, self.config, self.device = model, config, device
         self.word_starts = word_starts
         self.beam = config.beam_size
@@ -136,6 +137,7 @@ class BeamBatch:
                 -1, -1, constrained.met.size(2))).flatten(0, 1)
             beams.progress = constrained.progress.gather(1, keep).view(-1)
             beams.position = constrained.position.gather(1, keep).view(-1)
+            beams.just_met = constrained.just_met.gather(1, keep).view(-1)
         newly_done = (beams.complete() | torch.isinf(beams.scores).all(dim=1)) & ~beams.done
         beams.done |= newly_done
         beams.scores.masked_fill_(beams.done[:, None], float("-inf"))  # passengers add nothing
@@ -150,15 +152,15 @@ class BeamBatch:
         states."""
         beams = self.beams
         assert beams is not None
-        bar_unfinished_ends(log_probs, beams.met)
+        bar_unfinished_ends(log_probs, beams.met, beams.just_met, self.word_starts)
         candidates = constrained_candidates(
             log_probs, beams.scores, width, constraints=beams.constraints,
             constraint_lengths=beams.constraint_lengths, met=beams.met,
             progress=beams.progress, position=beams.position)
         first = min(2 * self.beam, candidates.scores.size(1))
-        candidates.met, candidates.progress, candidates.position = (
+        candidates.met, candidates.progress, candidates.position, candidates.just_met = (
             candidates.met[:, :first], candidates.progress[:, :first],
-            candidates.position[:, :first])
+            candidates.position[:, :first], candidates.just_met[:, :first])
         return (candidates.scores[:, :first], candidates.tokens[:, :first],
                 candidates.origins[:, :first], candidates)
 
@@ -242,6 +244,7 @@ class BeamState:
     met: Tensor = _per_beam(end_dims=(1,), end_fill=True)  # (n K, M) bool
     progress: Tensor = _per_beam()  # (n K,) the phrase it is inside, -1: none
     position: Tensor = _per_beam()  # (n K,) tokens of that phrase produced
+    just_met: Tensor = _per_beam()  # (n K,) bool: its last token completed a phrase
 
     @classmethod
     def start(cls, encoded: AnyEncoded, state: AnyState, src_lengths: Tensor, limits: Tensor,
@@ -267,7 +270,8 @@ class BeamState:
             constraint_lengths=terms.constraint_lengths,
             met=(terms.constraint_lengths == 0).repeat_interleave(beam, dim=0),
             progress=torch.full((count * beam,), -1, dtype=torch.long, device=device),
-            position=torch.zeros(count * beam, dtype=torch.long, device=device))
+            position=torch.zeros(count * beam, dtype=torch.long, device=device),
+            just_met=torch.zeros(count * beam, dtype=torch.bool, device=device))
 
     def finish(self, raw_scores: Tensor, is_eos: Tensor, origins: Tensor,
                config: DecodeConfig) -> None:

@@ -109,6 +109,7 @@ class Candidates:
     met: Tensor  # (n, C, M) constraints met after the token
     progress: Tensor  # (n, C) the constraint it is inside (-1: none)
     position: Tensor  # (n, C) its tokens produced so far
+    just_met: Tensor  # (n, C) bool: its token completed a constraint
 
 
 def constrained_candidates(log_probs: Tensor, beam_scores: Tensor, width: int, *,
@@ -148,7 +149,7 @@ def constrained_candidates(log_probs: Tensor, beam_scores: Tensor, width: int, *
     scores = (beam_scores.reshape(-1, 1) + scores).view(count, -1)  # (n, C)
     tokens = tokens.view(count, -1)
     origins = rows.repeat_interleave(per_beam).view(count, -1)
-    new_met, new_progress, new_position = _advanced(
+    new_met, new_progress, new_position, just_met = _advanced(
         tokens, origins, constraints, constraint_lengths, met, progress, position,
         next_in_progress)
     bank = (new_met * constraint_lengths[:, None]).sum(dim=2) + new_position  # (n, C)
@@ -156,14 +157,14 @@ def constrained_candidates(log_probs: Tensor, beam_scores: Tensor, width: int, *
     take = lambda tensor: tensor.gather(1, order)  # noqa: E731
     return Candidates(take(scores), take(tokens), take(origins),
                       new_met.gather(1, order[:, :, None].expand(-1, -1, phrases)),
-                      take(new_progress), take(new_position))
+                      take(new_progress), take(new_position), take(just_met))
 
 
 def _advanced(tokens: Tensor, origins: Tensor, constraints: Tensor, lengths: Tensor,
               met: Tensor, progress: Tensor, position: Tensor, next_in_progress: Tensor
-              ) -> tuple[Tensor, Tensor, Tensor]:
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Each candidate's constraint state (met (n, C, M), progress, position) after its
-    token."""
+    token, and whether that token completed a constraint."""
     was_met, was_inside = met[origins], progress[origins]  # (n, C, M), (n, C)
     goes_on = (was_inside >= 0) & (tokens == next_in_progress[origins])
     new_position = torch.where(goes_on, position[origins] + 1, 0)
@@ -182,7 +183,7 @@ def _advanced(tokens: Tensor, origins: Tensor, constraints: Tensor, lengths: Ten
     new_met = was_met | (functional.one_hot(current, lengths.size(1)).bool() & done[:, :, None])
     new_progress = new_progress.masked_fill(done, -1)
     new_position = new_position.masked_fill(done, 0)
-    return new_met, new_progress, new_position
+    return new_met, new_progress, new_position, done
 
 
 def _allocation_order(scores: Tensor, bank: Tensor, banks: int) -> Tensor:
@@ -198,7 +199,12 @@ def _allocation_order(scores: Tensor, bank: Tensor, banks: int) -> Tensor:
     return by_score.gather(1, priority.argsort(dim=1, stable=True))
 
 
-def bar_unfinished_ends(log_probs: Tensor, met: Tensor) -> None:
-    """In place: rows that have not met every constraint may not choose EOS."""
+def bar_unfinished_ends(log_probs: Tensor, met: Tensor, just_met: Tensor,
+                        word_starts: Tensor | None) -> None:
+    """In place: rows that have not met every constraint may not choose EOS; rows that have
+    just completed one may not continue its last word (with ``word_starts``: languages
+    written with spaces)."""
     unmet = ~met.all(dim=1)
     log_probs[:, EOS_ID] = log_probs[:, EOS_ID].masked_fill(unmet, float("-inf"))
+    if word_starts is not None and bool(just_met.any()):
+        log_probs.masked_fill_(just_met[:, None] & ~word_starts[None], float("-inf"))

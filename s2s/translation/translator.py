@@ -10,6 +10,7 @@ train/eval mode is restored afterwards.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -18,6 +19,7 @@ import torch
 
 from s2s.config import DecodeConfig
 from s2s.data.text import joiner, normalize, side_normalization
+from s2s.data.vocab import EOS_ID, UNK_ID
 from s2s.device import (
     check_precision,
     cpu_supports_bf16,
@@ -30,10 +32,13 @@ from s2s.model.ensemble import Decodable, Ensemble
 from s2s.model.seq2seq import Seq2Seq, evaluating
 from s2s.report import Reporter
 from s2s.run.checkpoint import LoadedModel, check_vocabulary, load_model, resolve_checkpoint
+from s2s.search.constraints import NO_TERMS, TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.steps import max_output_lengths
 from s2s.translation.alignment import Alignment, align_piece, joined_alignment
 from s2s.translation.splitting import SourcePiece, split_to_limit
+from s2s.translation.terms import NO_LINE_TERMS, LineTerms, TermsError
 
 
 @dataclass(frozen=True)
@@ -132,29 +137,169 @@ class Translator:
         return f"ensemble ({self.decode.ensemble_combine}) of {names}{weights}"
 
     def translate(self, lines: list[str], first_line: int = 1, *,
-                  with_attention: bool = False) -> list[TranslationResult]:
+                  with_attention: bool = False, terms: Sequence[LineTerms] | None = None
+                  ) -> list[TranslationResult]:
         """Translate already-decoded lines; empty lines give empty translations.
 
         A line over the model's limit is translated in pieces (``s2s.translation.splitting``)
         whose translations are joined, so every line is translated whole. ``with_attention``
-        adds each translation's word alignment. ``first_line`` numbers the lines in warnings.
+        adds each translation's word alignment. ``terms``: per line, a prefix its translation
+        starts with (the first piece's) and phrases it contains (``s2s.translation.terms``;
+        a ``TermsError`` names the first line whose terms cannot be kept). ``first_line``
+        numbers the lines in warnings and errors.
         """
         texts = [normalize(line, self.normalization) for line in lines]
+        terms = [NO_LINE_TERMS] * len(lines) if terms is None else list(terms)
+        if len(terms) != len(lines):
+            raise ValueError(f"{len(lines)} lines but {len(terms)} terms")
         pieces, line_of_piece = self._source_pieces(texts, first_line)
-        with thread_scope(self.threads), evaluating(self.model):
-            hypotheses = decode_corpus(self.model, [piece.ids for piece in pieces], self.decode,
-                                       self.device, with_attention=with_attention)
-        piece_texts = iter(self.loaded.tgt_tokenizer.decode(
+        targets = self._line_targets(terms, pieces, line_of_piece, first_line)
+        first_piece: dict[int, int] = {}
+        for index, line in enumerate(line_of_piece):
+            first_piece.setdefault(line, index)
+        piece_count = Counter(line_of_piece)
+        # a split line's constraints wait until its pieces have been translated once
+        piece_terms = [TargetTerms(
+            prefix=targets[line].prefix if first_piece[line] == index else (),
+            prefix_ends_word=targets[line].prefix_ends_word and first_piece[line] == index,
+            constraints=targets[line].constraints if piece_count[line] == 1 else ())
+            if line in targets else NO_TERMS for index, line in enumerate(line_of_piece)]
+        hypotheses = self._decode(pieces, piece_terms, with_attention)
+        self._constrain_split_lines(pieces, line_of_piece, targets, piece_terms, hypotheses,
+                                    with_attention, first_line)
+        tokenizer = self.loaded.tgt_tokenizer
+        piece_texts = iter(tokenizer.decode(
             [hypothesis.tokens for of_piece in hypotheses for hypothesis in of_piece]))
         parts_of_line: dict[int, list[_TranslatedPiece]] = {}
-        for line, source, of_piece in zip(line_of_piece, pieces, hypotheses):
+        for index, (line, source, of_piece) in enumerate(zip(line_of_piece, pieces,
+                                                             hypotheses)):
+            texts_of_piece = [_one_line(next(piece_texts)) for _ in of_piece]
+            prefix = piece_terms[index].prefix
+            if prefix:  # the prefix as the user wrote it, then what the model continued
+                texts_of_piece = [_after_prefix(text, _one_line(tokenizer.decode([prefix])[0]),
+                                                terms[line].prefix)
+                                  for text in texts_of_piece]
             parts_of_line.setdefault(line, []).append(_TranslatedPiece(
-                [_one_line(next(piece_texts)) for _ in of_piece], [h.score for h in of_piece],
+                texts_of_piece, [h.score for h in of_piece],
                 [self._alignment(source, h) for h in of_piece] if with_attention else None))
         results = [TranslationResult([], [], [] if with_attention else None) for _ in lines]
         for line, parts in parts_of_line.items():
             results[line] = self._joined(parts)
         return results
+
+    def _decode(self, pieces: Sequence[SourcePiece], terms: Sequence[TargetTerms],
+                with_attention: bool) -> list[list[Hypothesis]]:
+        with thread_scope(self.threads), evaluating(self.model):
+            return decode_corpus(self.model, [piece.ids for piece in pieces], self.decode,
+                                 self.device, with_attention=with_attention, terms=terms,
+                                 word_starts=self._word_starts() if any(
+                                     t.prefix or t.constraints for t in terms) else None)
+
+    def _word_starts(self) -> torch.Tensor | None:
+        """(V,) the target pieces that may follow a whole word: those that begin a word,
+        punctuation, and EOS; None for a language written without spaces."""
+        if self.joiner == "":
+            return None
+        tokenizer = self.loaded.tgt_tokenizer
+        starts = torch.tensor([piece.startswith("\u2581") or not piece[:1].isalnum()
+                               for piece in tokenizer.pieces(range(len(tokenizer)))])
+        starts[EOS_ID] = True
+        return starts.to(self.device)
+
+    def check_terms(self, text: str, terms: LineTerms, number: int) -> None:
+        """Raise a ``TermsError`` naming line ``number`` when ``terms`` cannot be kept for the
+        source line ``text`` (already decoded, not yet normalised)."""
+        source = normalize(text, self.normalization)
+        if source and terms:
+            self._target_terms(terms, len(self.encode_source(source)), number)
+
+    def _line_targets(self, terms: Sequence[LineTerms], pieces: Sequence[SourcePiece],
+                      line_of_piece: Sequence[int], first_line: int) -> dict[int, TargetTerms]:
+        """The checked token-id terms of each non-empty line that has any."""
+        source_tokens: dict[int, int] = {}
+        for piece, line in zip(pieces, line_of_piece):
+            source_tokens[line] = source_tokens.get(line, 0) + len(piece.ids)
+        return {line: self._target_terms(terms[line], count, first_line + line)
+                for line, count in source_tokens.items() if terms[line]}
+
+    def _target_terms(self, terms: LineTerms, source_tokens: int, number: int) -> TargetTerms:
+        """``terms`` in target token ids, checked against the beam and the line's output
+        limit (a ``TermsError`` names line ``number`` and what to change)."""
+        normalization = side_normalization(self.loaded.config.data.normalization,
+                                           self.loaded.config.data.tgt_lang)
+        tokenizer = self.loaded.tgt_tokenizer
+        prefix: list[int] = []
+        if terms.prefix.strip():
+            prefix = tokenizer.encode([normalize(terms.prefix, normalization)])[0]
+            self._check_spelled(prefix, "the prefix", terms.prefix, number)
+        phrases = []
+        for rank, phrase in enumerate(terms.constraints, 1):
+            if not phrase.strip():
+                raise TermsError(f"line {number}: constraint {rank} is empty")
+            ids = tokenizer.encode([normalize(phrase, normalization)])[0]
+            if ids and tokenizer.pieces(ids[:1]) == ["\u2581"]:
+                ids = ids[1:]  # a lone word-start piece: languages without spaces need none
+            self._check_spelled(ids, f"constraint {rank}", phrase, number)
+            phrases.append(tuple(ids))
+        if len(phrases) > self.decode.beam_size:
+            raise TermsError(f"line {number}: {len(phrases)} constraints, more than the beam "
+                             f"holds (decode.beam_size {self.decode.beam_size}); give a beam of "
+                             f"at least {len(phrases)} or fewer constraints")
+        target = TargetTerms(tuple(prefix), tuple(phrases),
+                             prefix_ends_word=bool(prefix) and terms.prefix[-1:].isspace()
+                             and self.joiner != "")
+        limit = int(max_output_lengths(torch.tensor([source_tokens + 1]), self.decode)[0])
+        if target.tokens_needed > limit:
+            raise TermsError(
+                f"line {number}: the prefix and constraints take {target.tokens_needed} target "
+                f"tokens, more than this line's output limit of {limit} (decode.max_len_a x "
+                f"{source_tokens} source tokens + decode.max_len_b)")
+        return target
+
+    def _check_spelled(self, ids: Sequence[int], what: str, text: str, number: int) -> None:
+        if UNK_ID in ids:
+            raise TermsError(f"line {number}: {what} ({text!r}) has characters the target "
+                             "vocabulary cannot spell (it has no byte fallback)")
+
+    def _constrain_split_lines(self, pieces: Sequence[SourcePiece], line_of_piece: list[int],
+                               targets: Mapping[int, TargetTerms],
+                               piece_terms: list[TargetTerms],
+                               hypotheses: list[list[Hypothesis]], with_attention: bool,
+                               first_line: int) -> None:
+        """Give each constraint of a line that was split to the piece whose first translation
+        shares most of the phrase's tokens (the longer source on a tie, within each piece's
+        beam and output limit), and translate those pieces again with them, in place."""
+        redo: list[int] = []
+        for line, target in targets.items():
+            indices = [i for i, of in enumerate(line_of_piece) if of == line]
+            if len(indices) == 1 or not target.constraints:
+                continue
+            given: dict[int, list[tuple[int, ...]]] = {index: [] for index in indices}
+            for phrase in target.constraints:
+                room = [index for index in indices if self._holds(
+                    pieces[index], piece_terms[index], given[index] + [phrase])]
+                if not room:
+                    raise TermsError(f"line {first_line + line}: its constraints do not fit "
+                                     "the pieces it is split into (it is over the model's "
+                                     "length limit); split the line or give fewer")
+                given[max(room, key=lambda index: (
+                    _shared_tokens(phrase, hypotheses[index]), len(pieces[index].ids)))
+                      ].append(phrase)
+            for index, phrases in given.items():
+                if phrases:
+                    piece_terms[index] = replace(piece_terms[index], constraints=tuple(phrases))
+                    redo.append(index)
+        if redo:
+            again = self._decode([pieces[i] for i in redo], [piece_terms[i] for i in redo],
+                                 with_attention)
+            for index, of_piece in zip(redo, again):
+                hypotheses[index] = of_piece
+
+    def _holds(self, piece: SourcePiece, terms: TargetTerms,
+               phrases: list[tuple[int, ...]]) -> bool:
+        limit = int(max_output_lengths(torch.tensor([len(piece.ids) + 1]), self.decode)[0])
+        needed = len(terms.prefix) + sum(len(phrase) for phrase in phrases)
+        return len(phrases) <= self.decode.beam_size and needed <= limit
 
     def encode_source(self, text: str) -> list[int]:
         """The source token ids of one normalised line (no EOS)."""
@@ -287,4 +432,19 @@ def _decoding_model(model: Seq2Seq, device: torch.device, dtype: torch.dtype) ->
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _shared_tokens(phrase: Sequence[int], hypotheses: list[Hypothesis]) -> int:
+    """How many of ``phrase``'s tokens the best of ``hypotheses`` has."""
+    best = hypotheses[0].tokens if hypotheses else []
+    return sum(token in best for token in phrase)
+
+
+def _after_prefix(text: str, decoded_prefix: str, prefix: str) -> str:
+    """``text`` (which starts with the prefix's tokens, decoded as ``decoded_prefix``) with
+    that start written exactly as the user's ``prefix``."""
+    if not text.startswith(decoded_prefix):
+        return text
+    rest = text[len(decoded_prefix):]
+    return prefix + (rest.lstrip() if prefix[-1:].isspace() else rest)
 
