@@ -110,6 +110,15 @@ def test_nbest_and_alignments(client: TestClient, translator: Translator) -> Non
     (json.dumps({"text": ["a"] * 9}), 413, "9 lines in one request; at most 8"),
     (json.dumps({"text": "a" * 501}), 413, "501 characters in one request; at most 500"),
     ("[1, 2]", 422, "body: expected a JSON object"),
+    ('{"text": "A man.", "constraints": ["Mann", " "]}', 400, "line 1: constraint 2 is empty"),
+    ('{"text": ["A man.", "A dog."], "constraints": [["a"], ["b", "c", "d", "e", "f", "g"]]}',
+     400, "line 2: 6 constraints, more than the beam holds"),
+    (json.dumps({"text": "A man.", "prefix": "Hund " * 30}), 400,
+     "line 1: the prefix and constraints take"),
+    ('{"text": ["a", "b"], "prefix": ["x"]}', 400, "prefix: 1 prefixes for 2 lines"),
+    ('{"text": ["a", "b"], "constraints": [["x"]]}', 400, "constraints: 1 lists for 2 lines"),
+    ('{"text": "a", "prefix": ["x"]}', 400, "lists per line go with a list of texts"),
+    ('{"text": "a", "constraints": [1]}', 422, "constraints"),
 ])
 def test_bad_requests_get_a_json_error_and_a_4xx(client: TestClient, body: str, status: int,
                                                  message: str) -> None:
@@ -217,7 +226,7 @@ def test_requests_already_waiting_share_a_batch_without_any_wait(
     batcher = Batcher(translator, max_batch_sentences=max_batch, max_wait_ms=0)
     batches: list[list[str]] = []
 
-    def record(lines: list[str], options: RequestOptions) -> list[str]:
+    def record(lines: list[str], options: RequestOptions, terms: object = None) -> list[str]:
         batches.append(lines)
         return [line.upper() for line in lines]
 
@@ -247,10 +256,10 @@ def test_health_answers_while_a_batch_translates(translator: Translator) -> None
     started, release = threading.Event(), threading.Event()
     real = batcher.translate_lines
 
-    def held(lines, settings):  # the batch waits, on the worker thread, until released
+    def held(lines, settings, terms=None):  # the batch waits, on the worker thread
         started.set()
         assert release.wait(30)
-        return real(lines, settings)
+        return real(lines, settings, terms)
 
     batcher.translate_lines = held
     with _Server(app) as url, ThreadPoolExecutor(1) as pool:
@@ -355,5 +364,39 @@ def test_the_page_translates_in_a_real_browser(translator: Translator) -> None:
             WebDriverWait(browser, 30).until(
                 lambda b: b.find_element(By.ID, "error").text)
             assert "characters in one request" in browser.find_element(By.ID, "error").text
+            # a prefix and a phrase for every line, from the fields under "Prefix and ..."
+            browser.execute_script("document.getElementById('source').value = 'A man.'")
+            browser.find_element(By.CSS_SELECTOR, "#terms summary").click()
+            browser.find_element(By.ID, "prefix").send_keys("Ein ")
+            browser.find_element(By.ID, "constraints").send_keys("Frau")
+            browser.find_element(By.ID, "translate").click()
+            WebDriverWait(browser, 30).until(lambda b: b.find_element(
+                By.CSS_SELECTOR, "#output li").text.startswith("Ein "))
+            text = browser.find_element(By.CSS_SELECTOR, "#output li").text
+            assert "Frau" in text and browser.find_element(By.ID, "error").text == ""
         finally:
             browser.quit()
+
+
+def test_prefix_and_constraints_as_translate_keeps_them(client: TestClient,
+                                                        translator: Translator) -> None:
+    from s2s.translation.terms import LineTerms
+    body = {"text": ["The dog sees a cat.", "", "A man."], "prefix": ["Der Hund", "", "Ein "],
+            "constraints": [["Katze"], [], ["Frau", "sieht"]], "beam": 4, "nbest": 2}
+    response = client.post("/translate", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()["translations"]
+    expected = _translator_with(translator, 4, 2).translate(body["text"], terms=[
+        LineTerms(prefix, tuple(phrases)) for prefix, phrases in zip(body["prefix"],
+                                                                      body["constraints"])])
+    assert answer == [result.texts for result in expected]
+    assert all(text.startswith("Der Hund") and "Katze" in text for text in answer[0])
+    assert answer[1] == [] and all(text.startswith("Ein ") for text in answer[2])
+    single = client.post("/translate", json={"text": "A man.", "prefix": "Ein ",
+                                             "constraints": ["Frau"]}).json()
+    assert single["translations"].startswith("Ein ") and "Frau" in single["translations"]
+
+
+def _translator_with(translator: Translator, beam: int, nbest: int) -> Translator:
+    from dataclasses import replace
+    return translator.with_decode(replace(translator.decode, beam_size=beam, nbest=nbest))

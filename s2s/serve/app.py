@@ -29,6 +29,7 @@ from s2s.config import config_to_dict
 from s2s.errors import S2SError
 from s2s.serve.batcher import Batcher, RequestOptions
 from s2s.translation.output import alignment_value
+from s2s.translation.terms import LineTerms
 from s2s.translation.translator import TranslationResult, Translator
 
 MAX_BEAM = 64
@@ -53,6 +54,10 @@ class TranslateRequest(BaseModel):
     beam: StrictInt | None = None
     nbest: StrictInt | None = None
     alignment: Union[bool, Literal["hard", "soft"]] = False
+    # what translations start with: one for every line, or one per line
+    prefix: Union[str, list[str], None] = None
+    # phrases translations contain: one list for every line, or a list per line
+    constraints: Union[list[str], list[list[str]], None] = None
 
 
 class OpenNMTItem(BaseModel):
@@ -110,7 +115,12 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
     async def translate(request: TranslateRequest) -> dict[str, Any]:
         lines = [request.text] if isinstance(request.text, str) else request.text
         options = _options(request.beam, request.nbest, request.alignment, defaults, limits)
-        results = await batcher.translate(_checked_lines(lines, limits), options)
+        lines = _checked_lines(lines, limits)
+        terms = _terms(request, len(lines))
+        checker = batcher.translator_for(options)
+        for number, (line, line_terms) in enumerate(zip(lines, terms), 1):
+            checker.check_terms(line, line_terms, number)  # a TermsError is a 400
+        results = await batcher.translate(lines, options, terms)
         return _response(results, options, single=isinstance(request.text, str))
 
     @app.post("/translator/translate")
@@ -170,8 +180,14 @@ def _model_info(translator: Translator) -> dict[str, Any]:
     loaded = translator.loaded
     config = loaded.config
     metric, best = config.train.early_stopping_metric, loaded.best_score
+    ensemble = [{"checkpoint": member.path.stem if member.path else None, "step": member.step}
+                for member in translator.members]
     return {
         "src_lang": config.data.src_lang, "tgt_lang": config.data.tgt_lang,
+        # the models decoding together (one unless an ensemble), with their weights
+        "ensemble": {"models": ensemble, "weights": translator.weights,
+                     "combine": translator.decode.ensemble_combine} if len(ensemble) > 1
+        else None,
         "model": config_to_dict(config.model),
         "vocab_sizes": {"src": len(loaded.src_tokenizer), "tgt": len(loaded.tgt_tokenizer)},
         # its name (best, last, avg, step-N), not where it lies on the server's disk
@@ -194,6 +210,27 @@ def _options(beam: int | None, nbest: int | None, alignment: bool | str,
         raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to the beam size ({beam})")
     mode = "hard" if alignment is True else "none" if alignment is False else alignment
     return RequestOptions(beam, nbest, mode)
+
+
+def _terms(request: TranslateRequest, count: int) -> list[LineTerms]:
+    """Each line's prefix and constraints from the request (one for all lines, or one per
+    line)."""
+    prefixes: list[str] = [request.prefix or ""] * count if not isinstance(
+        request.prefix, list) else request.prefix
+    given = request.constraints or []
+    per_line = bool(given) and isinstance(given[0], list)
+    if isinstance(request.text, str) and (isinstance(request.prefix, list) or per_line):
+        raise BadRequest("prefix, constraints: for one text give a string and a list of "
+                         "strings; lists per line go with a list of texts")
+    if len(prefixes) != count:
+        raise BadRequest(f"prefix: {len(prefixes)} prefixes for {count} lines; give one per "
+                         "line or one string for all")
+    phrases = list(given) if per_line else [given] * count
+    if len(phrases) != count:
+        raise BadRequest(f"constraints: {len(phrases)} lists for {count} lines; give one per "
+                         "line or one list for all")
+    return [LineTerms(_CONTROL.sub(" ", prefix), tuple(_CONTROL.sub(" ", p) for p in of_line))
+            for prefix, of_line in zip(prefixes, phrases)]
 
 
 def _checked_lines(lines: list[str], limits: Limits) -> list[str]:

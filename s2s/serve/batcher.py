@@ -7,6 +7,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from s2s.errors import S2SError
+from s2s.translation.terms import NO_LINE_TERMS, LineTerms
 from s2s.translation.translator import TranslationResult, Translator
 
 
@@ -25,6 +27,7 @@ class _Job:
     lines: list[str]
     options: RequestOptions
     future: asyncio.Future
+    terms: list[LineTerms]
 
 
 class Batcher:
@@ -40,9 +43,13 @@ class Batcher:
         self._translators: dict[RequestOptions, Translator] = {}
         self.batches = 0  # how many batches ran (for /info and tests)
 
-    async def translate(self, lines: list[str], options: RequestOptions) -> list[TranslationResult]:
+    async def translate(self, lines: list[str], options: RequestOptions,
+                        terms: list[LineTerms] | None = None) -> list[TranslationResult]:
+        """``lines`` translated as ``options`` say, each with its ``terms`` (checked by the
+        caller: ``Translator.check_terms``)."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(lines, options, future))
+        terms = [NO_LINE_TERMS] * len(lines) if terms is None else terms
+        await self.queue.put(_Job(lines, options, future, terms))
         return await future
 
     async def run(self) -> None:
@@ -70,10 +77,15 @@ class Batcher:
     async def _run_group(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
                          options: RequestOptions) -> None:
         lines = [line for job in jobs for line in job.lines]
+        terms = [line_terms for job in jobs for line_terms in job.terms]
         try:
             results = await loop.run_in_executor(self.worker, self.translate_lines, lines,
-                                                 options)
+                                                 options, terms)
         except Exception as error:  # the requests fail, the server goes on
+            if len(jobs) > 1 and isinstance(error, S2SError):  # one request's: the others go on
+                for job in jobs:
+                    await self._run_group(loop, [job], options)
+                return
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(error)
@@ -85,13 +97,13 @@ class Batcher:
                 job.future.set_result(results[start:start + len(job.lines)])
             start += len(job.lines)
 
-    def translate_lines(self, lines: list[str], options: RequestOptions
-                        ) -> list[TranslationResult]:
+    def translate_lines(self, lines: list[str], options: RequestOptions,
+                        terms: list[LineTerms] | None = None) -> list[TranslationResult]:
         """Translate one group of lines (on the worker thread)."""
-        return self._translator(options).translate(
-            lines, with_attention=options.alignment != "none")
+        return self.translator_for(options).translate(
+            lines, with_attention=options.alignment != "none", terms=terms)
 
-    def _translator(self, options: RequestOptions) -> Translator:
+    def translator_for(self, options: RequestOptions) -> Translator:
         """The translator for ``options``: the same model, other decoding options."""
         if options not in self._translators:
             decode = replace(self.translator.decode, beam_size=options.beam,
