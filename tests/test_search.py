@@ -223,9 +223,12 @@ def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None
 
 def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
                       config: DecodeConfig, weights: Sequence[float] | None = None,
-                      prefix: Sequence[int] = ()) -> list[tuple[list[int], float]]:
+                      prefix: Sequence[int] = (),
+                      constraints: Sequence[Sequence[int]] = ()
+                      ) -> list[tuple[list[int], float]]:
     """``model``: one model, or an ensemble's members (combined as ``config`` says);
-    ``prefix``: the tokens every output starts with."""
+    ``prefix``: the tokens every output starts with; ``constraints``: phrases every output
+    contains (dynamic beam allocation, ``_reference_constrained``)."""
     models = [model] if isinstance(model, Seq2Seq) else list(model)
     shares = [1.0 / len(models)] * len(models) if weights is None else [
         weight / sum(weights) for weight in weights]
@@ -273,6 +276,8 @@ def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
             return ((5 + length) / 6) ** config.alpha
         return float(length) if config.length_penalty == "average" else 1.0
 
+    if constraints:
+        return _reference_constrained(next_log_probs, start, config, constraints, penalty)
     size = config.beam_size
     beams = [([], 0.0, start)]  # (tokens, log-probability, decoder state)
     finished: list[tuple[list[int], float]] = []  # (tokens, length-penalised score)
@@ -287,6 +292,58 @@ def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
         # an EOS among the K best ends a hypothesis; the K best others go on
         finished += [(tokens[:-1], score / penalty(len(tokens)))
                      for tokens, score, _ in best[:size] if tokens[-1] == EOS_ID]
+        finished = sorted(finished, key=lambda hypothesis: -hypothesis[1])[:size]
+        beams = [beam for beam in best if beam[0][-1] != EOS_ID][:size]
+    return finished[:config.nbest]
+
+
+def _reference_constrained(next_log_probs, start, config: DecodeConfig,
+                           phrases: Sequence[Sequence[int]], penalty
+                           ) -> list[tuple[list[int], float]]:
+    """Dynamic beam allocation one hypothesis at a time: each beam offers its best 2K tokens
+    and the next token of the phrase it is inside (else every unmet phrase's first); the
+    candidates, best first, fill the beam round-robin over banks (constraint tokens
+    produced), the fullest bank first."""
+    size = config.beam_size
+    # (tokens, log-probability, state, met phrases, phrase inside or -1, its tokens so far)
+    beams = [([], 0.0, start, frozenset(), -1, 0)]
+    finished: list[tuple[list[int], float]] = []
+    total = sum(len(phrase) for phrase in phrases)
+    while len(finished) < size and beams:
+        candidates = []
+        for tokens, score, state, met, inside, position in beams:
+            allowed, new_state = next_log_probs(tokens, state)
+            if len(met) < len(phrases):
+                allowed.pop(EOS_ID, None)
+            best = sorted(allowed, key=lambda token: -allowed[token])[:2 * size]
+            offered = [phrases[inside][position]] if inside >= 0 else [
+                phrase[0] for rank, phrase in enumerate(phrases) if rank not in met]
+            for token in best + [t for t in dict.fromkeys(offered) if t not in best]:
+                if token not in allowed:
+                    continue
+                new_met, new_inside, new_position = set(met), -1, 0
+                if inside >= 0 and phrases[inside][position] == token:
+                    new_inside, new_position = inside, position + 1
+                else:
+                    starts = [rank for rank, phrase in enumerate(phrases)
+                              if rank not in met and phrase[0] == token]
+                    if starts:
+                        new_inside, new_position = starts[0], 1
+                if new_inside >= 0 and new_position == len(phrases[new_inside]):
+                    new_met.add(new_inside)
+                    new_inside, new_position = -1, 0
+                candidates.append((tokens + [token], score + allowed[token], new_state,
+                                   frozenset(new_met), new_inside, new_position))
+        candidates.sort(key=lambda candidate: -candidate[1])
+        banks: dict[int, list] = {}
+        for candidate in candidates:
+            bank = sum(len(phrases[rank]) for rank in candidate[3]) + candidate[5]
+            banks.setdefault(bank, []).append(candidate)
+        ordered = [banks[bank][rank] for rank in range(len(candidates))
+                   for bank in range(total, -1, -1) if rank < len(banks.get(bank, []))]
+        best = ordered[:2 * size]
+        finished += [(tokens[:-1], score / penalty(len(tokens)))
+                     for tokens, score, *_ in best[:size] if tokens[-1] == EOS_ID]
         finished = sorted(finished, key=lambda hypothesis: -hypothesis[1])[:size]
         beams = [beam for beam in best if beam[0][-1] != EOS_ID][:size]
     return finished[:config.nbest]
@@ -442,6 +499,29 @@ def test_every_hypothesis_contains_every_constraint_whole(
             if beam > 1:  # (greedy search's scores have no length penalty)
                 assert [h.score for h in ours] == pytest.approx([h.score for h in theirs],
                                                                 abs=1e-5)
+
+
+@pytest.mark.parametrize("beam,nbest", [(2, 1), (4, 3)])
+def test_constrained_search_equals_the_naive_reference(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int) -> None:
+    """Sentences join a running batch, beside others with other phrases or none."""
+    model = copy_models["lstm", False]
+    sentences = _batch(25, seed=9)
+    generator = torch.Generator().manual_seed(10)
+    phrases = [tuple(tuple(torch.randint(4, 14, (int(length),), generator=generator).tolist())
+                     for length in torch.randint(1, 4, (int(count),), generator=generator))
+               for count in torch.randint(0, beam + 1, (25,), generator=generator)]
+    settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=beam * 50, max_len_b=12)
+    found = decode_corpus(model, sentences, settings, torch.device("cpu"),
+                          terms=[TargetTerms(constraints=of) for of in phrases])
+    with torch.no_grad():
+        expected = [_reference_search(model, sentence, settings, constraints=of)
+                    for sentence, of in zip(sentences, phrases)]
+    assert sum(bool(of) for of in phrases) >= 15
+    for ours, theirs in zip(found, expected):
+        assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
+        assert [hypothesis.score for hypothesis in ours] == pytest.approx(
+            [score for _, score in theirs], abs=1e-4)
 
 
 def test_constraints_and_a_prefix_together(copy_models: dict[ModelKey, Seq2Seq]) -> None:
