@@ -183,12 +183,13 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
               alignment: AlignmentOption = "none", model: ModelOption = None,
               weights: WeightsOption = None,
               prefix: Annotated[bool, typer.Option(
-                  "--prefix", help="Each line is SOURCE<TAB>PREFIX: the translation starts "
-                                   "with PREFIX exactly and continues it.")] = False,
+                  "--prefix", help="Each line is the source, a tab and a prefix: the "
+                                   "translation starts with the prefix exactly and continues "
+                                   "it.")] = False,
               constraints: Annotated[bool, typer.Option(
-                  "--constraints", help="Each line is SOURCE<TAB>PHRASE<TAB>PHRASE...: every "
-                                        "phrase appears in the translation (after PREFIX with "
-                                        "--prefix).")] = False,
+                  "--constraints", help="Each line is the source and, after tabs, phrases "
+                                        "that every translation contains (after the prefix "
+                                        "with --prefix).")] = False,
               device: DeviceOption = "auto", overrides: SetOption = None) -> None:
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translation.output import OutputFormat

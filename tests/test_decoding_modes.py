@@ -191,3 +191,17 @@ def test_terms_lines_parse_as_documented() -> None:
     assert parse_terms_line("a", prefix=True, constraints=False, number=1) == ("a", LineTerms())
     with pytest.raises(TermsError, match="line 7: 3 tab-separated fields"):
         parse_terms_line("a\tb\tc", prefix=True, constraints=False, number=7)
+
+
+def test_an_ensemble_splits_long_lines_and_aligns_as_its_single_model(
+        trained_run: Path, translator: Translator) -> None:
+    run_dir = load_config(trained_run).run_dir
+    twice = load_translator(run_dir, "best", overrides=("decode.beam_size=4",), device="cpu",
+                            ensemble=[ModelRef(run_dir, "best")])
+    line = " ".join(["The dog sees a small cat in the old house."] * 12)
+    lines = [line, "A man.", ""]
+    [alone, short, empty] = translator.translate(lines, with_attention=True)
+    [mine, my_short, my_empty] = twice.translate(lines, with_attention=True)
+    assert mine.texts == alone.texts and my_short.texts == short.texts and my_empty.texts == []
+    assert mine.alignments[0].hard() == alone.alignments[0].hard()
+    assert mine.alignments[0].words == pytest.approx(alone.alignments[0].words, abs=1e-5)
