@@ -156,13 +156,23 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              beam: BeamOption = None, device: DeviceOption = "auto",
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False,
              alignment: AlignmentOption = "none", model: ModelOption = None,
-             weights: WeightsOption = None) -> None:
-    """Translate a split and report sacrebleu BLEU and chrF with their signatures."""
+             weights: WeightsOption = None,
+             baseline: Annotated[Optional[Path], typer.Option(
+                 metavar="FILE", help="Hypotheses of the same split (another run's .hyp) to "
+                                      "test the checkpoints against.")] = None,
+             significance: Annotated[str, typer.Option(
+                 metavar="bs|ar|none", help="Paired test of each system against the first "
+                                            "(with two or more): bootstrap resampling, "
+                                            "approximate randomisation, or none.")] = "bs"
+             ) -> None:
+    """Translate a split and report sacrebleu BLEU and chrF with their signatures (and, for
+    several systems, their significance)."""
     from s2s.evaluation.evaluate import evaluate as run_evaluate
     changes = list(overrides or []) + _decode_overrides(beam, None, None)
     run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
                  src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
-                 ensemble=_model_refs(model), weights=_weights(weights), reporter=_reporter())
+                 ensemble=_model_refs(model), weights=_weights(weights), baseline=baseline,
+                 significance=significance, reporter=_reporter())
 
 
 @app.command()

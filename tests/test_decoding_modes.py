@@ -205,3 +205,70 @@ def test_an_ensemble_splits_long_lines_and_aligns_as_its_single_model(
     assert mine.texts == alone.texts and my_short.texts == short.texts and my_empty.texts == []
     assert mine.alignments[0].hard() == alone.alignments[0].hard()
     assert mine.alignments[0].words == pytest.approx(alone.alignments[0].words, abs=1e-5)
+
+
+def test_evaluate_tests_checkpoints_against_a_baseline_file(trained_run: Path) -> None:
+    """Against a baseline that lost half its lines, the checkpoint is
+    significantly better; the same output as the baseline is no different (p = 1)."""
+    run_dir = load_config(trained_run).run_dir
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--checkpoint", "best"])
+    assert result.exit_code == 0, result.output
+    hypotheses = (run_dir / "eval" / "valid.best.hyp").read_text(encoding="utf-8").splitlines()
+    worse = run_dir / "worse.hyp"
+    worse.write_text("".join(("" if n % 2 else line) + "\n"
+                             for n, line in enumerate(hypotheses)), encoding="utf-8")
+    same = run_dir / "same.hyp"
+    same.write_text("".join(line + "\n" for line in hypotheses), encoding="utf-8")
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--checkpoint", "best,last", "--baseline", str(worse)])
+    assert result.exit_code == 0, result.output
+    assert "significance against baseline worse.hyp" in result.stderr
+    best = json.loads((run_dir / "eval" / "valid.best.json").read_text())["significance"]
+    # (this tiny model's BLEU is near 0: chrF tells)
+    assert best["baseline"] == "baseline worse.hyp" and best["chrf"]["p_value"] < 0.05
+    assert best["test"] == "paired bootstrap resampling" and best["chrf"]["ci95"] > 0
+    assert "bs:1000" in best["signatures"]["bleu"]
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--baseline", str(same)])
+    assert result.exit_code == 0, result.output
+    best = json.loads((run_dir / "eval" / "valid.best.json").read_text())["significance"]
+    assert best["bleu"]["p_value"] == best["chrf"]["p_value"] == 1.0
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid",
+                                 "--checkpoint", "best,last", "--significance", "ar"])
+    assert result.exit_code == 0, result.output
+    last = json.loads((run_dir / "eval" / "valid.last.json").read_text())["significance"]
+    assert last["test"] == "approximate randomisation" and last["bleu"]["ci95"] is None
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--significance", "t"], "--significance t: choose bs"),
+    (["--baseline", "missing.hyp"], "--baseline missing.hyp: cannot read it"),
+])
+def test_bad_significance_options(trained_run: Path, arguments: list[str], message: str
+                                  ) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), *arguments])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def test_paired_tests_find_a_real_difference_and_not_a_one_line_one() -> None:
+    import random
+
+    from s2s.evaluation.significance import paired_significance
+    chance = random.Random(2)
+    words = "the a dog cat man woman sees runs old small house tree red blue".split()
+    references = [" ".join(chance.choice(words) for _ in range(8)) for _ in range(300)]
+    def damaged(share: float) -> list[str]:
+        return [" ".join(r.split()[:4]) if chance.random() < share else r for r in references]
+    baseline, better = damaged(0.5), damaged(0.3)
+    one_line = list(baseline)
+    one_line[0] = references[0]
+    for test in ("bs", "ar"):
+        results = paired_significance([("base", baseline), ("better", better),
+                                       ("one line", one_line)], references, "13a", test)
+        assert [r.system for r in results] == ["base", "better", "one line"]
+        assert results[0].bleu.p_value is None and results[1].bleu.score > results[0].bleu.score
+        assert results[1].bleu.p_value < 0.01 and results[1].chrf.p_value < 0.01
+        if test == "bs":  # (approximate randomisation of a one-line change is degenerate)
+            assert results[2].bleu.p_value > 0.05
+            assert abs(results[1].bleu.mean - results[1].bleu.score) < results[1].bleu.ci
