@@ -25,6 +25,19 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
     help="Override a config value, e.g. --set train.lr=5e-4 (repeatable).")]
 
 BeamOption = Annotated[Optional[int], typer.Option(metavar="K", help="Beam size.")]
+SamplingOption = Annotated[bool, typer.Option(
+    "--sampling", help="Draw each token from the model's distribution instead of searching "
+                       "(--nbest N: N samples per line).")]
+TemperatureOption = Annotated[Optional[float], typer.Option(
+    metavar="T", help="Sampling temperature: below 1 sharper, above 1 flatter (default 1).")]
+TopKOption = Annotated[Optional[int], typer.Option(
+    "--top-k", min=1, metavar="K", help="Sample among the K likeliest tokens.")]
+TopPOption = Annotated[Optional[float], typer.Option(
+    "--top-p", metavar="P", help="Sample among the fewest likeliest tokens whose probability "
+                                 "reaches P, in (0, 1].")]
+SeedOption = Annotated[Optional[int], typer.Option(
+    metavar="N", help="Sampling seed (default 1): a line's samples depend on it and the line "
+                      "alone.")]
 DeviceOption = Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
 RunConfigArg = Annotated[Optional[Path], typer.Argument(
     metavar="CONFIG", help="Config of the run (or use --run).", show_default=False)]
@@ -154,6 +167,8 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              ref: Annotated[Optional[Path], typer.Option(
                   metavar="FILE", help="Reference file for --src.")] = None,
              beam: BeamOption = None, device: DeviceOption = "auto",
+             sampling: SamplingOption = False, temperature: TemperatureOption = None,
+             top_k: TopKOption = None, top_p: TopPOption = None, seed: SeedOption = None,
              ter: Annotated[bool, typer.Option(help="Also report TER.")] = False,
              alignment: AlignmentOption = "none", model: ModelOption = None,
              weights: WeightsOption = None,
@@ -168,7 +183,8 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
     """Translate a split and report sacrebleu BLEU and chrF with their signatures (and, for
     several systems, their significance)."""
     from s2s.evaluation.evaluate import evaluate as run_evaluate
-    changes = list(overrides or []) + _decode_overrides(beam, None, None)
+    changes = list(overrides or []) + _decode_overrides(beam, None, None) + _sampling_overrides(
+        sampling, beam, temperature, top_k, top_p, seed)
     run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
                  src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
                  ensemble=_model_refs(model), weights=_weights(weights), baseline=baseline,
@@ -188,6 +204,8 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
               beam: BeamOption = None,
               nbest: Annotated[Optional[int], typer.Option(metavar="K",
                                                            help="Hypotheses per line.")] = None,
+              sampling: SamplingOption = False, temperature: TemperatureOption = None,
+              top_k: TopKOption = None, top_p: TopPOption = None, seed: SeedOption = None,
               batch_tokens: Annotated[Optional[int], typer.Option(
                   metavar="N", help="Source tokens x beam per batch.")] = None,
               alignment: AlignmentOption = "none", model: ModelOption = None,
@@ -204,7 +222,8 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
     """Translate stdin (or --input) line by line to stdout (or --output)."""
     from s2s.translation.output import OutputFormat
     from s2s.translation.stream import translate_stream
-    changes = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens)
+    changes = list(overrides or []) + _decode_overrides(beam, nbest, batch_tokens) + (
+        _sampling_overrides(sampling, beam, temperature, top_k, top_p, seed))
     OutputFormat(alignment=alignment)  # a bad --alignment fails before the model loads
     translator, _ = _translator(config, run, checkpoint, changes, device, model, weights)
     output_format = OutputFormat(translator.decode.nbest, alignment)
@@ -350,7 +369,9 @@ def _translation_config(config: Optional[Path], run: Optional[Path], overrides: 
 
 # the options that stand for decode settings, so that errors name what the user typed
 DECODE_OPTIONS = {"decode.beam_size": "--beam", "decode.nbest": "--nbest",
-                  "decode.batch_tokens": "--batch-tokens"}
+                  "decode.batch_tokens": "--batch-tokens", "decode.sampling": "--sampling",
+                  "decode.temperature": "--temperature", "decode.top_k": "--top-k",
+                  "decode.top_p": "--top-p", "decode.seed": "--seed"}
 
 
 def _decode_overrides(beam: Optional[int], nbest: Optional[int],
@@ -358,6 +379,20 @@ def _decode_overrides(beam: Optional[int], nbest: Optional[int],
     values = {"decode.beam_size": beam, "decode.nbest": nbest,
               "decode.batch_tokens": batch_tokens}
     return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
+def _sampling_overrides(sampling: bool, beam: Optional[int], temperature: Optional[float],
+                        top_k: Optional[int], top_p: Optional[float], seed: Optional[int]
+                        ) -> list[str]:
+    """--sampling and its settings as decode overrides; --sampling without --beam sets the
+    beam to 1 (a --beam above 1 is then an error, from the config's check)."""
+    values = {"decode.temperature": temperature, "decode.top_k": top_k,
+              "decode.top_p": top_p, "decode.seed": seed}
+    changes = [f"{key}={value}" for key, value in values.items() if value is not None]
+    if not sampling:
+        return changes
+    return ["decode.sampling=true", *([] if beam is not None else ["decode.beam_size=1"]),
+            *changes]
 
 
 def _open_input(path: Optional[Path]):

@@ -147,6 +147,15 @@ class DecodeConfig:
     # how an ensemble's next-token distributions combine: the weighted mean of probabilities
     # (prob, as fairseq) or of log-probabilities (logprob, as OpenNMT-py)
     ensemble_combine: Literal["prob", "logprob"] = "prob"
+    # sampling search: each token drawn from the model's distribution (made sharper or flatter
+    # by the temperature, cut to the top_k likeliest tokens (0: no cut) and to the smallest set
+    # whose probability reaches top_p), nbest samples per line, reproducible from the seed and
+    # the line alone; beam_size must be 1
+    sampling: bool = False
+    temperature: float = _option(1.0, minimum=0.0, exclusive_minimum=True)
+    top_k: int = _option(0, minimum=0)
+    top_p: float = _option(1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    seed: int = _option(1, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -364,7 +373,11 @@ def _consistency_errors(config: Config) -> list[str]:
     if config.data.src_lang == config.data.tgt_lang:
         errors.append(f"data.tgt_lang: must differ from data.src_lang ({config.data.src_lang!r}), "
                       "or the source and target files would be the same")
-    if config.decode.nbest > config.decode.beam_size:
+    if config.decode.sampling and config.decode.beam_size > 1:
+        errors.append(f"decode.sampling: sampling draws one token at a time, not a beam; set "
+                      f"decode.beam_size to 1 (it is {config.decode.beam_size}) and ask for "
+                      "several samples with decode.nbest")
+    elif config.decode.nbest > config.decode.beam_size and not config.decode.sampling:
         errors.append(f"decode.nbest: {config.decode.nbest} is larger than decode.beam_size "
                       f"({config.decode.beam_size}); a beam cannot return more hypotheses "
                       "than it keeps")

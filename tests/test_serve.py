@@ -400,3 +400,31 @@ def test_prefix_and_constraints_as_translate_keeps_them(client: TestClient,
 def _translator_with(translator: Translator, beam: int, nbest: int) -> Translator:
     from dataclasses import replace
     return translator.with_decode(replace(translator.decode, beam_size=beam, nbest=nbest))
+
+
+def test_sampling_requests_agree_with_translate(client: TestClient, trained_run: Path) -> None:
+    from typer.testing import CliRunner
+
+    from s2s.cli import app
+    lines = ["The dog sees a cat.", "A man.", "The old woman has a small house."]
+    response = client.post("/translate", json={"text": lines, "sampling": True, "nbest": 3,
+                                               "top_p": 0.9, "seed": 4})
+    assert response.status_code == 200, response.text
+    result = CliRunner().invoke(app, ["translate", str(trained_run), "--sampling", "--nbest",
+                                      "3", "--top-p", "0.9", "--seed", "4"],
+                                input="".join(f"{line}\n" for line in lines))
+    assert result.exit_code == 0, result.output
+    expected = [line.split("\t")[0::2] for line in result.stdout.splitlines()]
+    assert response.json()["translations"] == expected
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"text": "a", "sampling": True, "beam": 4}, "beam: sampling draws one token at a time"),
+    ({"text": "a", "sampling": True, "temperature": -1}, "temperature: must be greater than 0"),
+    ({"text": "a", "sampling": True, "top_p": 1.5}, "top_p: must be in (0, 1]"),
+    ({"text": "a", "sampling": True, "top_k": 0}, "top_k: must be at least 1"),
+    ({"text": "a", "top_k": 5}, "top_k: applies to sampling only"),
+])
+def test_bad_sampling_requests_get_a_400(client: TestClient, body: dict, message: str) -> None:
+    response = client.post("/translate", json=body)
+    assert response.status_code == 400 and message in response.json()["error"], response.text

@@ -19,6 +19,7 @@ from s2s.search.beam import BeamBatch
 from s2s.search.constraints import NO_TERMS, PackedTerms, TargetTerms
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.sampling import line_keys, sample_search
 
 # a running beam batch is topped up when its source tokens fall below this share of the budget
 TOP_UP_BELOW = 0.75
@@ -30,16 +31,30 @@ def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
                   ) -> list[list[Hypothesis]]:
     """Translate id sequences in length order; results come back in input order.
 
-    Greedy search when ``config`` asks for one hypothesis of one beam and no sentence has
-    constraints, else beam search. ``config.batch_tokens`` bounds the source tokens (padding
-    included) times the beam size decoded at once. ``terms``: each sentence's prefix and
-    constraints (``s2s.search.constraints``); ``word_starts`` (V,): the pieces that start a
-    word, for prefixes that end one.
+    Sampling search when ``config.sampling`` (``s2s.search.sampling``; it keeps prefixes,
+    not constraints). Greedy search when ``config`` asks for one hypothesis of one beam and
+    no sentence has constraints, else beam search. ``config.batch_tokens`` bounds the source
+    tokens (padding included) times the beam size (or samples) decoded at once. ``terms``:
+    each sentence's prefix and constraints (``s2s.search.constraints``); ``word_starts``
+    (V,): the pieces that may follow a whole word (``BeamBatch``).
     """
     lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     budget = max(config.batch_tokens // config.beam_size, 1)
     terms = [NO_TERMS] * len(sentences) if terms is None else terms
+    if config.sampling:
+        for indices in token_batches(lengths, max(config.batch_tokens // config.nbest, 1)):
+            group = [sentences[i] for i in indices]
+            src, src_lengths = pad(group, suffix=EOS_ID)
+            batch_results = sample_search(
+                model, src.to(device), src_lengths.to(device),
+                line_keys(group, config.nbest, config.seed), config,
+                with_attention=with_attention,
+                terms=PackedTerms.of([terms[i] for i in indices], device),
+                word_starts=word_starts)
+            for index, hypotheses in zip(indices, batch_results):
+                results[index] = hypotheses
+        return results
     if config.beam_size == 1 and config.nbest == 1 and not any(t.constraints for t in terms):
         for indices in token_batches(lengths, budget):
             src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from s2s.config import config_to_dict
 from s2s.errors import S2SError
-from s2s.serve.batcher import Batcher, RequestOptions
+from s2s.serve.batcher import Batcher, RequestOptions, Sampling
 from s2s.translation.output import alignment_value
 from s2s.translation.terms import LineTerms
 from s2s.translation.translator import TranslationResult, Translator
@@ -58,6 +58,12 @@ class TranslateRequest(BaseModel):
     prefix: Union[str, list[str], None] = None
     # phrases translations contain: one list for every line, or a list per line
     constraints: Union[list[str], list[list[str]], None] = None
+    # sampling search: nbest samples per line, as `s2s translate --sampling` draws them
+    sampling: bool = False
+    temperature: float | None = None
+    top_k: StrictInt | None = None
+    top_p: float | None = None
+    seed: StrictInt | None = None
 
 
 class OpenNMTItem(BaseModel):
@@ -114,7 +120,8 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
     @app.post("/translate")
     async def translate(request: TranslateRequest) -> dict[str, Any]:
         lines = [request.text] if isinstance(request.text, str) else request.text
-        options = _options(request.beam, request.nbest, request.alignment, defaults, limits)
+        options = _options(request.beam, request.nbest, request.alignment, defaults, limits,
+                           _sampling(request, defaults))
         lines = _checked_lines(lines, limits)
         terms = _terms(request, len(lines))
         checker = batcher.translator_for(options)
@@ -201,15 +208,44 @@ def _model_info(translator: Translator) -> dict[str, Any]:
 
 
 def _options(beam: int | None, nbest: int | None, alignment: bool | str,
-             defaults: Any, limits: Limits) -> RequestOptions:
-    beam = defaults.beam_size if beam is None else beam
+             defaults: Any, limits: Limits, sampling: Sampling | None = None) -> RequestOptions:
+    if sampling is not None and beam not in (None, 1):
+        raise BadRequest(f"beam: sampling draws one token at a time, not a beam of {beam}; "
+                         "leave beam out and ask for several samples with nbest")
+    beam = 1 if sampling is not None else defaults.beam_size if beam is None else beam
     if not 1 <= beam <= limits.max_beam:
         raise BadRequest(f"beam: {beam} is out of range; choose 1 to {limits.max_beam}")
     nbest = 1 if nbest is None else nbest
-    if not 1 <= nbest <= beam:
-        raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to the beam size ({beam})")
+    most = limits.max_beam if sampling is not None else beam
+    if not 1 <= nbest <= most:
+        raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to "
+                         + (f"{most} samples" if sampling is not None
+                            else f"the beam size ({beam})"))
     mode = "hard" if alignment is True else "none" if alignment is False else alignment
-    return RequestOptions(beam, nbest, mode)
+    return RequestOptions(beam, nbest, mode, sampling)
+
+
+def _sampling(request: TranslateRequest, defaults: Any) -> Sampling | None:
+    """The request's sampling settings (the server's decode settings where it gives none),
+    checked as the config checks them; None without ``sampling``."""
+    given = {"temperature": request.temperature, "top_k": request.top_k,
+             "top_p": request.top_p, "seed": request.seed}
+    if not request.sampling:
+        named = [name for name, value in given.items() if value is not None]
+        if named:
+            raise BadRequest(f"{named[0]}: applies to sampling only; add \"sampling\": true")
+        return None
+    chosen = {name: getattr(defaults, name) if value is None else value
+              for name, value in given.items()}
+    if not chosen["temperature"] > 0:
+        raise BadRequest(f"temperature: must be greater than 0, got {chosen['temperature']}")
+    if not 0 < chosen["top_p"] <= 1:
+        raise BadRequest(f"top_p: must be in (0, 1], got {chosen['top_p']}")
+    if chosen["top_k"] < 0 or (request.top_k is not None and request.top_k < 1):
+        raise BadRequest(f"top_k: must be at least 1, got {chosen['top_k']}")
+    if chosen["seed"] < 0:
+        raise BadRequest(f"seed: must be at least 0, got {chosen['seed']}")
+    return Sampling(**chosen)
 
 
 def _terms(request: TranslateRequest, count: int) -> list[LineTerms]:

@@ -13,6 +13,16 @@ from s2s.translation.translator import TranslationResult, Translator
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """A request's sampling settings (``s2s.search.sampling``)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 1
+
+
+@dataclass(frozen=True)
 class RequestOptions:
     """What a request asks its lines to be translated with; requests with the same options
     are translated as one group."""
@@ -20,6 +30,7 @@ class RequestOptions:
     beam: int
     nbest: int
     alignment: str  # none, hard or soft
+    sampling: Sampling | None = None  # sampling search instead of beam search
 
 
 @dataclass
@@ -107,7 +118,11 @@ class Batcher:
         """The translator for ``options``: the same model, other decoding options."""
         if options not in self._translators:
             decode = replace(self.translator.decode, beam_size=options.beam,
-                             nbest=options.nbest)
+                             nbest=options.nbest, sampling=options.sampling is not None)
+            if options.sampling is not None:
+                decode = replace(decode, temperature=options.sampling.temperature,
+                                 top_k=options.sampling.top_k, top_p=options.sampling.top_p,
+                                 seed=options.sampling.seed)
             self._translators[options] = self.translator.with_decode(decode)
         return self._translators[options]
 
