@@ -6,12 +6,14 @@ in steps of a few bucket sizes (``rows_to_keep``).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from s2s.config import DecodeConfig
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from s2s.model.ensemble import Decodable
+from s2s.model.ensemble import AnyEncoded, AnyState, Decodable
 from s2s.search.constraints import PackedTerms, force_prefix
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import (
@@ -23,6 +25,9 @@ from s2s.search.steps import (
     strip,
 )
 
+# (log-probabilities (n, V), the rows' indices in the batch, step) -> a token per row (n,)
+Choose = Callable[[Tensor, Tensor, int], Tensor]
+
 
 @torch.inference_mode()
 def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
@@ -31,15 +36,28 @@ def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: De
     """The most probable next token at every step; one hypothesis per sentence. ``terms``:
     prefixes to start with (greedy search takes no constraints)."""
     encoded, state = model.encode(src, src_lengths, for_search=True)
-    limits = max_output_lengths(src_lengths, config).to(src.device)
-    batch = len(src)
+    return [[hypothesis] for hypothesis in token_by_token(
+        model, encoded, state, src_lengths, config,
+        lambda log_probs, rows, step: row_topk(log_probs, 1)[1][:, 0],
+        with_attention=with_attention, terms=terms, word_starts=word_starts)]
+
+
+def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_lengths: Tensor,
+                   config: DecodeConfig, choose: Choose, *, with_attention: bool = False,
+                   terms: PackedTerms | None = None, word_starts: Tensor | None = None
+                   ) -> list[Hypothesis]:
+    """One hypothesis per row, each token the one ``choose`` picks from the restricted
+    log-probabilities (a prefix forced first); scores add up those log-probabilities."""
+    device = src_lengths.device
+    limits = max_output_lengths(src_lengths, config).to(device)
+    batch = len(src_lengths)
     steps = int(limits.max()) + 1
-    outputs = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=src.device)
-    scores = torch.zeros(batch, dtype=torch.float32, device=src.device)
-    active = torch.arange(batch, device=src.device)  # the sentence of each row
-    ended = torch.zeros(batch, dtype=torch.bool, device=src.device)  # rows that are passengers
-    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
-    attention = torch.zeros((batch, steps, src.size(1)), device=src.device) if (
+    outputs = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, dtype=torch.float32, device=device)
+    active = torch.arange(batch, device=device)  # the row of each running sentence
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)  # rows that are passengers
+    prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    attention = torch.zeros((batch, steps, encoded.states.size(1)), device=device) if (
         with_attention) else None
     for step in range(steps):
         logits, state, weights = model.decode_step(prev, state, encoded)
@@ -51,8 +69,8 @@ def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: De
             force_prefix(log_probs, terms.prefix[active], terms.prefix_lengths[active],
                          terms.prefix_ends_word[active], torch.full_like(active, step),
                          word_starts)
-        best, tokens = (column[:, 0] for column in row_topk(log_probs, 1))  # (n,)
-        best = best.float()
+        tokens = choose(log_probs, active, step)  # (n,)
+        best = log_probs.gather(1, tokens[:, None])[:, 0].float()
         tokens, best = tokens.masked_fill(ended, PAD_ID), best.masked_fill(ended, 0.0)
         outputs[active, step] = tokens
         scores[active] += best
@@ -65,6 +83,5 @@ def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: De
             encoded, state = encoded.select(kept), state.select(kept)
         prev = tokens
     tokens = [strip(row) for row in outputs.tolist()]
-    return [[Hypothesis(row, float(score), attention_of(attention, index, len(row),
-                                                         src_lengths))]
+    return [Hypothesis(row, float(score), attention_of(attention, index, len(row), src_lengths))
             for index, (row, score) in enumerate(zip(tokens, scores.tolist()))]

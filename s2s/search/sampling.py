@@ -22,17 +22,10 @@ import torch
 from torch import Tensor
 
 from s2s.config import DecodeConfig
-from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from s2s.model.ensemble import Decodable
-from s2s.search.constraints import PackedTerms, force_prefix
+from s2s.search.constraints import PackedTerms
+from s2s.search.greedy import token_by_token
 from s2s.search.hypothesis import Hypothesis
-from s2s.search.steps import (
-    attention_of,
-    max_output_lengths,
-    next_token_log_probs,
-    rows_to_keep,
-    strip,
-)
 
 _MASK_64 = (1 << 64) - 1
 
@@ -125,52 +118,16 @@ def sample_search(model: Decodable, src: Tensor, src_lengths: Tensor, keys: Tens
                   ) -> list[list[Hypothesis]]:
     """``config.nbest`` samples of each sentence of a padded batch, best-scoring first;
     ``keys`` (n nbest,) from ``line_keys``; ``terms``: prefixes to start with."""
-    samples = config.nbest
-    batch = len(src)
+    samples, batch = config.nbest, len(src)
     rows_of = torch.arange(batch, device=src.device).repeat_interleave(samples)
     encoded, state = model.encode(src, src_lengths, for_search=True)
-    encoded, state = encoded.select(rows_of), state.select(rows_of)
-    limits = max_output_lengths(src_lengths, config).to(src.device)[rows_of]
     if terms is not None:
         terms = PackedTerms(terms.prefix[rows_of], terms.prefix_lengths[rows_of],
                             terms.prefix_ends_word[rows_of], terms.constraints[rows_of],
                             terms.constraint_lengths[rows_of])
-    rows = len(rows_of)
-    steps = int(limits.max()) + 1
-    outputs = torch.full((rows, steps), PAD_ID, dtype=torch.long, device=src.device)
-    scores = torch.zeros(rows, dtype=torch.float64, device=src.device)
-    active = torch.arange(rows, device=src.device)
-    ended = torch.zeros(rows, dtype=torch.bool, device=src.device)
-    prev = torch.full((rows,), BOS_ID, dtype=torch.long, device=src.device)
-    attention = torch.zeros((rows, steps, src.size(1)), device=src.device) if (
-        with_attention) else None
-    for step in range(steps):
-        logits, state, weights = model.decode_step(prev, state, encoded)
-        if attention is not None:
-            attention[active, step] = weights.float()
-        log_probs = next_token_log_probs(logits, outputs[active, :step],
-                                         step >= limits[active], config).float()
-        if terms is not None and terms.prefix.size(1):
-            force_prefix(log_probs, terms.prefix[active], terms.prefix_lengths[active],
-                         terms.prefix_ends_word[active], torch.full_like(active, step),
-                         word_starts)
-        tokens = draw(log_probs, keys[active.cpu()], step, config)
-        chosen = log_probs.gather(1, tokens[:, None])[:, 0].double()
-        tokens, chosen = tokens.masked_fill(ended, PAD_ID), chosen.masked_fill(ended, 0.0)
-        outputs[active, step] = tokens
-        scores[active] += chosen
-        ended |= tokens == EOS_ID
-        kept = rows_to_keep(ended)
-        if kept is not None and len(kept) == 0:
-            break
-        if kept is not None:
-            active, ended, tokens = active[kept], ended[kept], tokens[kept]
-            encoded, state = encoded.select(kept), state.select(kept)
-        prev = tokens
-    tokens = [strip(row) for row in outputs.tolist()]
-    source_lengths = src_lengths[rows_of]
-    hypotheses = [Hypothesis(row, float(score), attention_of(attention, index, len(row),
-                                                              source_lengths))
-                  for index, (row, score) in enumerate(zip(tokens, scores.tolist()))]
+    hypotheses = token_by_token(
+        model, encoded.select(rows_of), state.select(rows_of), src_lengths[rows_of], config,
+        lambda log_probs, rows, step: draw(log_probs, keys[rows.cpu()], step, config),
+        with_attention=with_attention, terms=terms, word_starts=word_starts)
     return [sorted(hypotheses[i * samples:(i + 1) * samples], key=lambda h: -h.score)
             for i in range(batch)]
