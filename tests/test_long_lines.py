@@ -46,7 +46,7 @@ def _long_lines() -> list[str]:
 def test_split_pieces_are_joined_back_in_order(copy_translator: Translator,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With a decoder that returns its input, a long line comes back exactly as it went in."""
-    def echo(model, sentences, config, device, with_attention=False):
+    def echo(model, sentences, config, device, **options):
         assert all(len(sentence) <= LIMIT for sentence in sentences)
         return [[Hypothesis(list(sentence), 0.0)] for sentence in sentences]
 
