@@ -7,7 +7,7 @@ members' weights (normalised to sum to one):
 - ``prob`` (the default, as fairseq): the weighted mean of the probabilities,
   log sum_i w_i p_i(y), a proper distribution;
 - ``logprob`` (as OpenNMT-py): the weighted mean of the log-probabilities, sum_i w_i log p_i(y),
-  which search renormalises (a weighted geometric mean of the distributions).
+  renormalised (a weighted geometric mean of the distributions).
 
 Members must share both vocabularies (``load_translator`` checks), so their token ids, source
 lengths and attention columns line up.
@@ -67,7 +67,10 @@ class EnsembleState(NamedTuple):
 
 
 class Ensemble(nn.Module):
-    """Models decoding together; ``encode`` and ``decode_step`` as ``Seq2Seq``'s."""
+    """Models decoding together; ``encode`` and ``decode_step`` as ``Seq2Seq``'s, but
+    ``decode_step`` gives normalised log-probabilities."""
+
+    gives_log_probs = True
 
     def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None,
                  combine: str = "prob") -> None:
@@ -92,34 +95,48 @@ class Ensemble(nn.Module):
 
     def decode_step(self, prev_tokens: Tensor, state: EnsembleState, encoded: EnsembleEncoded
                     ) -> tuple[Tensor, EnsembleState, Tensor]:
-        """The combined log-probabilities (B G, V) in fp32 (search takes them as logits), the
-        members' new states and their weighted mean attention (B G, S)."""
-        log_probs, states, attention = [], [], None
+        """The combined log-probabilities (B G, V) in fp32, normalised, the members' new
+        states and their weighted mean attention (B G, S)."""
+        logits, states, attention = [], [], None
         for member, weight, own_state, own_encoded in zip(self.members, self.weights,
                                                           state.members, encoded.members):
-            logits, new_state, weights = member.decode_step(prev_tokens, own_state, own_encoded)
-            log_probs.append(torch.log_softmax(logits.float(), dim=-1))
+            member_logits, new_state, weights = member.decode_step(prev_tokens, own_state,
+                                                                   own_encoded)
+            logits.append(member_logits.float())
             states.append(new_state)
             weighted = weights.float() * weight
             attention = weighted if attention is None else attention + weighted
         assert attention is not None
-        return self._combined(log_probs), EnsembleState(tuple(states)), attention
+        return self._combined(logits), EnsembleState(tuple(states)), attention
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
                 positions: Tensor | None = None) -> Tensor:
         """Teacher-forced combined log-probabilities, shaped as ``Seq2Seq.forward``'s logits
         (the validation loss of an ensemble)."""
-        return self._combined([torch.log_softmax(member(src_ids, src_lengths, tgt_in,
-                                                        positions).float(), dim=-1)
+        return self._combined([member(src_ids, src_lengths, tgt_in, positions).float()
                                for member in self.members])
 
-    def _combined(self, log_probs: list[Tensor]) -> Tensor:
-        stacked = torch.stack(log_probs)  # (members, ..., V)
-        shape = (-1,) + (1,) * (stacked.dim() - 1)
-        member_weights = torch.tensor(self.weights, device=stacked.device).view(shape)
+    def _combined(self, logits: list[Tensor]) -> Tensor:
+        """The members' logits combined into normalised log-probabilities.
+
+        ``prob`` mixes probabilities and takes one logarithm (a log-sum-exp per pair of
+        models costs twice as much on a CPU); a probability below fp32's smallest normal
+        number (1e-38, a log-probability of -87.3) counts as that number, so a token no model
+        gives any chance keeps a finite score (a forced EOS at the length limit must)."""
         if self.combine == "prob":
-            return torch.logsumexp(stacked + member_weights.log(), dim=0)
-        return (stacked * member_weights).sum(dim=0)
+            mixed = None
+            for member_logits, weight in zip(logits, self.weights):
+                probs = torch.softmax(member_logits, dim=-1)
+                mixed = probs.mul_(weight) if mixed is None else mixed.add_(probs, alpha=weight)
+            assert mixed is not None
+            return mixed.clamp_min_(torch.finfo(mixed.dtype).tiny).log_()
+        combined = None
+        for member_logits, weight in zip(logits, self.weights):
+            weighted = torch.log_softmax(member_logits, dim=-1).mul_(weight)
+            combined = weighted if combined is None else combined.add_(weighted)
+        assert combined is not None
+        # the weighted mean of log-probabilities is no distribution until renormalised
+        return torch.log_softmax(combined, dim=-1)
 
 
 # what search decodes: one model or several, and the per-sentence and per-row state it keeps

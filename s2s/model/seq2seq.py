@@ -265,6 +265,8 @@ def _stacked(cells: list[Tensor | None]) -> Tensor | None:
 class Seq2Seq(nn.Module):
     """Embeddings, encoder and decoder; rebuilt from (config, vocabulary sizes) alone."""
 
+    gives_log_probs = False  # decode_step returns logits (an ensemble: log-probabilities)
+
     def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                  joint_vocab: bool = False) -> None:
         super().__init__()

@@ -107,7 +107,8 @@ class BeamBatch:
         if beams.attention is not None:
             beams.attention = torch.cat([beams.attention, weights.float()[:, None]], dim=1)
         at_limit = (beams.lengths >= beams.limits).repeat_interleave(beam)
-        log_probs = next_token_log_probs(logits, beams.history, at_limit, config)  # (n K, V)
+        log_probs = next_token_log_probs(logits, beams.history, at_limit, config,
+                                         normalised=self.model.gives_log_probs)  # (n K, V)
         if beams.prefix.size(1):
             force_prefix(log_probs, *(tensor.repeat_interleave(beam, dim=0) for tensor in (
                 beams.prefix, beams.prefix_lengths, beams.prefix_ends_word, beams.lengths)),

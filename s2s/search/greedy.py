@@ -64,7 +64,8 @@ def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_l
         if attention is not None:
             attention[active, step] = weights.float()
         log_probs = next_token_log_probs(logits, outputs[active, :step],
-                                          step >= limits[active], config)  # (n, V)
+                                          step >= limits[active], config,
+                                          normalised=model.gives_log_probs)  # (n, V)
         if terms is not None and terms.prefix.size(1):
             force_prefix(log_probs, terms.prefix[active], terms.prefix_lengths[active],
                          terms.prefix_ends_word[active], torch.full_like(active, step),

@@ -42,15 +42,16 @@ def bucket_size(count: int) -> int:
 
 
 def next_token_log_probs(logits: Tensor, history: Tensor, at_limit: Tensor,
-                          config: DecodeConfig) -> Tensor:
-    """Log-probabilities (N, V) of the next token, with the search's restrictions applied.
+                          config: DecodeConfig, *, normalised: bool = False) -> Tensor:
+    """Log-probabilities (N, V) of the next token, with the search's restrictions applied
+    (``normalised``: ``logits`` are log-probabilities already, as an ensemble's are).
 
     They keep the logits' dtype: for a bf16 model one fused log-softmax (fp32 inside) rounds
     them to bf16, an error of at most 0.4% of each value, smaller than the bf16 logits' own;
     hypothesis scores add them up in fp32. The distribution is normalised before the
     restrictions, so a forced EOS keeps its probability under the model.
     """
-    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs = logits if normalised else torch.log_softmax(logits, dim=-1)
     _restrict(log_probs, history, at_limit, config)
     return log_probs
 
