@@ -226,6 +226,9 @@ def translate(config: RunConfigArg = None, run: RunOption = None,
         _sampling_overrides(sampling, beam, temperature, top_k, top_p, seed))
     OutputFormat(alignment=alignment)  # a bad --alignment fails before the model loads
     translator, _ = _translator(config, run, checkpoint, changes, device, model, weights)
+    if constraints and translator.decode.sampling:
+        raise UsageError("--constraints needs beam search; --sampling (decode.sampling) cannot "
+                         "keep them: leave one out")
     output_format = OutputFormat(translator.decode.nbest, alignment)
     with _open_input(input) as source, _open_output(output) as target:
         total = _count_lines(input) if input is not None else None

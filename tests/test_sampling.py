@@ -109,6 +109,7 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:
     (["--sampling", "--top-k", "0"], "Invalid value for '--top-k'"),
     (["--sampling", "--beam", "5"], "decode.sampling: sampling draws one token at a time, not "
                                     "a beam; set decode.beam_size to 1 (it is 5)"),
+    (["--sampling", "--constraints"], "--constraints needs beam search; --sampling"),
 ])
 def test_bad_sampling_options_are_one_line_errors(trained_run: Path, arguments: list[str],
                                                   message: str) -> None:

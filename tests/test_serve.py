@@ -424,6 +424,7 @@ def test_sampling_requests_agree_with_translate(client: TestClient, trained_run:
     ({"text": "a", "sampling": True, "top_p": 1.5}, "top_p: must be in (0, 1]"),
     ({"text": "a", "sampling": True, "top_k": 0}, "top_k: must be at least 1"),
     ({"text": "a", "top_k": 5}, "top_k: applies to sampling only"),
+    ({"text": "a", "sampling": True, "constraints": ["b"]}, "constraints: they need beam search"),
 ])
 def test_bad_sampling_requests_get_a_400(client: TestClient, body: dict, message: str) -> None:
     response = client.post("/translate", json=body)

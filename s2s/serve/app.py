@@ -124,6 +124,8 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
                            _sampling(request, defaults))
         lines = _checked_lines(lines, limits)
         terms = _terms(request, len(lines))
+        if options.sampling is not None and any(t.constraints for t in terms):
+            raise BadRequest("constraints: they need beam search; sampling cannot keep them")
         checker = batcher.translator_for(options)
         for number, (line, line_terms) in enumerate(zip(lines, terms), 1):
             checker.check_terms(line, line_terms, number)  # a TermsError is a 400

@@ -241,6 +241,9 @@ class Translator:
                 ids = ids[1:]  # a lone word-start piece: languages without spaces need none
             self._check_spelled(ids, f"constraint {rank}", phrase, number)
             phrases.append(tuple(ids))
+        if phrases and self.decode.sampling:
+            raise TermsError(f"line {number}: constraints need beam search; sampling "
+                             "(decode.sampling) cannot keep them")
         if len(phrases) > self.decode.beam_size:
             raise TermsError(f"line {number}: {len(phrases)} constraints, more than the beam "
                              f"holds (decode.beam_size {self.decode.beam_size}); give a beam of "
