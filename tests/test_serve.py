@@ -429,3 +429,17 @@ def test_sampling_requests_agree_with_translate(client: TestClient, trained_run:
 def test_bad_sampling_requests_get_a_400(client: TestClient, body: dict, message: str) -> None:
     response = client.post("/translate", json=body)
     assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_info_names_an_ensembles_models_without_paths(trained_run: Path) -> None:
+    from s2s.translation.translator import ModelRef
+    run_dir = load_config(trained_run).run_dir
+    ensemble = load_translator(run_dir, "best", device="cpu",
+                               ensemble=[ModelRef(run_dir, "last")], weights=[3.0, 1.0])
+    with TestClient(create_app(ensemble)) as client:
+        info = client.get("/info").json()
+        answer = client.post("/translate", json={"text": "A man."}).json()
+    assert [model["checkpoint"] for model in info["ensemble"]["models"]] == ["best", "last"]
+    assert info["ensemble"]["weights"] == [3.0, 1.0] and info["ensemble"]["combine"] == "prob"
+    assert str(run_dir) not in json.dumps(info)
+    assert answer["translations"] == ensemble.translate(["A man."])[0].text
