@@ -1,2 +1,3 @@
-"""Scores: sacrebleu BLEU, chrF and TER (``scoring``), validation as training and
-`s2s evaluate` both compute it (``validation``), and `s2s evaluate` itself (``evaluate``)."""
+"""Scores: sacrebleu BLEU, chrF and TER (``scoring``), paired significance tests between
+systems (``significance``), validation as training and `s2s evaluate` both compute it
+(``validation``), and `s2s evaluate` itself (``evaluate``)."""

@@ -1,3 +1,4 @@
-"""The attentional recurrent encoder-decoder: the model itself (``seq2seq``), its attention
-layer (``attention``), the recurrent cells it can use (``cells``) and the step-wise layers that
-make decoding one token at a time fast (``step_layers``)."""
+"""The attentional recurrent encoder-decoder: the model itself (``seq2seq``), several models
+decoding as one (``ensemble``), its attention layer (``attention``), the recurrent cells it can
+use (``cells``) and the step-wise layers that make decoding one token at a time fast
+(``step_layers``)."""

@@ -1,3 +1,4 @@
-"""Finding translations with a trained model: greedy and corpus-level search (``greedy``),
-beam search over a running batch (``beam``), the per-step pieces both share (``steps``) and
-what search returns (``hypothesis``)."""
+"""Finding translations with a trained model (or an ensemble): greedy and corpus-level search
+(``greedy``, ``corpus``), beam search over a running batch (``beam``), sampling (``sampling``),
+target prefixes and terminology constraints (``constraints``), the per-step pieces they share
+(``steps``) and what search returns (``hypothesis``)."""
