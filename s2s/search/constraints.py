@@ -154,10 +154,12 @@ def constrained_candidates(log_probs: Tensor, beam_scores: Tensor, width: int, *
         next_in_progress)
     bank = (new_met * constraint_lengths[:, None]).sum(dim=2) + new_position  # (n, C)
     order = _allocation_order(scores, bank, int(constraint_lengths.sum(dim=1).max()) + 1)
-    take = lambda tensor: tensor.gather(1, order)  # noqa: E731
-    return Candidates(take(scores), take(tokens), take(origins),
+    scores, tokens, origins, new_progress, new_position, just_met = (
+        tensor.gather(1, order) for tensor in (scores, tokens, origins, new_progress,
+                                               new_position, just_met))
+    return Candidates(scores, tokens, origins,
                       new_met.gather(1, order[:, :, None].expand(-1, -1, phrases)),
-                      take(new_progress), take(new_position), take(just_met))
+                      new_progress, new_position, just_met)
 
 
 def _advanced(tokens: Tensor, origins: Tensor, constraints: Tensor, lengths: Tensor,
