@@ -58,10 +58,32 @@ def test_evaluate_an_ensemble_with_the_averaged_checkpoint_as_a_member(
     assert result.exit_code == 2 and "one ensemble with one --checkpoint" in result.stderr
 
 
-def test_ensemble_members_must_share_the_vocabularies(trained_run: Path,
-                                                      copy_translator: Translator) -> None:
-    other = copy_translator.loaded.path
-    assert other is not None
+def _other_vocabulary_checkpoint(directory: Path) -> Path:
+    """An untrained model with a vocabulary of its own (34 pieces of a word task)."""
+    import random
+
+    from s2s.config import VocabConfig, config_from_dict
+    from s2s.data.vocab import Tokenizer, train_sentencepiece
+    from s2s.model.seq2seq import Seq2Seq
+    from s2s.run.checkpoint import LoadedModel, save_model
+    from tests.conftest import config_dict
+    from tests.tasks import sentence
+
+    config = config_from_dict(config_dict(directory, directory / "run", data={
+        "src_lang": "aa", "tgt_lang": "bb"}))
+    chance = random.Random(1)
+    train_sentencepiece([sentence(chance) for _ in range(500)], directory / "spm.model", 34,
+                        VocabConfig(src_size=34, tgt_size=34, byte_fallback=False,
+                                    character_coverage=1.0))
+    tokenizer = Tokenizer.from_file(directory / "spm.model")
+    model = Seq2Seq(config.model, len(tokenizer), len(tokenizer))
+    save_model(LoadedModel(config, model, tokenizer, tokenizer, step=0), directory / "other.pt")
+    return directory / "other.pt"
+
+
+def test_ensemble_members_must_share_the_vocabularies(trained_run: Path, tmp_path: Path
+                                                      ) -> None:
+    other = _other_vocabulary_checkpoint(tmp_path)
     result = runner.invoke(app, ["translate", str(trained_run), "--model",
                                  f"{other.parent}:{other}"], input="A man.\n")
     assert result.exit_code == 1
