@@ -119,16 +119,7 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
 
     @app.post("/translate")
     async def translate(request: TranslateRequest) -> dict[str, Any]:
-        lines = [request.text] if isinstance(request.text, str) else request.text
-        options = _options(request.beam, request.nbest, request.alignment, defaults, limits,
-                           _sampling(request, defaults))
-        lines = _checked_lines(lines, limits)
-        terms = _terms(request, len(lines))
-        if options.sampling is not None and any(t.constraints for t in terms):
-            raise BadRequest("constraints: they need beam search; sampling cannot keep them")
-        checker = batcher.translator_for(options)
-        for number, (line, line_terms) in enumerate(zip(lines, terms), 1):
-            checker.check_terms(line, line_terms, number)  # a TermsError is a 400
+        lines, options, terms = _checked_request(request, batcher, defaults, limits)
         results = await batcher.translate(lines, options, terms)
         return _response(results, options, single=isinstance(request.text, str))
 
@@ -207,6 +198,22 @@ def _model_info(translator: Translator) -> dict[str, Any]:
         "validation": {"metric": metric, "best": None if best is None else (
             -best if metric == "loss" else best)},
     }
+
+
+def _checked_request(request: TranslateRequest, batcher: Batcher, defaults: Any,
+                     limits: Limits) -> tuple[list[str], RequestOptions, list[LineTerms]]:
+    """A /translate request's lines, options and terms, each checked (a 4xx otherwise)."""
+    lines = [request.text] if isinstance(request.text, str) else request.text
+    options = _options(request.beam, request.nbest, request.alignment, defaults, limits,
+                       _sampling(request, defaults))
+    lines = _checked_lines(lines, limits)
+    terms = _terms(request, len(lines))
+    if options.sampling is not None and any(t.constraints for t in terms):
+        raise BadRequest("constraints: they need beam search; sampling cannot keep them")
+    checker = batcher.translator_for(options)
+    for number, (line, line_terms) in enumerate(zip(lines, terms), 1):
+        checker.check_terms(line, line_terms, number)  # a TermsError is a 400
+    return lines, options, terms
 
 
 def _options(beam: int | None, nbest: int | None, alignment: bool | str,
