@@ -176,8 +176,8 @@ class Translator:
             texts_of_piece = [_one_line(next(piece_texts)) for _ in of_piece]
             prefix = piece_terms[index].prefix
             if prefix:  # the prefix as the user wrote it, then what the model continued
-                texts_of_piece = [_after_prefix(text, _one_line(tokenizer.decode([prefix])[0]),
-                                                terms[line].prefix)
+                decoded_prefix = _one_line(tokenizer.decode([prefix])[0])
+                texts_of_piece = [_after_prefix(text, decoded_prefix, terms[line].prefix)
                                   for text in texts_of_piece]
             parts_of_line.setdefault(line, []).append(_TranslatedPiece(
                 texts_of_piece, [h.score for h in of_piece],
