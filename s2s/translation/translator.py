@@ -108,6 +108,8 @@ class Translator:
         data = loaded.config.data
         self.max_tokens = data.max_tokens
         self.normalization = side_normalization(data.normalization, data.src_lang)
+        self.target_normalization = side_normalization(data.normalization, data.tgt_lang)
+        self._word_start_mask: torch.Tensor | None = None  # built on first use
         self.joiner = joiner(data.tgt_lang)
         # languages written without spaces align character by character
         self.by_character = (joiner(data.src_lang) == "", self.joiner == "")
@@ -197,14 +199,17 @@ class Translator:
 
     def _word_starts(self) -> torch.Tensor | None:
         """(V,) the target pieces that may follow a whole word: those that begin a word,
-        punctuation, and EOS; None for a language written without spaces."""
+        punctuation, and EOS; None for a language written without spaces. Built once (a
+        Python pass over the vocabulary), not for every batch."""
         if self.joiner == "":
             return None
-        tokenizer = self.loaded.tgt_tokenizer
-        starts = torch.tensor([piece.startswith("\u2581") or not piece[:1].isalnum()
-                               for piece in tokenizer.pieces(range(len(tokenizer)))])
-        starts[EOS_ID] = True
-        return starts.to(self.device)
+        if self._word_start_mask is None:
+            tokenizer = self.loaded.tgt_tokenizer
+            starts = torch.tensor([piece.startswith("\u2581") or not piece[:1].isalnum()
+                                   for piece in tokenizer.pieces(range(len(tokenizer)))])
+            starts[EOS_ID] = True
+            self._word_start_mask = starts.to(self.device)
+        return self._word_start_mask
 
     def check_terms(self, text: str, terms: LineTerms, number: int) -> None:
         """Raise a ``TermsError`` naming line ``number`` when ``terms`` cannot be kept for the
@@ -225,8 +230,7 @@ class Translator:
     def _target_terms(self, terms: LineTerms, source_tokens: int, number: int) -> TargetTerms:
         """``terms`` in target token ids, checked against the beam and the line's output
         limit (a ``TermsError`` names line ``number`` and what to change)."""
-        normalization = side_normalization(self.loaded.config.data.normalization,
-                                           self.loaded.config.data.tgt_lang)
+        normalization = self.target_normalization
         tokenizer = self.loaded.tgt_tokenizer
         prefix: list[int] = []
         if terms.prefix.strip():
