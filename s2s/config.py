@@ -142,7 +142,8 @@ class DecodeConfig:
     no_repeat_ngram: int = _option(0, minimum=0)  # block repeated n-grams of this size; 0 = off
     # sentences per decoding batch: count x (longest source + 1) x beam_size stays within it
     batch_tokens: int = _option(6000, minimum=16)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # weights' dtype; auto: as trained
+    # weights' dtype; auto: as trained; int8: quantised weights on the CPU (LSTM and GRU)
+    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
     # how an ensemble's next-token distributions combine: the weighted mean of probabilities
     # (prob, as fairseq) or of log-probabilities (logprob, as OpenNMT-py)

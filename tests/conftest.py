@@ -74,13 +74,16 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 @pytest.fixture(autouse=True)
 def process_state_is_left_alone() -> Iterator[None]:
-    """Set the thread count for the test; fail a test that leaks threads or signal handlers."""
+    """Set the thread count for the test; fail a test that leaks threads, signal handlers or
+    the quantised engine."""
     previous = torch.get_num_threads()
+    engine = torch.backends.quantized.engine
     handlers = {number: signal.getsignal(number) for number in WATCHED_SIGNALS}
     torch.set_num_threads(TEST_THREADS)
     try:
         yield
         assert torch.get_num_threads() == TEST_THREADS, "the test changed torch's thread count"
+        assert torch.backends.quantized.engine == engine, "the test changed the int8 engine"
         changed = [signal.Signals(number).name for number in WATCHED_SIGNALS
                    if signal.getsignal(number) != handlers[number]]
         assert not changed, f"the test left signal handlers changed: {changed}"

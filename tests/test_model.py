@@ -142,14 +142,14 @@ def _search_step_matches_training_path(model: Seq2Seq) -> bool:
     src, lengths = _sources([6, 4])
     prev = torch.tensor([5, 9])
     encoded, state = model.encode(src, lengths)
-    assert encoded.step_weights is None  # only search asks for them
+    assert encoded.step_layers is None  # only search asks for them
     if model.config.input_feeding:  # a nonzero feed, as every step after the first has
         state = state._replace(feed=torch.randn_like(state.feed))
     trained, trained_state, trained_weights = model.decoder(prev[:, None], state, encoded)
     with torch.no_grad():
-        assert model.encode(src, lengths)[0].step_weights is None  # grad mode changes nothing
+        assert model.encode(src, lengths)[0].step_layers is None  # grad mode changes nothing
         search_encoded, _ = model.encode(src, lengths, for_search=True)
-        assert search_encoded.step_weights is not None
+        assert search_encoded.step_layers is not None
         searched, searched_state, searched_weights = model.decoder(prev[:, None], state,
                                                                    search_encoded)
     return (torch.allclose(trained, searched, atol=1e-10)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
+from s2s.model.step_layers import StepLayer
 
 COMBINE_RULES = ("prob", "logprob")
 
@@ -37,13 +38,12 @@ class EnsembleEncoded(NamedTuple):
         return self.members[0].states
 
     @property
-    def step_weights(self) -> tuple[list[tuple[Tensor, Tensor]] | None, ...]:
-        return tuple(member.step_weights for member in self.members)
+    def step_layers(self) -> tuple[list[StepLayer] | None, ...]:
+        return tuple(member.step_layers for member in self.members)
 
-    def with_step_weights(self, weights: Sequence[list[tuple[Tensor, Tensor]] | None]
-                          ) -> "EnsembleEncoded":
-        return EnsembleEncoded(tuple(member.with_step_weights(own)
-                                     for member, own in zip(self.members, weights)))
+    def with_step_layers(self, layers: Sequence[list[StepLayer] | None]) -> "EnsembleEncoded":
+        return EnsembleEncoded(tuple(member.with_step_layers(own)
+                                     for member, own in zip(self.members, layers)))
 
     def select(self, index: Tensor) -> "EnsembleEncoded":
         return EnsembleEncoded(tuple(member.select(index) for member in self.members))

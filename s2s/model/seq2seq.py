@@ -5,7 +5,7 @@ direction, M = 2 He (encoder states), H decoder hidden size, L decoder layers, O
 vector size (E when embeddings are tied, else H), V target vocabulary, G the cell's joined
 pre-activation width per hidden unit (4 for LSTM and GRU, 1 for RNN).
 
-Search needs only ``encode`` (asking ``for_search=True`` for the joined step weights) and
+Search needs only ``encode`` (asking ``for_search=True`` for the joined step layers) and
 ``decode_step``; training and the validation loss use ``forward``. Nothing here depends on
 torch's global grad mode.
 """
@@ -25,7 +25,9 @@ from s2s.data.vocab import PAD_ID
 from s2s.model.attention import Attention
 from s2s.model.cells import CELLS
 from s2s.model.step_layers import (
+    JoinedLayer,
     SplitStepLayer,
+    StepLayer,
     joined_step_layer,
     recurrent_layer,
     step_linear,
@@ -38,17 +40,17 @@ class Encoded(NamedTuple):
     states: Tensor  # (B, S, M)
     keys: Tensor  # (B, S, H) states projected for scoring (the states themselves for dot)
     mask: Tensor  # (B, S) bool, True on real tokens
-    # only when search asked for them: per decoder layer, all gates' (weight, bias) joined
-    step_weights: list[tuple[Tensor, Tensor]] | None = None
+    # only when search asked for them: per decoder layer, all gates' matmul in one layer
+    step_layers: list[StepLayer] | None = None
 
-    def with_step_weights(self, weights: list[tuple[Tensor, Tensor]] | None) -> "Encoded":
-        """The same states with search's joined weights (built once per search, reused)."""
-        return self._replace(step_weights=weights)
+    def with_step_layers(self, layers: list[StepLayer] | None) -> "Encoded":
+        """The same states with search's joined layers (built once per search, reused)."""
+        return self._replace(step_layers=layers)
 
     def select(self, index: Tensor) -> "Encoded":
         """Keep or repeat batch rows (finished sentences leave; beams expand)."""
         return Encoded(self.states.index_select(0, index), self.keys.index_select(0, index),
-                       self.mask.index_select(0, index), self.step_weights)
+                       self.mask.index_select(0, index), self.step_layers)
 
     def joined(self, other: "Encoded") -> "Encoded":
         """These sentences followed by ``other``'s, padded to the longer source."""
@@ -58,7 +60,7 @@ class Encoded(NamedTuple):
             return torch.cat([_pad_source(mine, source, fill), _pad_source(theirs, source, fill)])
 
         return Encoded(cat(self.states, other.states, 0.0), cat(self.keys, other.keys, 0.0),
-                       cat(self.mask, other.mask, False), self.step_weights)
+                       cat(self.mask, other.mask, False), self.step_layers)
 
 
 class DecoderState(NamedTuple):
@@ -148,6 +150,8 @@ class Decoder(nn.Module):
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
         self.output = nn.Linear(self.out_size, vocab_size)
+        # search's layers when they must not be rebuilt from the weights (int8: packed once)
+        self.frozen_search_layers: list[StepLayer] | None = None
         if config.tie_embeddings:
             self.output.weight = embedding.weight
 
@@ -161,12 +165,15 @@ class Decoder(nn.Module):
         the attention weights (B, T, S)."""
         embedded = self.embed_dropout(self.embedding(tgt_ids))  # (B, T, E)
         # Three paths give the same numbers (tests pin them to each other): search's single
-        # steps use the joined weights it asked ``encode`` for (one matmul per layer, no
+        # steps use the joined layers it asked ``encode`` for (one matmul per layer, no
         # autograd); input feeding must run step by step, since each step's input is the
         # previous step's output; without it the whole sequence goes through one fused RNN.
-        if encoded.step_weights is not None:
-            assert embedded.size(1) == 1, "search decodes one step at a time"
-            return self._search_step(embedded[:, 0], state, encoded)
+        if self.frozen_search_layers is not None and encoded.step_layers is None:
+            encoded = encoded.with_step_layers(self.frozen_search_layers)  # every path: int8
+        if encoded.step_layers is not None:
+            if embedded.size(1) == 1:
+                return self._search_step(embedded[:, 0], state, encoded)
+            return self._search_steps(embedded, state, encoded)
         if self.input_feeding:
             return self._run_stepwise(embedded, state, encoded)
         if state.cell is None:
@@ -188,11 +195,10 @@ class Decoder(nn.Module):
         first_input = (torch.cat([embedded, state.feed], dim=1) if self.input_feeding
                        else embedded)
         layer_input, hiddens, cells = first_input, [], []
-        for (weight, bias), hidden, cell in zip(encoded.step_weights, state.hidden,
-                                                _layers_of(state.cell, len(state.hidden))):
-            inputs = torch.cat([layer_input, hidden.to(weight.dtype)], dim=1)  # (B, in + H)
-            layer_input, cell = self.cell.step(torch.addmm(bias, inputs, weight.t()), hidden,
-                                               cell)
+        for layer, hidden, cell in zip(encoded.step_layers, state.hidden,
+                                       _layers_of(state.cell, len(state.hidden))):
+            inputs = torch.cat([layer_input, hidden.to(layer_input.dtype)], dim=1)  # (B, in + H)
+            layer_input, cell = self.cell.step(layer(inputs), hidden, cell)
             hiddens.append(layer_input)
             cells.append(cell)
         top = layer_input[:, None]  # (B, 1, H)
@@ -200,6 +206,23 @@ class Decoder(nn.Module):
         vectors = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
         feed = vectors[:, 0] if self.input_feeding else state.feed
         return vectors, DecoderState(torch.stack(hiddens), _stacked(cells), feed), weights
+
+    def _search_steps(self, embedded: Tensor, state: DecoderState, encoded: Encoded
+                      ) -> tuple[Tensor, DecoderState, Tensor]:
+        """Search's steps one after another (a frozen model's teacher-forced loss)."""
+        vectors, attention = [], []
+        for step in embedded.unbind(1):
+            step_vectors, state, weights = self._search_step(step, state, encoded)
+            vectors.append(step_vectors)
+            attention.append(weights)
+        return torch.cat(vectors, dim=1), state, torch.cat(attention, dim=1)
+
+    def search_layers(self) -> list[StepLayer]:
+        """Per layer, search's single-step matmul over [input, hidden]: the frozen layers of a
+        converted model (``s2s.model.int8``), else the joined current weights."""
+        if self.frozen_search_layers is not None:
+            return self.frozen_search_layers
+        return [JoinedLayer(weight, bias) for weight, bias in self.step_weights()]
 
     @torch.no_grad()
     def step_weights(self) -> list[tuple[Tensor, Tensor]]:
@@ -285,12 +308,12 @@ class Seq2Seq(nn.Module):
         """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state.
 
         ``for_search``: also join the decoder's weights for single-step decoding without
-        gradients (``Decoder.step_weights``); ``decode_step`` then takes that fast path.
+        gradients (``Decoder.search_layers``); ``decode_step`` then takes that fast path.
         """
         states, hidden, cell = self.encoder(src_ids, src_lengths)
         mask = src_ids != PAD_ID  # (B, S)
-        step_weights = self.decoder.step_weights() if for_search else None
-        encoded = Encoded(states, self.decoder.attention.keys(states), mask, step_weights)
+        step_layers = self.decoder.search_layers() if for_search else None
+        encoded = Encoded(states, self.decoder.attention.keys(states), mask, step_layers)
         return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded

@@ -3,6 +3,8 @@ two, joined per call), and a linear map whose weight gradient is deferred to one
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +46,20 @@ def step_linear(inputs: Tensor, weight: Tensor, bias: Tensor | None, record: lis
         return nn.functional.linear(inputs, weight, bias)
     output = _StepLinear.apply(inputs, weight, record, step == 0)
     return output if bias is None else output + bias
+
+
+# search's single-step layer: inputs (B, in + H) -> all gates' pre-activations (B, G H)
+StepLayer = Callable[[Tensor], Tensor]
+
+
+class JoinedLayer(NamedTuple):
+    """A search step's layer over [input, hidden]: every gate in one matmul, no autograd."""
+
+    weight: Tensor  # (G H, in + H)
+    bias: Tensor
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        return torch.addmm(self.bias, inputs, self.weight.t())
 
 
 class SplitStepLayer(nn.Module):

@@ -53,7 +53,7 @@ class BeamBatch:
         self.word_starts = word_starts
         self.beam = config.beam_size
         self.with_attention = with_attention
-        self.step_weights: Any = None  # the model's joined step weights: built once, reused
+        self.step_layers: Any = None  # the model's joined step layers: built once, reused
         self.indices: list[int] = []  # the caller's index of each sentence row
         self.beams: BeamState | None = None  # None while empty
 
@@ -80,10 +80,10 @@ class BeamBatch:
             return
         src, src_lengths = (tensor.to(self.device) for tensor in pad(sentences, suffix=EOS_ID))
         encoded, state = self.model.encode(src, src_lengths,
-                                           for_search=self.step_weights is None)
-        if self.step_weights is None:
-            self.step_weights = encoded.step_weights
-        encoded = encoded.with_step_weights(self.step_weights)
+                                           for_search=self.step_layers is None)
+        if self.step_layers is None:
+            self.step_layers = encoded.step_layers
+        encoded = encoded.with_step_layers(self.step_layers)
         count, beam = len(sentences), self.beam
         state = state.select(torch.arange(count, device=self.device).repeat_interleave(beam))
         new = BeamState.start(encoded, state, src_lengths, max_output_lengths(

@@ -29,6 +29,7 @@ from s2s.device import (
 )
 from s2s.errors import CheckpointError, UsageError
 from s2s.model.ensemble import Decodable, Ensemble
+from s2s.model.int8 import check_int8, quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq, evaluating
 from s2s.report import Reporter
 from s2s.run.checkpoint import LoadedModel, check_vocabulary, load_model, resolve_checkpoint
@@ -395,8 +396,9 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
     # bf16 weights (decode.precision auto) only when every member trained in bf16
     trained = "bf16" if all(m.config.train.precision == "bf16" for m in members) else "fp32"
     dtype = decode_dtype(decode, trained, target)
+    weights_dtype = torch.float32 if dtype == torch.qint8 else dtype  # int8: quantised later
     for member in members:
-        member.model.to(target, dtype).eval()  # the loader's own models: set up in place
+        member.model.to(target, weights_dtype).eval()  # the loader's own models: in place
     threads = members[0].config.train.threads if threads is None else threads
     return Translator(members[0], decode=decode, device=target, dtype=dtype, threads=threads,
                       reporter=reporter, ensemble=members[1:], weights=weights)
@@ -416,19 +418,25 @@ def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.devic
                  ) -> torch.dtype:
     """The weights' dtype for decoding: ``auto`` is bf16 when the model trained in bf16
     (``train_precision``, resolved) and the device runs bf16, else fp32; an explicit bf16 the
-    device cannot run is an error."""
+    device cannot run is an error. ``torch.qint8`` stands for int8 weights
+    (``s2s.model.int8``)."""
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if train_precision == "bf16" else "fp32"
         if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
             precision = "fp32"
+    if precision == "int8":
+        return torch.qint8
     check_precision(device, precision, "decode.precision")
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def _decoding_model(model: Seq2Seq, device: torch.device, dtype: torch.dtype) -> Seq2Seq:
     """``model`` itself when its weights are on ``device`` in ``dtype``, else a converted
-    copy (the caller's model is never changed)."""
+    copy (the caller's model is never changed); ``torch.qint8``: a copy with int8 weights."""
+    if dtype == torch.qint8:
+        check_int8(device)
+        return quantized_for_cpu(model)
     weight = next(model.parameters())
     same_device = (weight.device.type == device.type
                    and (weight.device.index or 0) == (device.index or 0))

@@ -1,0 +1,160 @@
+"""int8 weights for decoding on a CPU, behind one function: ``quantized_for_cpu``.
+
+Every weight matmul of the encoder (its recurrent layers and the bridge) and of the search
+step (the decoder's joined layers, attention projections, the combine layer and the output
+layer) runs in int8: weights quantised once per output channel, activations per row at every
+call, both symmetric over 8 bits, multiplied by ``torch._int_mm`` (int32 sums) and scaled
+back to fp32. Embedding lookups, attention's two ``bmm`` over the encoder states, the cells'
+gate arithmetic and the softmaxes stay in fp32.
+
+Why per row: torch's dynamic quantisation (``quantize_dynamic``, ``quantized::linear_dynamic``)
+scales the activations of a whole batch at once, so a sentence's translation would depend on
+the other sentences in its batch; per-row scales keep every row's numbers its own (the batched
+search still finds what the one-sentence reference finds, with scores equal up to the last-bit
+differences fp32 kernels make between batch shapes) and lower the error. Measured
+against oneDNN's dynamic int8 matmul in BENCHMARKS.md ("int8"). It also needs no quantised
+tensor types, which torch has deprecated, and no process-wide quantisation engine.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from s2s.errors import DeviceError
+from s2s.model.cells import CELLS, Cell
+
+_LEVELS = 127  # symmetric int8: -127..127
+
+
+def check_int8(device: torch.device, key: str = "decode.precision") -> None:
+    """Refuse int8 where it cannot run, naming the setting ``key`` to change."""
+    if device.type != "cpu":
+        raise DeviceError(f"{key}: int8 runs on the CPU only; use bf16 or fp32 on {device.type}")
+    if not hasattr(torch, "_int_mm"):
+        raise DeviceError(f"{key}: int8 needs torch 2.2 or later (this is {torch.__version__})")
+
+
+def _quantized_rows(matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """``matrix`` (N, K) as int8 (N, K) and one fp32 scale per row (N, 1).
+
+    A multiplication, not a division: torch may divide by a broadcast divisor through its
+    reciprocal in some kernels and not in others, which would round a row differently alone
+    than in a batch."""
+    largest = matrix.abs().amax(dim=1, keepdim=True).clamp_(min=1e-30)
+    quantized = (matrix * (_LEVELS / largest)).round_().to(torch.int8)
+    return quantized, largest / _LEVELS
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights: inputs (..., in) -> outputs (..., out) in fp32."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        quantized, scale = _quantized_rows(weight.detach().float())
+        self.register_buffer("weight_t", quantized.t())  # (in, out): _int_mm's right side
+        self.register_buffer("weight_scale", scale[:, 0])  # (out,)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> "Int8Linear":
+        return cls(linear.weight, linear.bias)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        rows, row_scale = _quantized_rows(inputs.reshape(-1, self.in_features).float())
+        output = torch._int_mm(rows, self.weight_t).float().mul_(self.weight_scale)
+        output.mul_(row_scale)
+        if self.bias is not None:
+            output.add_(self.bias)
+        return output.view(*inputs.shape[:-1], self.out_features)
+
+
+class Int8Recurrent(nn.Module):
+    """A multi-layer (bidirectional) recurrent module over packed sequences, as torch's fused
+    ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (which it replaces, same inputs and outputs), with int8
+    input and hidden matrices.
+
+    Each layer's input matmul runs once over all tokens; the hidden matmul step by step, over
+    the padded batch, with rows past their sentence's end left unchanged.
+    """
+
+    def __init__(self, rnn: nn.RNNBase, cell: Cell) -> None:
+        super().__init__()
+        if not rnn.batch_first or getattr(rnn, "proj_size", 0):
+            raise ValueError("Int8Recurrent takes batch-first modules without projections")
+        self.cell = cell
+        self.num_layers, self.hidden_size = rnn.num_layers, rnn.hidden_size
+        suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
+        self.inputs, self.hiddens = nn.ModuleList(), nn.ModuleList()
+        for layer in range(rnn.num_layers):
+            for suffix in suffixes:
+                def weight(name: str) -> Tensor | None:
+                    found = getattr(rnn, f"{name}_l{layer}{suffix}", None)
+                    return None if found is None else found.detach().float()
+
+                joined, bias = cell.join(weight("weight_ih"), weight("bias_ih"),
+                                         weight("weight_hh"), weight("bias_hh"))
+                width = joined.size(1) - rnn.hidden_size
+                self.inputs.append(Int8Linear(joined[:, :width], bias))
+                self.hiddens.append(Int8Linear(joined[:, width:], None))
+        self.directions = len(suffixes)
+
+    def forward(self, packed: PackedSequence
+                ) -> tuple[PackedSequence, Tensor | tuple[Tensor, Tensor]]:
+        padded, lengths = pad_packed_sequence(packed, batch_first=True)  # (B, S, in)
+        live = (torch.arange(padded.size(1))[None, :] < lengths[:, None])[..., None]  # (B, S, 1)
+        layer_input, hiddens, cells = padded.float(), [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.directions):
+                index = layer * self.directions + direction
+                output, hidden, cell = self._run(layer_input, live, index, backward=direction == 1)
+                outputs.append(output)
+                hiddens.append(hidden)
+                cells.append(cell)
+            layer_input = torch.cat(outputs, dim=-1)
+        output = pack_padded_sequence(layer_input, lengths, batch_first=True,
+                                      enforce_sorted=False)
+        hidden = torch.stack(hiddens)
+        return output, (hidden, torch.stack(cells)) if self.cell.has_cell_state else hidden
+
+    def _run(self, inputs: Tensor, live: Tensor, index: int, backward: bool
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One direction of one layer: outputs (B, S, H), final hidden and cell (B, H)."""
+        batch, length = inputs.shape[:2]
+        gates = self.inputs[index](inputs)  # (B, S, G H): joined layout, biases included
+        hidden = inputs.new_zeros(batch, self.hidden_size)
+        cell = hidden.clone() if self.cell.has_cell_state else None
+        outputs = inputs.new_zeros(batch, length, self.hidden_size)
+        for step in (reversed(range(length)) if backward else range(length)):
+            new_hidden, new_cell = self.cell.step(gates[:, step] + self.hiddens[index](hidden),
+                                                  hidden, cell)
+            running = live[:, step]  # (B, 1): padding leaves the state as it was
+            hidden = torch.where(running, new_hidden, hidden)
+            if cell is not None:
+                cell = torch.where(running, new_cell, cell)
+            outputs[:, step] = hidden * running
+        return outputs, hidden, cell
+
+
+def quantized_for_cpu(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (a ``Seq2Seq``) for decoding on the CPU with int8 weights (module
+    docstring); ``model`` itself is not changed. Check the device with ``check_int8`` first."""
+    quantized = copy.deepcopy(model).float().eval()
+    quantized.requires_grad_(False)
+    encoder, decoder = quantized.encoder, quantized.decoder
+    search_layers = [Int8Linear(weight, bias) for weight, bias in decoder.step_weights()]
+    encoder.rnn = Int8Recurrent(encoder.rnn, CELLS[model.config.cell])
+    encoder.bridge = Int8Linear.of(encoder.bridge)
+    decoder.combine = Int8Linear.of(decoder.combine)
+    decoder.output = Int8Linear.of(decoder.output)
+    attention = decoder.attention
+    for name in ("key_projection", "query_projection", "energy"):
+        if isinstance(getattr(attention, name, None), nn.Linear):
+            setattr(attention, name, Int8Linear.of(getattr(attention, name)))
+    decoder.frozen_search_layers = search_layers
+    return quantized

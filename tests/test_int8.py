@@ -1,0 +1,110 @@
+"""int8 decoding (``s2s.model.int8``): close to fp32, every row its own, the caller's model and
+the process left as they were, no warnings, refused where it cannot run."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from s2s.errors import DeviceError
+from s2s.model.cells import CELLS
+from s2s.model.int8 import Int8Linear, Int8Recurrent, check_int8, quantized_for_cpu
+from s2s.translation.translator import Translator
+from tests.tasks import LIMIT, sentence
+
+
+def _relative_error(ours: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((ours - expected).norm() / expected.norm())
+
+
+def test_int8_linear_is_close_to_fp32_and_each_row_is_its_own() -> None:
+    generator = torch.Generator().manual_seed(0)
+    linear = nn.Linear(300, 700)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(700, 300, generator=generator) * 0.05)
+    inputs = torch.randn(5, 7, 300, generator=generator)
+    inputs[0, 0] *= 100  # one large row must not coarsen the others
+    quantized = Int8Linear.of(linear)
+    with torch.no_grad():
+        ours, expected = quantized(inputs), linear(inputs)
+    assert 0 < _relative_error(ours[1:], expected[1:]) < 0.01  # really quantised, and close
+    assert torch.equal(quantized(inputs[2:3, 4:5]), ours[2:3, 4:5])  # alone as in the batch
+    assert ours.dtype == torch.float32 and ours.shape == (5, 7, 700)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_int8_recurrent_layers_match_the_fused_module_on_packed_sequences(cell: str) -> None:
+    torch.manual_seed(0)
+    rnn = CELLS[cell].module(12, 20, num_layers=2, bidirectional=True, batch_first=True).eval()
+    lengths = torch.tensor([3, 7, 1, 5])  # not sorted: the final states must come back in order
+    packed = pack_padded_sequence(torch.randn(4, 7, 12), lengths, batch_first=True,
+                                  enforce_sorted=False)
+    with torch.no_grad():
+        expected_output, expected_final = rnn(packed)
+        output, final = Int8Recurrent(rnn, CELLS[cell])(packed)
+    expected_states = pad_packed_sequence(expected_output, batch_first=True)[0]
+    states = pad_packed_sequence(output, batch_first=True)[0]
+    assert states.shape == expected_states.shape
+    assert torch.equal(states == 0, expected_states == 0)  # padding stays zero
+    assert _relative_error(states, expected_states) < 0.03
+    if cell == "lstm":
+        assert _relative_error(final[1], expected_final[1]) < 0.03
+        final, expected_final = final[0], expected_final[0]
+    for row in range(4):  # row by row: a final state in the wrong row fails here
+        assert _relative_error(final[:, row], expected_final[:, row]) < 0.03
+
+
+def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
+        copy_translator: Translator) -> None:
+    model = copy_translator.model
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation notice (or any other) reaches the user
+        int8 = Translator(copy_translator.loaded, decode=copy_translator.decode,
+                          device=torch.device("cpu"), dtype=torch.qint8, threads=1)
+        chance = random.Random(3)
+        lines = [sentence(chance, longest=LIMIT - 2) for _ in range(60)]
+        int8_texts = [result.text for result in int8.translate(lines)]
+    fp32_texts = [result.text for result in copy_translator.translate(lines)]
+    int8_copies = sum(text == line for text, line in zip(int8_texts, lines))
+    fp32_copies = sum(text == line for text, line in zip(fp32_texts, lines))
+    assert fp32_copies >= 50 and int8_copies >= fp32_copies - 2
+    assert isinstance(int8.model.decoder.output, Int8Linear)
+    assert isinstance(int8.model.encoder.rnn, Int8Recurrent)
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_quantised_models_keep_no_trainable_weights_in_a_decoding_matmul(
+        copy_translator: Translator) -> None:
+    quantized = quantized_for_cpu(copy_translator.model)
+    decoding = [quantized.encoder.bridge, quantized.decoder.combine, quantized.decoder.output,
+                *quantized.decoder.frozen_search_layers]
+    assert all(isinstance(layer, Int8Linear) for layer in decoding)
+    assert not any(parameter.requires_grad for parameter in quantized.parameters())
+
+
+def test_int8_is_refused_where_it_cannot_run() -> None:
+    with pytest.raises(DeviceError, match="decode.precision: int8 runs on the CPU only"):
+        check_int8(torch.device("cuda"))
+    check_int8(torch.device("cpu"))
+
+
+def test_translate_with_int8_from_the_command_line(trained_run: Path) -> None:
+    lines = "The dog sees a cat.\n\nA man.\n"
+    result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
+                                      "decode.precision=int8"], input=lines)
+    assert result.exit_code == 0, result.output
+    outputs = result.stdout.split("\n")[:-1]
+    assert len(outputs) == 3 and outputs[1] == "" and outputs[0]
+    result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
+                                      "decode.precision=int4"], input=lines)
+    assert result.exit_code == 2
+    assert "decode.precision" in result.output and "int8" in result.output
