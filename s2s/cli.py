@@ -284,6 +284,23 @@ def average(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run
 
 @app.command()
 @_handle_errors
+def export(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="Run directory.")],
+           checkpoint: CheckpointOption = "best",
+           int8: Annotated[bool, typer.Option(
+               "--int8", help="Quantise the graphs' matmuls to int8 (onnxruntime).")] = False,
+           output: Annotated[Optional[Path], typer.Option(
+               metavar="DIR", help="The folder to write (default RUN_DIR/export/CHECKPOINT); "
+                                   "it must not exist.")] = None) -> None:
+    """Export a checkpoint as ONNX graphs with a reader that translates without PyTorch."""
+    from s2s.export.graphs import export_run
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: not a run directory")
+    folder = export_run(run_dir, checkpoint, output=output, int8=int8, reporter=_reporter())
+    print(folder)
+
+
+@app.command()
+@_handle_errors
 def plot(run_dirs: Annotated[list[Path], typer.Argument(
              metavar="RUN_DIR...", help="Run directories; several are overlaid.",
              show_default=False)],

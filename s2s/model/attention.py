@@ -33,7 +33,7 @@ class Attention(nn.Module):
         they are scored together against its single copy of the encoder states.
         """
         rows, steps = query.shape[:2]
-        query = query.reshape(len(encoded.states), -1, query.size(-1))  # (B, G T, H)
+        query = query.reshape(encoded.states.size(0), -1, query.size(-1))  # (B, G T, H)
         if self.kind == "bahdanau":
             hidden = encoded.keys[:, None] + self.query_projection(query)[:, :, None]  # (B,GT,S,H)
             scores = self.energy(torch.tanh(hidden)).squeeze(-1)  # (B, G T, S)
