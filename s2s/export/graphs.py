@@ -29,8 +29,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from s2s.data.text import side_normalization
+from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from s2s.errors import UsageError
 from s2s.model.cells import CELLS
 from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
