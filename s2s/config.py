@@ -144,6 +144,11 @@ class DecodeConfig:
     batch_tokens: int = _option(6000, minimum=16)
     # weights' dtype; auto: as trained; int8: quantised weights on the CPU (LSTM and GRU)
     precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    # vocabulary shortlist (s2s.model.shortlist): each sentence decodes over the special pieces,
+    # the shortlist_frequent most frequent target pieces and the `shortlist` pieces most
+    # associated with each of its source pieces in the training data; 0: the whole vocabulary
+    shortlist: int = _option(0, minimum=0, maximum=100)
+    shortlist_frequent: int = _option(100, minimum=0, maximum=2000)
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
     # how an ensemble's next-token distributions combine: the weighted mean of probabilities
     # (prob, as fairseq) or of log-probabilities (logprob, as OpenNMT-py)

@@ -64,6 +64,16 @@ class Int8Linear(nn.Module):
     def of(cls, linear: nn.Linear) -> "Int8Linear":
         return cls(linear.weight, linear.bias)
 
+    def rows(self, ids: Tensor) -> "Int8Linear":
+        """This layer restricted to the outputs ``ids``, with the same int8 weights."""
+        restricted = copy.copy(self)
+        restricted._buffers = dict(self._buffers)
+        restricted.out_features = len(ids)
+        restricted.weight_t = self.weight_t[:, ids]
+        restricted.weight_scale = self.weight_scale[ids]
+        restricted.bias = None if self.bias is None else self.bias[ids]
+        return restricted
+
     def forward(self, inputs: Tensor) -> Tensor:
         rows, row_scale = _quantized_rows(inputs.reshape(-1, self.in_features).float())
         output = torch._int_mm(rows, self.weight_t).float().mul_(self.weight_scale)

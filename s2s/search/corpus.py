@@ -5,6 +5,7 @@ others finish. Both run the encoder once per group of sentences.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ from s2s.config import DecodeConfig
 from s2s.data.batching import pad, token_batches
 from s2s.data.vocab import EOS_ID
 from s2s.model.ensemble import Decodable
+from s2s.model.shortlist import Shortlist
 from s2s.search.beam import BeamBatch
 from s2s.search.constraints import NO_TERMS, PackedTerms, TargetTerms
 from s2s.search.greedy import greedy_search
@@ -27,9 +29,37 @@ TOP_UP_BELOW = 0.75
 
 def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
                   config: DecodeConfig, device: torch.device, *, with_attention: bool = False,
-                  terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None
-                  ) -> list[list[Hypothesis]]:
-    """Translate id sequences in length order; results come back in input order.
+                  terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None,
+                  shortlist: Shortlist | None = None) -> list[list[Hypothesis]]:
+    """Translate id sequences in length order; results come back in input order (``_search``).
+
+    With a ``shortlist`` (``s2s.model.shortlist``), fixed length-sorted batches each decode
+    over the union of their sentences' candidates, and the hypotheses' tokens are mapped back
+    to vocabulary ids.
+    """
+    if shortlist is None:
+        return _search(model, sentences, config, device, with_attention=with_attention,
+                       terms=terms, word_starts=word_starts)
+    lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    budget = max(config.batch_tokens // max(config.beam_size, config.nbest), 1)
+    for indices in token_batches(lengths, budget):
+        group = [sentences[i] for i in indices]
+        batch_model = shortlist.for_batch(model, group)
+        found = _search(batch_model, group, config, device, with_attention=with_attention,
+                        terms=[terms[i] for i in indices] if terms is not None else None)
+        for index, hypotheses in zip(indices, found):
+            results[index] = [replace(hypothesis,
+                                      tokens=batch_model.union[hypothesis.tokens].tolist())
+                              for hypothesis in hypotheses]
+    return results
+
+
+def _search(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
+            config: DecodeConfig, device: torch.device, *, with_attention: bool = False,
+            terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None
+            ) -> list[list[Hypothesis]]:
+    """Search id sequences in length order; results come back in input order.
 
     Sampling search when ``config.sampling`` (``s2s.search.sampling``; it keeps prefixes,
     not constraints). Greedy search when ``config`` asks for one hypothesis of one beam and

@@ -135,7 +135,9 @@ class _Session:
         tokenizers = (Tokenizer(vocabularies["src"]), Tokenizer(vocabularies["tgt"]))
         board = Board(run.tensorboard, reporter) if (
             config.train.tensorboard and learner.world.is_main) else None
-        valid_decode = replace(config.decode, beam_size=config.train.valid_beam_size, nbest=1)
+        # validation decodes over the whole vocabulary, the shortlist being a deployment choice
+        valid_decode = replace(config.decode, beam_size=config.train.valid_beam_size, nbest=1,
+                               shortlist=0)
         valid_dtype = decode_dtype(valid_decode, config.train.precision, learner.device)
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
                    valid, valid_decode, valid_dtype, tokenizers, reporter, _Clock(),

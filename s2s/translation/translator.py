@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from s2s.config import DecodeConfig
+from s2s.data.store import load_split
 from s2s.data.text import joiner, normalize, side_normalization
 from s2s.data.vocab import EOS_ID, UNK_ID
 from s2s.device import (
@@ -27,12 +28,20 @@ from s2s.device import (
     thread_scope,
     with_resolved_precision,
 )
-from s2s.errors import CheckpointError, UsageError
+from s2s.errors import CheckpointError, DataError, UsageError
 from s2s.model.ensemble import Decodable, Ensemble
 from s2s.model.int8 import check_int8, quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq, evaluating
+from s2s.model.shortlist import (
+    Shortlist,
+    ShortlistTable,
+    load_or_build_table,
+    shortlist_path,
+    vocabulary_fingerprint,
+)
 from s2s.report import Reporter
 from s2s.run.checkpoint import LoadedModel, check_vocabulary, load_model, resolve_checkpoint
+from s2s.run.directory import RunDir
 from s2s.search.constraints import NO_TERMS, TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.hypothesis import Hypothesis
@@ -83,13 +92,15 @@ class Translator:
     def __init__(self, loaded: LoadedModel, *, decode: DecodeConfig, device: torch.device,
                  dtype: torch.dtype, threads: int, reporter: Reporter = Reporter(),
                  ensemble: Sequence[LoadedModel] = (),
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None,
+                 shortlist: ShortlistTable | None = None) -> None:
         """Decode ``loaded.model`` on ``device`` in ``dtype`` (see ``decode_dtype``) with
         ``threads`` CPU threads; the model itself is left as it is (module docstring).
 
         ``ensemble``: more models, which must share ``loaded``'s vocabularies, decoding
         together with it (``s2s.model.ensemble``); ``weights``: one per model, ``loaded``'s
-        first (equal when None).
+        first (equal when None). ``shortlist``: the run's table, which ``decode.shortlist``
+        needs (``s2s.model.shortlist``; ``load_translator`` finds or builds it).
         """
         self.loaded = loaded
         self.members = (loaded, *ensemble)
@@ -101,6 +112,7 @@ class Translator:
             check_same_vocabularies(loaded, member)
         self.decode = decode
         self.device, self.dtype = device, dtype
+        self.shortlist = shortlist
         self.threads = threads
         self.reporter = reporter
         self._decoding_models = [_decoding_model(member.model, device, dtype)
@@ -116,12 +128,23 @@ class Translator:
         self.by_character = (joiner(data.src_lang) == "", self.joiner == "")
 
     def _search_model(self) -> Decodable:
+        if self.decode.shortlist:
+            self._shortlist()  # refused here, not at the first translation
         if len(self._decoding_models) == 1:
             return self._decoding_models[0]
         try:
             return Ensemble(self._decoding_models, self.weights, self.decode.ensemble_combine)
         except ValueError as error:
             raise UsageError(f"ensemble: {error}") from None
+
+    def _shortlist(self) -> Shortlist:
+        if len(self._decoding_models) > 1:
+            raise UsageError("decode.shortlist: ensembles decode over the whole vocabulary; "
+                             "set decode.shortlist=0")
+        if self.shortlist is None:
+            raise UsageError("decode.shortlist: this translator has no shortlist table; build "
+                             "it with load_translator (from the run directory)")
+        return Shortlist(self.shortlist, self.decode.shortlist, self.decode.shortlist_frequent)
 
     def with_decode(self, decode: DecodeConfig) -> "Translator":
         """The same model (shared, not copied) with other decoding settings."""
@@ -192,11 +215,14 @@ class Translator:
 
     def _decode(self, pieces: Sequence[SourcePiece], terms: Sequence[TargetTerms],
                 with_attention: bool) -> list[list[Hypothesis]]:
+        has_terms = any(t.prefix or t.constraints for t in terms)
+        # a prefix or constraints need the whole vocabulary
+        shortlist = self._shortlist() if self.decode.shortlist and not has_terms else None
         with thread_scope(self.threads), evaluating(self.model):
             return decode_corpus(self.model, [piece.ids for piece in pieces], self.decode,
                                  self.device, with_attention=with_attention, terms=terms,
-                                 word_starts=self._word_starts() if any(
-                                     t.prefix or t.constraints for t in terms) else None)
+                                 word_starts=self._word_starts() if has_terms else None,
+                                 shortlist=shortlist)
 
     def _word_starts(self) -> torch.Tensor | None:
         """(V,) the target pieces that may follow a whole word: those that begin a word,
@@ -400,8 +426,26 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
     for member in members:
         member.model.to(target, weights_dtype).eval()  # the loader's own models: in place
     threads = members[0].config.train.threads if threads is None else threads
+    shortlist = _run_shortlist(run_dir, members[0], reporter) if decode.shortlist else None
     return Translator(members[0], decode=decode, device=target, dtype=dtype, threads=threads,
-                      reporter=reporter, ensemble=members[1:], weights=weights)
+                      reporter=reporter, ensemble=members[1:], weights=weights,
+                      shortlist=shortlist)
+
+
+def _run_shortlist(run_dir: Path, loaded: LoadedModel, reporter: Reporter) -> ShortlistTable:
+    """The run's shortlist table, counted from its prepared training pairs on first use."""
+    data = RunDir(run_dir).data
+    if not shortlist_path(data).exists() and not (data / "train.src.ids.npy").exists():
+        raise DataError(f"decode.shortlist: {data} has neither a shortlist nor prepared "
+                        "training data to count one from; run `s2s prepare` or set "
+                        "decode.shortlist=0")
+    table, built = load_or_build_table(
+        data, vocabulary_fingerprint(loaded.src_tokenizer.model_proto,
+                                     loaded.tgt_tokenizer.model_proto),
+        (len(loaded.src_tokenizer), len(loaded.tgt_tokenizer)), lambda: load_split(data, "train"))
+    if built:
+        reporter.info(f"built the vocabulary shortlist {shortlist_path(data)}")
+    return table
 
 
 def check_same_vocabularies(first: LoadedModel, other: LoadedModel) -> None:

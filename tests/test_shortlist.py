@@ -1,0 +1,119 @@
+"""The vocabulary shortlist (``s2s.model.shortlist``): counted from the training pairs, exact
+when it holds every piece, per sentence whatever the batch, refused for other vocabularies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from s2s.cli import app
+from s2s.config import DecodeConfig, ModelConfig, load_config
+from s2s.data.store import EncodedSide, EncodedSplit
+from s2s.errors import CheckpointError
+from s2s.model.int8 import quantized_for_cpu
+from s2s.model.seq2seq import Seq2Seq
+from s2s.model.shortlist import Shortlist, ShortlistTable, build_table
+from s2s.search.corpus import decode_corpus
+from tests.tasks import fit
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def copy_model() -> Seq2Seq:
+    """A model half-trained to copy sentences of pieces 4..29."""
+    torch.manual_seed(0)
+    config = ModelConfig(embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
+                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0)
+    generator = torch.Generator().manual_seed(1)
+
+    def batches() -> tuple[list[list[int]], list[list[int]]]:
+        sentences = _sentences(32, generator)
+        return sentences, sentences
+
+    return fit(Seq2Seq(config, 30, 30), batches, 120)
+
+
+def _sentences(count: int, generator: torch.Generator) -> list[list[int]]:
+    return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
+            for n in torch.randint(1, 10, (count,), generator=generator)]
+
+
+def _copy_table(vocab: int = 30) -> ShortlistTable:
+    """Each piece's own id first: the copy task's shortlist."""
+    ranked = np.full((vocab, 100), -1, dtype=np.int32)
+    ranked[:, 0] = np.arange(vocab)
+    return ShortlistTable(ranked, np.arange(vocab, dtype=np.int32)[::-1].copy(), "copy")
+
+
+@pytest.mark.parametrize("beam,nbest", [(1, 1), (4, 2)])
+def test_a_shortlist_of_every_piece_is_exactly_the_full_search(copy_model: Seq2Seq,
+                                                               beam: int, nbest: int) -> None:
+    sentences = _sentences(30, torch.Generator().manual_seed(5))
+    config = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=200)
+    everything = Shortlist(_copy_table(), per_source=1, frequent=30)
+    with torch.no_grad():
+        full = decode_corpus(copy_model, sentences, config, CPU)
+        listed = decode_corpus(copy_model, sentences, config, CPU, shortlist=everything)
+    for ours, theirs in zip(listed, full):
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_each_sentence_decodes_over_its_own_candidates_whatever_its_batch(
+        copy_model: Seq2Seq, int8: bool) -> None:
+    """With its own pieces and the 3 most frequent as candidates, a sentence's outputs use
+    only those, alone or in a batch whose union holds many more."""
+    model = quantized_for_cpu(copy_model) if int8 else copy_model
+    sentences = _sentences(24, torch.Generator().manual_seed(6))
+    shortlist = Shortlist(_copy_table(), per_source=1, frequent=3)
+    config = DecodeConfig(beam_size=3, nbest=3)
+    with torch.no_grad():
+        together = decode_corpus(model, sentences, config, CPU, shortlist=shortlist)
+        alone = [decode_corpus(model, [s], config, CPU, shortlist=shortlist)[0]
+                 for s in sentences[:6]]
+    for sentence, hypotheses in zip(sentences, together):
+        allowed = set(sentence) | {27, 28, 29}
+        assert all(set(h.tokens) <= allowed for h in hypotheses)
+    for ours, theirs in zip(alone, together):
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], rel=1e-3)
+
+
+def test_the_table_ranks_what_co_occurs_and_keeps_frequency() -> None:
+    sources = [[5, 6], [5, 7], [5, 6, 8], [6], [7, 8]]
+    targets = [[9, 10], [9, 11], [9, 10, 12], [10], [11, 12]]
+    pairs = EncodedSplit(EncodedSide.from_lists(sources, 13),
+                         EncodedSide.from_lists(targets, 13))
+    table = build_table(pairs, (13, 13), "test")
+    assert table.ranked[5, 0] == 9 and table.ranked[6, 0] == 10
+    assert table.ranked[7, 0] == 11
+    assert list(table.frequent[:4]) == [9, 10, 11, 12]  # by pairs holding them, ties by id
+    candidates = table.candidates([5], per_source=1, frequent=0)
+    assert list(candidates) == [0, 1, 2, 3, 9]
+
+
+def test_a_table_of_other_vocabularies_is_refused(tmp_path: Path) -> None:
+    table = _copy_table()
+    table.save(tmp_path / "shortlist.npz")
+    assert ShortlistTable.load(tmp_path / "shortlist.npz", "copy").fingerprint == "copy"
+    with pytest.raises(CheckpointError, match="built for other vocabularies"):
+        ShortlistTable.load(tmp_path / "shortlist.npz", "another")
+
+
+def test_translate_with_a_shortlist_from_the_command_line(trained_run: Path) -> None:
+    run_dir = load_config(trained_run).run_dir
+    lines = "The dog sees a cat.\n\nA man.\n"
+    result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
+                                      "decode.shortlist=10"], input=lines)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.split("\n")[:-1]) == 3
+    assert (run_dir / "data" / "shortlist.npz").exists()
+    result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
+                                      "decode.shortlist=101"], input=lines)
+    assert result.exit_code == 2 and "decode.shortlist" in result.output
