@@ -26,7 +26,8 @@ PRINTED_THEN = [
 
 
 def test_a_checkpoint_of_the_flat_package_translates_as_it_did(tmp_path: Path) -> None:
-    translator = load_translator(tmp_path, str(OLD_CHECKPOINT), device="cpu")
+    translator = load_translator(tmp_path, str(OLD_CHECKPOINT), device="cpu",
+                                 overrides=("decode.precision=fp32",))  # as it decoded then
     assert translator.loaded.step == 300
     translator = translator.with_decode(replace(translator.decode, beam_size=3, nbest=2))
     output = OutputFormat(nbest=2, alignment="hard")

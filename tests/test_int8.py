@@ -62,18 +62,23 @@ def test_int8_recurrent_layers_match_the_fused_module_on_packed_sequences(cell: 
         assert _relative_error(final[:, row], expected_final[:, row]) < 0.03
 
 
+def _translator(copy_translator: Translator, dtype: torch.dtype) -> Translator:
+    return Translator(copy_translator.loaded, decode=copy_translator.decode,
+                      device=torch.device("cpu"), dtype=dtype, threads=1)
+
+
 def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
         copy_translator: Translator) -> None:
-    model = copy_translator.model
+    model = copy_translator.loaded.model
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no deprecation notice (or any other) reaches the user
-        int8 = Translator(copy_translator.loaded, decode=copy_translator.decode,
-                          device=torch.device("cpu"), dtype=torch.qint8, threads=1)
+        int8 = _translator(copy_translator, torch.qint8)
         chance = random.Random(3)
         lines = [sentence(chance, longest=LIMIT - 2) for _ in range(60)]
         int8_texts = [result.text for result in int8.translate(lines)]
-    fp32_texts = [result.text for result in copy_translator.translate(lines)]
+    fp32 = _translator(copy_translator, torch.float32)
+    fp32_texts = [result.text for result in fp32.translate(lines)]
     int8_copies = sum(text == line for text, line in zip(int8_texts, lines))
     fp32_copies = sum(text == line for text, line in zip(fp32_texts, lines))
     assert fp32_copies >= 50 and int8_copies >= fp32_copies - 2
@@ -84,11 +89,24 @@ def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
 
 def test_quantised_models_keep_no_trainable_weights_in_a_decoding_matmul(
         copy_translator: Translator) -> None:
-    quantized = quantized_for_cpu(copy_translator.model)
+    quantized = quantized_for_cpu(copy_translator.loaded.model)
+    assert quantized_for_cpu(quantized) is quantized  # an int8 model is left as it is
     decoding = [quantized.encoder.bridge, quantized.decoder.combine, quantized.decoder.output,
                 *quantized.decoder.frozen_search_layers]
     assert all(isinstance(layer, Int8Linear) for layer in decoding)
     assert not any(parameter.requires_grad for parameter in quantized.parameters())
+
+
+def test_auto_is_int8_on_a_cpu_that_multiplies_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2s.config import DecodeConfig
+    from s2s.translation.translator import decode_dtype
+
+    auto = DecodeConfig(precision="auto")
+    assert decode_dtype(auto, "fp32", torch.device("cpu")) == torch.qint8
+    assert decode_dtype(DecodeConfig(precision="fp32"), "fp32", torch.device("cpu")) == (
+        torch.float32)
+    monkeypatch.setattr("s2s.translation.translator.int8_runs", lambda: False)
+    assert decode_dtype(auto, "fp32", torch.device("cpu")) == torch.float32
 
 
 def test_int8_is_refused_where_it_cannot_run() -> None:

@@ -19,6 +19,7 @@ tensor types, which torch has deprecated, and no process-wide quantisation engin
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -30,12 +31,23 @@ from s2s.model.cells import CELLS, Cell
 _LEVELS = 127  # symmetric int8: -127..127
 
 
+@functools.cache
+def int8_runs() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``)."""
+    try:
+        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 def check_int8(device: torch.device, key: str = "decode.precision") -> None:
     """Refuse int8 where it cannot run, naming the setting ``key`` to change."""
     if device.type != "cpu":
         raise DeviceError(f"{key}: int8 runs on the CPU only; use bf16 or fp32 on {device.type}")
-    if not hasattr(torch, "_int_mm"):
-        raise DeviceError(f"{key}: int8 needs torch 2.2 or later (this is {torch.__version__})")
+    if not int8_runs():
+        raise DeviceError(f"{key}: this torch ({torch.__version__}) has no int8 matrix "
+                          "multiplication on the CPU; use fp32 or a newer torch")
 
 
 def _quantized_rows(matrix: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,7 +165,10 @@ class Int8Recurrent(nn.Module):
 
 def quantized_for_cpu(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (a ``Seq2Seq``) for decoding on the CPU with int8 weights (module
-    docstring); ``model`` itself is not changed. Check the device with ``check_int8`` first."""
+    docstring); ``model`` itself is not changed, and returned as it is if it already has int8
+    weights. Check the device with ``check_int8`` first."""
+    if model.decoder.frozen_search_layers is not None:
+        return model
     quantized = copy.deepcopy(model).float().eval()
     quantized.requires_grad_(False)
     encoder, decoder = quantized.encoder, quantized.decoder

@@ -30,7 +30,7 @@ from s2s.device import (
 )
 from s2s.errors import CheckpointError, DataError, UsageError
 from s2s.model.ensemble import Decodable, Ensemble
-from s2s.model.int8 import check_int8, quantized_for_cpu
+from s2s.model.int8 import check_int8, int8_runs, quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq, evaluating
 from s2s.model.shortlist import (
     Shortlist,
@@ -460,11 +460,14 @@ def check_same_vocabularies(first: LoadedModel, other: LoadedModel) -> None:
 
 def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device
                  ) -> torch.dtype:
-    """The weights' dtype for decoding: ``auto`` is bf16 when the model trained in bf16
-    (``train_precision``, resolved) and the device runs bf16, else fp32; an explicit bf16 the
-    device cannot run is an error. ``torch.qint8`` stands for int8 weights
-    (``s2s.model.int8``)."""
+    """The weights' dtype for decoding; ``torch.qint8`` stands for int8 weights
+    (``s2s.model.int8``). ``auto`` is int8 on a CPU where torch multiplies int8 (as fast as
+    bf16 or faster, at equal BLEU: BENCHMARKS.md, "int8"); elsewhere bf16 when the model
+    trained in bf16 (``train_precision``, resolved) and the device runs bf16, else fp32. An
+    explicit precision the device cannot run is an error."""
     precision = config.precision
+    if precision == "auto" and device.type == "cpu" and int8_runs():
+        return torch.qint8
     if precision == "auto":
         precision = "bf16" if train_precision == "bf16" else "fp32"
         if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
