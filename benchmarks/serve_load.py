@@ -1,7 +1,7 @@
 """Load on `s2s serve`: throughput and latency with K concurrent clients, against batch decoding.
 
 Usage: python benchmarks/serve_load.py CONFIG [--clients 1,4,16,64] [--seconds 20] [--warmup 10]
-       [--checkpoint best] [--max-wait-ms 5] [--server-cpus 0 --client-cpus 1]
+       [--checkpoint best] [--max-wait-ms 5] [--server-cpus 0 --client-cpus 1] [--set K=V]
 
 Starts `s2s serve` on 127.0.0.1 (a free port), then for each K runs K client threads for a
 bounded time, each sending one test sentence per request, and checks every answer against the
@@ -148,6 +148,9 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--clients", default="1,4,16,64")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the server and the batch decoding alike, e.g. "
+                             "decode.shortlist=20")
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="how long the rate is measured, after the warm-up")
     parser.add_argument("--warmup", type=float, default=10.0,
@@ -161,7 +164,7 @@ def _arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = _arguments()
-    config = load_config(args.config)
+    config = load_config(args.config, args.set)
     lines = [line for line in prepared_sources(config.run_dir, "test") if line]
     pinning, threads = [], config.train.threads
     if args.server_cpus:
@@ -177,7 +180,8 @@ def main() -> None:
     server = subprocess.Popen(
         pinning + s2s_command("serve", str(args.config.resolve()), "--checkpoint", args.checkpoint,
                               "--port", str(port), "--device", "cpu", "--max-wait-ms",
-                              args.max_wait_ms, "--set", f"train.threads={threads}"),
+                              args.max_wait_ms, "--set", f"train.threads={threads}",
+                              *(item for setting in args.set for item in ("--set", setting))),
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -36,6 +36,7 @@ class ExportedTranslator:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
         self.encoder = onnxruntime.InferenceSession(str(folder / "encoder.onnx"), options,
                                                     providers=providers)
@@ -146,7 +147,7 @@ class ExportedTranslator:
         for step in range(int(limits.max()) + 1):
             at_limit = np.repeat(step >= limits, beam)
             log_probs, rows = self._restricted(tokens, rows, memory, at_limit)
-            row_tokens = np.argpartition(-log_probs, width - 1, axis=1)[:, :width]
+            row_tokens = _row_topk(log_probs, width)
             row_scores = np.take_along_axis(log_probs, row_tokens, axis=1)
             candidates = (scores.reshape(-1, 1) + row_scores).reshape(count, -1)
             best = np.argsort(-candidates, axis=1, kind="stable")[:, :width]
@@ -181,6 +182,24 @@ class ExportedTranslator:
         if kind == "gnmt":
             return ((5.0 + length) / 6.0) ** self.decode["alpha"]
         return float(length) if kind == "average" else 1.0
+
+
+def _row_topk(scores: np.ndarray, k: int, chunk: int = 64) -> np.ndarray:
+    """The columns of each row's k largest scores (in no order), looking closely only at the
+    k chunks with the largest maxima: they hold the k largest entries."""
+    rows, width = scores.shape
+    if width <= k * chunk:
+        return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    whole = width // chunk * chunk
+    maxima = scores[:, :whole].reshape(rows, -1, chunk).max(axis=2)
+    if whole < width:
+        maxima = np.concatenate([maxima, scores[:, whole:].max(axis=1, keepdims=True)], axis=1)
+    best = np.argpartition(-maxima, k - 1, axis=1)[:, :k]
+    columns = (best[:, :, None] * chunk + np.arange(chunk)).reshape(rows, -1)
+    candidates = np.take_along_axis(scores, np.minimum(columns, width - 1), axis=1)
+    candidates[columns >= width] = -np.inf
+    picked = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(columns, picked, axis=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
