@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from s2s.config import VocabConfig, config_from_dict
+from s2s.config import ModelConfig, VocabConfig, config_from_dict
 from s2s.data.batching import pad
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, Tokenizer, train_sentencepiece
 from s2s.device import thread_scope
@@ -94,3 +94,27 @@ def word_task_translator(directory: Path, task: Callable[[str], str], *,
     checkpoint = directory / f"{task.__name__}.pt"
     save_model(LoadedModel(config, model, tokenizer, tokenizer, step=steps), checkpoint)
     return load_translator(directory, str(checkpoint), device="cpu")
+
+
+def random_sentences(count: int, seed: int = 2, generator: torch.Generator | None = None
+                     ) -> list[list[int]]:
+    """``count`` sentences of 1 to 11 random pieces out of 4..29."""
+    generator = generator or torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
+            for n in torch.randint(1, 12, (count,), generator=generator)]
+
+
+def copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
+    """A model of ``cell`` trained ``steps`` updates to copy ``random_sentences``."""
+    torch.manual_seed(0)
+    config = ModelConfig(cell=cell,  # type: ignore[arg-type]
+                         embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
+                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
+                         input_feeding=input_feeding)
+    generator = torch.Generator().manual_seed(1)
+
+    def batches() -> tuple[list[list[int]], list[list[int]]]:
+        sentences = random_sentences(32, generator=generator)
+        return sentences, sentences
+
+    return fit(Seq2Seq(config, 30, 30), batches, steps)

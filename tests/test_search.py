@@ -21,7 +21,7 @@ from s2s.search.corpus import decode_corpus
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import bucket_size, max_output_lengths, row_topk
-from tests.tasks import fit
+from tests.tasks import copy_model, random_sentences
 
 
 def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
@@ -35,13 +35,6 @@ def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
         model.decoder.output.weight.mul_(8.0)
         model.decoder.output.bias[EOS_ID] += 2.0
     return model
-
-
-def _batch(count: int, seed: int = 2, generator: torch.Generator | None = None
-           ) -> list[list[int]]:
-    generator = generator or torch.Generator().manual_seed(seed)
-    return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
-            for n in torch.randint(1, 12, (count,), generator=generator)]
 
 
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor,
@@ -69,23 +62,8 @@ def copy_models() -> dict[ModelKey, Seq2Seq]:
     Half-trained on purpose: outputs of many lengths end at different steps, and beam search
     finds other translations than greedy search, so the tests below compare real choices.
     """
-    return {(cell, feeding): _train_copy_model(cell, feeding, steps=100)
+    return {(cell, feeding): copy_model(cell, feeding, steps=100)
             for cell in CELLS for feeding in (True, False)}
-
-
-def _train_copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
-    torch.manual_seed(0)
-    config = ModelConfig(cell=cell,  # type: ignore[arg-type]
-                         embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
-                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0,
-                         input_feeding=input_feeding)
-    generator = torch.Generator().manual_seed(1)
-
-    def batches() -> tuple[list[list[int]], list[list[int]]]:
-        sentences = _batch(32, generator=generator)
-        return sentences, sentences
-
-    return fit(Seq2Seq(config, 30, 30), batches, steps)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -93,7 +71,7 @@ def _train_copy_model(cell: str, input_feeding: bool, steps: int) -> Seq2Seq:
 def test_beam_size_one_equals_greedy(copy_models: dict[ModelKey, Seq2Seq], cell: str,
                                      input_feeding: bool) -> None:
     model = copy_models[cell, input_feeding]
-    src, lengths = pad(_batch(60), suffix=EOS_ID)
+    src, lengths = pad(random_sentences(60), suffix=EOS_ID)
     settings = DecodeConfig(beam_size=1, nbest=1, length_penalty="none")  # comparable scores
     greedy = greedy_search(model, src, lengths, settings)
     beam = beam_search(model, src, lengths, settings)
@@ -114,7 +92,7 @@ def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
     # 60 sentences in one batch: finished ones ride along as passengers until the batch
     # shrinks to a bucket size, which must not change anyone's translation or score
     model = copy_models[cell, input_feeding]
-    sentences = _batch(60)
+    sentences = random_sentences(60)
     settings = DecodeConfig(beam_size=beam, nbest=1, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]
     batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
@@ -130,7 +108,7 @@ def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
 def test_beam_search_finds_better_scoring_translations_than_greedy(
         copy_models: dict[ModelKey, Seq2Seq]) -> None:
     model = copy_models["lstm", True]
-    src, lengths = pad(_batch(60), suffix=EOS_ID)
+    src, lengths = pad(random_sentences(60), suffix=EOS_ID)
     plain = DecodeConfig(beam_size=1, length_penalty="none")
     greedy = greedy_search(model, src, lengths, plain)
     beam = beam_search(model, src, lengths, replace(plain, beam_size=5))
@@ -164,7 +142,7 @@ def test_bucket_sizes_cover_every_count_with_at_most_a_quarter_more() -> None:
 
 def test_nbest_lists_are_sorted_and_distinct() -> None:
     model = _peaked_model()
-    src, lengths = pad(_batch(10), suffix=EOS_ID)
+    src, lengths = pad(random_sentences(10), suffix=EOS_ID)
     results = beam_search(model, src, lengths, DecodeConfig(beam_size=5, nbest=3))
     for hypotheses in results:
         assert len(hypotheses) == 3
@@ -177,7 +155,7 @@ def test_output_length_limit_is_respected() -> None:
     model = _peaked_model()
     with torch.no_grad():
         model.decoder.output.bias[EOS_ID] -= 100.0  # never wants to stop
-    sentences = _batch(8)
+    sentences = random_sentences(8)
     src, lengths = pad(sentences, suffix=EOS_ID)
     settings = DecodeConfig(beam_size=3, max_len_a=0.5, max_len_b=2)
     limits = max_output_lengths(lengths, settings).tolist()
@@ -191,7 +169,7 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
     model = _peaked_model()
     with torch.no_grad():
         model.decoder.output.bias[EOS_ID] -= 100.0
-    src, lengths = pad(_batch(6), suffix=EOS_ID)
+    src, lengths = pad(random_sentences(6), suffix=EOS_ID)
     settings = DecodeConfig(beam_size=3, no_repeat_ngram=2, max_len_a=3.0, max_len_b=10)
     for search, beam in ((greedy_search, 1), (beam_search, 3)):
         for hypotheses in search(model, src, lengths, replace(settings, beam_size=beam)):
@@ -200,13 +178,13 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
             assert len(bigrams) == len(set(bigrams))
 
 
-def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None:
+def test_no_repeat_ngram_holds_for_sentences_that_join_a_runningrandom_sentences() -> None:
     """Later sentences' histories are shorter, padded on the left: the padding must neither
     block nor hide a repeat."""
     model = _peaked_model()
     with torch.no_grad():
         model.decoder.output.bias[EOS_ID] -= 100.0
-    sentences = _batch(12)
+    sentences = random_sentences(12)
     settings = DecodeConfig(beam_size=3, no_repeat_ngram=2, max_len_a=3.0, max_len_b=10,
                             batch_tokens=3 * 16)  # two or three sentences at a time
     joined = decode_corpus(model, sentences, settings, torch.device("cpu"))
@@ -358,7 +336,7 @@ def test_batched_search_equals_the_naive_reference(copy_models: dict[ModelKey, S
                                                    cell: str, input_feeding: bool, beam: int,
                                                    nbest: int, length_penalty: str) -> None:
     model = copy_models[cell, input_feeding]
-    sentences = _batch(25, seed=4)
+    sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]
     batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
@@ -382,7 +360,7 @@ def test_batched_search_of_an_int8_model_equals_the_naive_reference(
     Scores agree to 0.1%, not 1e-4: fp32 kernels (attention's bmm) differ in the last bit
     between batch shapes, and a rounding to int8 can turn that into one quantisation step."""
     model = quantized_for_cpu(copy_models[cell, input_feeding])
-    sentences = _batch(20, seed=4)
+    sentences = random_sentences(20, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000)
     batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
     with torch.no_grad():
@@ -400,7 +378,7 @@ def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds
     """A small budget makes decode_corpus top the running batch up many times: joiners start
     beside sentences halfway through, with longer or shorter sources."""
     model = copy_models["lstm", input_feeding]
-    sentences = _batch(25, seed=4)
+    sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=4, nbest=3, batch_tokens=4 * 16)
     sizes_at_join: list[int] = []
     real_add = BeamBatch.add
@@ -431,7 +409,7 @@ def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds
 def test_an_ensemble_of_a_model_with_itself_is_that_model(
         copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int, combine: str) -> None:
     model = copy_models["lstm", True]
-    sentences = _batch(25, seed=4)
+    sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, ensemble_combine=combine)  # type: ignore[arg-type]
     alone = decode_corpus(model, sentences, settings, torch.device("cpu"), with_attention=True)
     twice = decode_corpus(Ensemble([model, model], [2.0, 1.0], combine), sentences, settings,
@@ -450,7 +428,7 @@ def test_batched_ensemble_search_equals_the_naive_reference(
         copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int, combine: str) -> None:
     """Two models of different cells that disagree (they are half-trained), weighted 3:1."""
     members = [copy_models["lstm", True], copy_models["gru", False]]
-    sentences = _batch(25, seed=4)
+    sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=4 * 30,
                             ensemble_combine=combine)  # type: ignore[arg-type]
     batched = decode_corpus(Ensemble(members, [3.0, 1.0], combine), sentences, settings,
@@ -472,7 +450,7 @@ def test_every_output_starts_with_its_prefix_as_the_naive_reference_finds(
     """Prefixes of 0-3 random tokens (often not what the model would say): scores include
     the forced tokens."""
     model = copy_models["lstm", False]
-    sentences = _batch(25, seed=4)
+    sentences = random_sentences(25, seed=4)
     generator = torch.Generator().manual_seed(7)
     prefixes = [tuple(torch.randint(4, 30, (int(n),), generator=generator).tolist())
                 for n in torch.randint(0, 4, (25,), generator=generator)]
@@ -501,7 +479,7 @@ def test_every_hypothesis_contains_every_constraint_whole(
     """Random phrases of 1-3 random tokens, up to as many as the beam holds, some sharing
     tokens; sentences join a running batch beside others with other constraints or none."""
     model = copy_models["gru", True]
-    sentences = _batch(40, seed=5)
+    sentences = random_sentences(40, seed=5)
     generator = torch.Generator().manual_seed(8)
     terms = []
     for _ in sentences:
@@ -529,7 +507,7 @@ def test_constrained_search_equals_the_naive_reference(
         copy_models: dict[ModelKey, Seq2Seq], beam: int, nbest: int) -> None:
     """Sentences join a running batch, beside others with other phrases or none."""
     model = copy_models["lstm", False]
-    sentences = _batch(25, seed=9)
+    sentences = random_sentences(25, seed=9)
     generator = torch.Generator().manual_seed(10)
     phrases = [tuple(tuple(torch.randint(4, 14, (int(length),), generator=generator).tolist())
                      for length in torch.randint(1, 4, (int(count),), generator=generator))
@@ -549,7 +527,7 @@ def test_constrained_search_equals_the_naive_reference(
 
 def test_constraints_and_a_prefix_together(copy_models: dict[ModelKey, Seq2Seq]) -> None:
     model = copy_models["lstm", True]
-    sentences = _batch(10, seed=6)
+    sentences = random_sentences(10, seed=6)
     terms = [TargetTerms(prefix=(5, 6), constraints=((7, 8, 9), (10,))) for _ in sentences]
     found = decode_corpus(model, sentences, DecodeConfig(beam_size=4, nbest=2),
                           torch.device("cpu"), terms=terms)

@@ -11,36 +11,21 @@ import torch
 from typer.testing import CliRunner
 
 from s2s.cli import app
-from s2s.config import DecodeConfig, ModelConfig, load_config
+from s2s.config import DecodeConfig, load_config
 from s2s.data.store import EncodedSide, EncodedSplit
 from s2s.errors import CheckpointError
 from s2s.model.int8 import quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq
 from s2s.model.shortlist import Shortlist, ShortlistTable, build_table
 from s2s.search.corpus import decode_corpus
-from tests.tasks import fit
+from tests.tasks import copy_model, random_sentences
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def copy_model() -> Seq2Seq:
-    """A model half-trained to copy sentences of pieces 4..29."""
-    torch.manual_seed(0)
-    config = ModelConfig(embed_size=16, encoder_layers=1, encoder_hidden=16, decoder_layers=1,
-                         decoder_hidden=32, dropout=0.0, embed_dropout=0.0)
-    generator = torch.Generator().manual_seed(1)
-
-    def batches() -> tuple[list[list[int]], list[list[int]]]:
-        sentences = _sentences(32, generator)
-        return sentences, sentences
-
-    return fit(Seq2Seq(config, 30, 30), batches, 120)
-
-
-def _sentences(count: int, generator: torch.Generator) -> list[list[int]]:
-    return [torch.randint(4, 30, (int(n),), generator=generator).tolist()
-            for n in torch.randint(1, 10, (count,), generator=generator)]
+def model() -> Seq2Seq:
+    return copy_model("lstm", False, steps=100)
 
 
 def _copy_table(vocab: int = 30) -> ShortlistTable:
@@ -51,14 +36,14 @@ def _copy_table(vocab: int = 30) -> ShortlistTable:
 
 
 @pytest.mark.parametrize("beam,nbest", [(1, 1), (4, 2)])
-def test_a_shortlist_of_every_piece_is_exactly_the_full_search(copy_model: Seq2Seq,
+def test_a_shortlist_of_every_piece_is_exactly_the_full_search(model: Seq2Seq,
                                                                beam: int, nbest: int) -> None:
-    sentences = _sentences(30, torch.Generator().manual_seed(5))
+    sentences = random_sentences(30, seed=5)
     config = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=200)
     everything = Shortlist(_copy_table(), per_source=1, frequent=30)
     with torch.no_grad():
-        full = decode_corpus(copy_model, sentences, config, CPU)
-        listed = decode_corpus(copy_model, sentences, config, CPU, shortlist=everything)
+        full = decode_corpus(model, sentences, config, CPU)
+        listed = decode_corpus(model, sentences, config, CPU, shortlist=everything)
     for ours, theirs in zip(listed, full):
         assert [h.tokens for h in ours] == [h.tokens for h in theirs]
         assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
@@ -66,11 +51,11 @@ def test_a_shortlist_of_every_piece_is_exactly_the_full_search(copy_model: Seq2S
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_each_sentence_decodes_over_its_own_candidates_whatever_its_batch(
-        copy_model: Seq2Seq, int8: bool) -> None:
+        model: Seq2Seq, int8: bool) -> None:
     """With its own pieces and the 3 most frequent as candidates, a sentence's outputs use
     only those, alone or in a batch whose union holds many more."""
-    model = quantized_for_cpu(copy_model) if int8 else copy_model
-    sentences = _sentences(24, torch.Generator().manual_seed(6))
+    model = quantized_for_cpu(model) if int8 else model
+    sentences = random_sentences(24, seed=6)
     shortlist = Shortlist(_copy_table(), per_source=1, frequent=3)
     config = DecodeConfig(beam_size=3, nbest=3)
     with torch.no_grad():
