@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from s2s.errors import DeviceError
 from s2s.model.cells import CELLS, Cell
@@ -101,7 +102,7 @@ class Int8Recurrent(nn.Module):
     input and hidden matrices.
 
     Each layer's input matmul runs once over all tokens; the hidden matmul step by step, over
-    the padded batch, with rows past their sentence's end left unchanged.
+    the sentences still running at that step (packed sequences, as torch's fused kernels).
     """
 
     def __init__(self, rnn: nn.RNNBase, cell: Cell) -> None:
@@ -127,40 +128,52 @@ class Int8Recurrent(nn.Module):
 
     def forward(self, packed: PackedSequence
                 ) -> tuple[PackedSequence, Tensor | tuple[Tensor, Tensor]]:
-        padded, lengths = pad_packed_sequence(packed, batch_first=True)  # (B, S, in)
-        live = (torch.arange(padded.size(1))[None, :] < lengths[:, None])[..., None]  # (B, S, 1)
-        layer_input, hiddens, cells = padded.float(), [], []
+        # packed data is time-major over the sentences sorted longest first: at step t the
+        # first batch_sizes[t] sentences run, so no step computes padding
+        sizes = packed.batch_sizes.tolist()
+        starts = [0, *itertools.accumulate(sizes)]
+        layer_input, hiddens, cells = packed.data.float(), [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(self.directions):
                 index = layer * self.directions + direction
-                output, hidden, cell = self._run(layer_input, live, index, backward=direction == 1)
+                output, hidden, cell = self._run(layer_input, sizes, starts, index,
+                                                 backward=direction == 1)
                 outputs.append(output)
                 hiddens.append(hidden)
                 cells.append(cell)
             layer_input = torch.cat(outputs, dim=-1)
-        output = pack_padded_sequence(layer_input, lengths, batch_first=True,
-                                      enforce_sorted=False)
-        hidden = torch.stack(hiddens)
-        return output, (hidden, torch.stack(cells)) if self.cell.has_cell_state else hidden
+        hidden = self._unsorted(torch.stack(hiddens), packed)
+        final = (hidden, self._unsorted(torch.stack(cells), packed)) if (
+            self.cell.has_cell_state) else hidden
+        return packed._replace(data=layer_input), final
 
-    def _run(self, inputs: Tensor, live: Tensor, index: int, backward: bool
-             ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One direction of one layer: outputs (B, S, H), final hidden and cell (B, H)."""
-        batch, length = inputs.shape[:2]
-        gates = self.inputs[index](inputs)  # (B, S, G H): joined layout, biases included
-        hidden = inputs.new_zeros(batch, self.hidden_size)
+    def _run(self, inputs: Tensor, sizes: list[int], starts: list[int], index: int,
+             backward: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One direction of one layer over packed inputs: outputs (tokens, H), and the final
+        hidden and cell state (B, H) of each sentence, longest first."""
+        gates = self.inputs[index](inputs)  # (tokens, G H): joined layout, biases included
+        hidden = inputs.new_zeros(sizes[0], self.hidden_size)
         cell = hidden.clone() if self.cell.has_cell_state else None
-        outputs = inputs.new_zeros(batch, length, self.hidden_size)
-        for step in (reversed(range(length)) if backward else range(length)):
-            new_hidden, new_cell = self.cell.step(gates[:, step] + self.hiddens[index](hidden),
-                                                  hidden, cell)
-            running = live[:, step]  # (B, 1): padding leaves the state as it was
-            hidden = torch.where(running, new_hidden, hidden)
+        outputs = inputs.new_empty(len(inputs), self.hidden_size)
+        for step in (reversed(range(len(sizes))) if backward else range(len(sizes))):
+            rows, start = sizes[step], starts[step]
+            # a sentence that has ended (forward) or not begun (backward) keeps its state
+            new_hidden, new_cell = self.cell.step(
+                gates[start:start + rows] + self.hiddens[index](hidden[:rows]), hidden[:rows],
+                None if cell is None else cell[:rows])
+            hidden[:rows] = new_hidden
             if cell is not None:
-                cell = torch.where(running, new_cell, cell)
-            outputs[:, step] = hidden * running
+                cell[:rows] = new_cell
+            outputs[start:start + rows] = new_hidden
         return outputs, hidden, cell
+
+    @staticmethod
+    def _unsorted(state: Tensor, packed: PackedSequence) -> Tensor:
+        """A final state (layers, B, H) back in the caller's batch order."""
+        if packed.unsorted_indices is None:
+            return state
+        return state.index_select(1, packed.unsorted_indices)
 
 
 def quantized_for_cpu(model: nn.Module) -> nn.Module:
