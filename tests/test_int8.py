@@ -14,9 +14,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from typer.testing import CliRunner
 
 from s2s.cli import app
+from s2s.config import ModelConfig
 from s2s.errors import DeviceError
 from s2s.model.cells import CELLS
 from s2s.model.int8 import Int8Linear, Int8Recurrent, check_int8, quantized_for_cpu
+from s2s.model.seq2seq import Seq2Seq
 from s2s.translation.translator import Translator
 from tests.tasks import LIMIT, sentence
 
@@ -67,6 +69,7 @@ def _translator(copy_translator: Translator, dtype: torch.dtype) -> Translator:
                       device=torch.device("cpu"), dtype=dtype, threads=1)
 
 
+@pytest.mark.slow  # trains the word-task copy model
 def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
         copy_translator: Translator) -> None:
     model = copy_translator.loaded.model
@@ -87,13 +90,18 @@ def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
 
 
-def test_quantised_models_keep_no_trainable_weights_in_a_decoding_matmul(
-        copy_translator: Translator) -> None:
-    quantized = quantized_for_cpu(copy_translator.loaded.model)
+@pytest.mark.parametrize("attention", ["general", "bahdanau"])
+def test_quantised_models_keep_no_trainable_weights_in_a_decoding_matmul(attention: str) -> None:
+    config = ModelConfig(embed_size=8, encoder_hidden=8, decoder_hidden=12,
+                         attention=attention)  # type: ignore[arg-type]
+    quantized = quantized_for_cpu(Seq2Seq(config, 20, 20))
     assert quantized_for_cpu(quantized) is quantized  # an int8 model is left as it is
     decoding = [quantized.encoder.bridge, quantized.decoder.combine, quantized.decoder.output,
                 *quantized.decoder.frozen_search_layers]
+    attention_layers = [getattr(quantized.decoder.attention, name, None)
+                        for name in ("key_projection", "query_projection", "energy")]
     assert all(isinstance(layer, Int8Linear) for layer in decoding)
+    assert all(isinstance(layer, Int8Linear) for layer in attention_layers if layer is not None)
     assert not any(parameter.requires_grad for parameter in quantized.parameters())
 
 

@@ -178,7 +178,7 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
             assert len(bigrams) == len(set(bigrams))
 
 
-def test_no_repeat_ngram_holds_for_sentences_that_join_a_runningrandom_sentences() -> None:
+def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None:
     """Later sentences' histories are shorter, padded on the left: the padding must neither
     block nor hide a repeat."""
     model = _peaked_model()
