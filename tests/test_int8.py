@@ -105,16 +105,19 @@ def test_quantised_models_keep_no_trainable_weights_in_a_decoding_matmul(attenti
     assert not any(parameter.requires_grad for parameter in quantized.parameters())
 
 
-def test_auto_is_int8_on_a_cpu_that_multiplies_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_int8_on_a_cpu_for_models_that_gain_from_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from s2s.config import DecodeConfig
     from s2s.translation.translator import decode_dtype
 
-    auto = DecodeConfig(precision="auto")
-    assert decode_dtype(auto, "fp32", torch.device("cpu")) == torch.qint8
-    assert decode_dtype(DecodeConfig(precision="fp32"), "fp32", torch.device("cpu")) == (
-        torch.float32)
-    monkeypatch.setattr("s2s.translation.translator.int8_runs", lambda: False)
-    assert decode_dtype(auto, "fp32", torch.device("cpu")) == torch.float32
+    auto, cpu = DecodeConfig(precision="auto"), torch.device("cpu")
+    assert decode_dtype(auto, "fp32", cpu, 512) == torch.qint8
+    assert decode_dtype(auto, "bf16", cpu, 128) == torch.qint8
+    assert decode_dtype(auto, "fp32", cpu, 64) == torch.float32  # too small to gain
+    assert decode_dtype(DecodeConfig(precision="fp32"), "fp32", cpu, 512) == torch.float32
+    assert decode_dtype(DecodeConfig(precision="int8"), "fp32", cpu, 32) == torch.qint8
+    monkeypatch.setattr("s2s.model.int8.int8_runs", lambda: False)
+    assert decode_dtype(auto, "fp32", cpu, 512) == torch.float32
 
 
 def test_int8_is_refused_where_it_cannot_run() -> None:

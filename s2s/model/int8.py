@@ -42,6 +42,17 @@ def int8_runs() -> bool:
     return True
 
 
+# decoders this wide or wider search faster in int8 (beam 5 over random models with a 2,000-piece
+# vocabulary and embeddings half the decoder's width: 1.0x fp32's speed at 64 hidden units,
+# 1.15x at 128, 1.4x at 256, 2.3x at 512); below, quantising costs what the matmuls save
+INT8_MIN_DECODER_HIDDEN = 128
+
+
+def int8_pays(decoder_hidden: int) -> bool:
+    """Whether ``decode.precision: auto`` decodes a CPU model of this size in int8."""
+    return decoder_hidden >= INT8_MIN_DECODER_HIDDEN and int8_runs()
+
+
 def check_int8(device: torch.device, key: str = "decode.precision") -> None:
     """Refuse int8 where it cannot run, naming the setting ``key`` to change."""
     if device.type != "cpu":

@@ -138,7 +138,8 @@ class _Session:
         # validation decodes over the whole vocabulary, the shortlist being a deployment choice
         valid_decode = replace(config.decode, beam_size=config.train.valid_beam_size, nbest=1,
                                shortlist=0)
-        valid_dtype = decode_dtype(valid_decode, config.train.precision, learner.device)
+        valid_dtype = decode_dtype(valid_decode, config.train.precision, learner.device,
+                                   config.model.decoder_hidden)
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
                    valid, valid_decode, valid_dtype, tokenizers, reporter, _Clock(),
                    should_stop, board)

@@ -30,7 +30,7 @@ from s2s.device import (
 )
 from s2s.errors import CheckpointError, DataError, UsageError
 from s2s.model.ensemble import Decodable, Ensemble
-from s2s.model.int8 import check_int8, int8_runs, quantized_for_cpu
+from s2s.model.int8 import check_int8, int8_pays, quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq, evaluating
 from s2s.model.shortlist import (
     Shortlist,
@@ -421,7 +421,8 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
     decode = members[0].config.decode if decode is None else decode
     # bf16 weights (decode.precision auto) only when every member trained in bf16
     trained = "bf16" if all(m.config.train.precision == "bf16" for m in members) else "fp32"
-    dtype = decode_dtype(decode, trained, target)
+    dtype = decode_dtype(decode, trained, target,
+                         min(m.config.model.decoder_hidden for m in members))
     weights_dtype = torch.float32 if dtype == torch.qint8 else dtype  # int8: quantised later
     for member in members:
         member.model.to(target, weights_dtype).eval()  # the loader's own models: in place
@@ -458,15 +459,16 @@ def check_same_vocabularies(first: LoadedModel, other: LoadedModel) -> None:
                                   "(prepare their runs from the same data and vocab settings)")
 
 
-def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device
-                 ) -> torch.dtype:
+def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device,
+                 decoder_hidden: int) -> torch.dtype:
     """The weights' dtype for decoding; ``torch.qint8`` stands for int8 weights
-    (``s2s.model.int8``). ``auto`` is int8 on a CPU where torch multiplies int8 (as fast as
-    bf16 or faster, at equal BLEU: BENCHMARKS.md, "int8"); elsewhere bf16 when the model
-    trained in bf16 (``train_precision``, resolved) and the device runs bf16, else fp32. An
-    explicit precision the device cannot run is an error."""
+    (``s2s.model.int8``). ``auto`` is int8 on a CPU where torch multiplies int8 and the model
+    is large enough to gain from it (``int8_pays``: BENCHMARKS.md, "Fast translation on a
+    CPU"); elsewhere bf16 when the model trained in bf16 (``train_precision``, resolved) and
+    the device runs bf16, else fp32. An explicit precision the device cannot run is an error.
+    """
     precision = config.precision
-    if precision == "auto" and device.type == "cpu" and int8_runs():
+    if precision == "auto" and device.type == "cpu" and int8_pays(decoder_hidden):
         return torch.qint8
     if precision == "auto":
         precision = "bf16" if train_precision == "bf16" else "fp32"
