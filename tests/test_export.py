@@ -141,3 +141,17 @@ def test_an_existing_folder_is_refused_and_an_interrupted_export_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
     result = runner.invoke(app, ["export", str(tmp_path / "no-run")])
     assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_the_reader_names_a_bad_folder_and_keeps_lines_with_bad_bytes(exported: Path,
+                                                                       tmp_path: Path) -> None:
+    reader = [sys.executable, str(exported / "translate.py")]
+    done = subprocess.run([*reader, str(tmp_path)], input=b"", capture_output=True, timeout=60)
+    assert done.returncode == 2
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith(f"error: {tmp_path}: not a readable s2s export folder")
+    done = subprocess.run(reader, input=b"The dog.\n\xff bad\n\nA man.\n", capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    outputs = done.stdout.decode().split("\n")[:-1]
+    assert len(outputs) == 4 and outputs[2] == "" and all(outputs[i] for i in (0, 1, 3))

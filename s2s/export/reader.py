@@ -25,6 +25,11 @@ import onnxruntime
 import sentencepiece
 
 Rows = dict[str, np.ndarray]  # a decoder state: hidden, cell, feed
+# what onnxruntime raises for a missing or malformed graph (not subclasses of one another)
+_ONNXRUNTIME_ERRORS = tuple(
+    getattr(onnxruntime.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "NoSuchFile", "InvalidArgument", "InvalidProtobuf", "InvalidGraph")
+    if hasattr(onnxruntime.capi.onnxruntime_pybind11_state, name))
 
 
 class ExportedTranslator:
@@ -213,8 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.beam is not None and options.beam < 1:
         parser.error("--beam must be at least 1")
-    translator = ExportedTranslator(options.folder, threads=options.threads)
-    lines = sys.stdin.read().splitlines()
+    try:
+        translator = ExportedTranslator(options.folder, threads=options.threads)
+    except (OSError, ValueError, KeyError, *_ONNXRUNTIME_ERRORS) as error:
+        print(f"error: {options.folder}: not a readable s2s export folder ({error})",
+              file=sys.stderr)
+        return 2
+    # undecodable bytes become U+FFFD: one bad line must not stop the others
+    lines = sys.stdin.buffer.read().decode("utf-8", errors="replace").splitlines()
     for text, score in translator.translate(lines, options.beam):
         print(f"{text}\t{score:.4f}" if options.scores else text)
     return 0
