@@ -26,7 +26,10 @@ class UsageError(S2SError):
 
 
 class DataError(S2SError):
-    """A corpus file is missing, unreadable, misaligned or not valid UTF-8."""
+    """A corpus file is missing, unreadable, misaligned or not valid UTF-8: bad input, as a
+    bad config is."""
+
+    exit_code = 2
 
 
 class CheckpointError(S2SError):

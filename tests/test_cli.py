@@ -60,7 +60,7 @@ def test_a_new_run_dir_from_set_says_to_prepare_with_the_same_set(trained_run: P
                                                                   tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(trained_run), "--set",
                                  f"run_dir={tmp_path / 'other'}"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no prepared data; run `s2s prepare` with this config (and the same --set " \
            "options) first" in result.stderr
 
@@ -86,10 +86,10 @@ def test_bad_override_and_missing_config(tmp_path: Path) -> None:
     assert result.stderr == f"error: {tmp_path / 'nope.yaml'}: config file not found\n"
 
 
-def test_data_error_exits_1_without_traceback(tmp_path: Path) -> None:
+def test_data_error_exits_2_without_traceback(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", config_dict(tmp_path / "missing", tmp_path / "run"))
     result = runner.invoke(app, ["prepare", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "data file not found" in result.stderr
 

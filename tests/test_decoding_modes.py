@@ -197,7 +197,7 @@ def test_terms_that_cannot_be_kept_are_line_errors_and_n_lines_still_come_out(
     text = f"The dog.\tDer\n{line}\nA cat.\tEine\n"
     result = runner.invoke(app, ["translate", str(trained_run), "--beam", "4", "--prefix",
                                  "--constraints"], input=text)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     outputs = result.stdout.split("\n")[:-1]
     assert len(outputs) == 3 and outputs[1] == "" and outputs[0].startswith("Der")
     errors = result.stderr.splitlines()

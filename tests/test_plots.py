@@ -66,7 +66,7 @@ def test_plot_writes_curves_of_one_or_several_runs(trained_run: Path, tmp_path: 
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(app, ["plot", str(empty)])
-    assert result.exit_code == 1 and "no metrics yet" in result.stderr
+    assert result.exit_code == 2 and "no metrics yet" in result.stderr
     result = runner.invoke(app, ["plot", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "not a run directory" in result.stderr
 

@@ -297,7 +297,7 @@ def test_a_truncated_gzip_corpus_is_one_error_line_and_keeps_the_prepared_data(
     (corpus / "train.de.gz").write_bytes(whole[:len(whole) // 2])  # a download cut short
     result = subprocess.run([sys.executable, "-m", "s2s", "prepare", str(path)], cwd=REPO,
                             capture_output=True, text=True)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert line.startswith(f"error: {corpus / 'train.de.gz'}:")
     assert "the compressed data is damaged or cut short after line" in line
