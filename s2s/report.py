@@ -18,12 +18,15 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 
 class _StderrConsole(Console):
@@ -72,14 +75,16 @@ class Reporter:
         self.console = None
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: float | None) -> Iterator["ProgressTask"]:
-        """A progress bar on a terminal; nothing when stderr is a file or there is no console."""
+    def progress(self, description: str, total: float | None, unit: str = ""
+                 ) -> Iterator["ProgressTask"]:
+        """A progress bar on a terminal; nothing when stderr is a file or there is no console.
+        With a ``unit`` (what is counted, e.g. "pairs") it shows the rate: "1,234 pairs/s"."""
         if not self.console or not self.console.is_terminal:
             yield ProgressTask(None, None)
             return
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TaskProgressColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[status]}")]
+                   TaskProgressColumn(), RateColumn(unit), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[status]}")]
         progress = Progress(*columns, console=self.console, transient=False)
         try:
             progress.start()
@@ -94,6 +99,19 @@ class Reporter:
                 progress.stop()
             except OSError:
                 self.fall_silent()
+
+
+class RateColumn(ProgressColumn):
+    """How many ``unit`` per second a task is doing (blank without a unit or before a rate)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        if not self.unit or task.speed is None:
+            return Text("")
+        return Text(f"{task.speed:,.0f} {self.unit}/s")
 
 
 class ProgressTask:

@@ -327,3 +327,29 @@ def test_invalid_utf8_in_the_training_pairs_names_the_line_whoever_reads_it(
     (corpus / "train.en").write_bytes(b"\n".join(lines))
     with pytest.raises(DataError, match=rf"^{corpus / 'train.en'}:1234: invalid UTF-8 \(byte 6 "):
         prepare(_config(corpus, tmp_path / "run", data={"workers": workers}))
+
+
+def test_a_terminal_sees_pairs_per_second_while_prepare_runs(demo_corpus: Path,
+                                                             tmp_path: Path) -> None:
+    """prepare's bars count pairs and show their rate; the rate column computes it."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from s2s.report import RateColumn, Reporter
+
+    screen = io.StringIO()
+    config = config_from_dict(config_dict(demo_corpus, tmp_path / "run"))
+    prepare(config, reporter=Reporter(Console(file=screen, force_terminal=True, width=200)))
+    assert "filter" in screen.getvalue() and "encode" in screen.getvalue()
+
+    now = [0.0]
+    bars = Progress(RateColumn("pairs"), get_time=lambda: now[0], auto_refresh=False,
+                    console=Console(file=io.StringIO()))
+    task = bars.add_task("encode", total=10_000)
+    for second in (1.0, 2.0, 3.0):  # 2,500 pairs a second
+        now[0] = second
+        bars.advance(task, 2_500)
+    assert str(RateColumn("pairs").render(bars.tasks[0])) == "2,500 pairs/s"
+    assert str(RateColumn("").render(bars.tasks[0])) == ""

@@ -144,14 +144,14 @@ def _scan(corpus: _TrainingCorpus, reporter: Reporter) -> tuple[np.ndarray, dict
     """Pass 1: which training pairs the text filters keep (a mask over the corpus), with
     exact duplicates found by 64-bit hashes of their text, and what each rule dropped."""
     statuses, hashes, replaced = [], [], 0
-    with reporter.progress("filter", total=None) as bar:
+    with reporter.progress("filter", total=None, unit="pairs") as bar:
         for status, chunk_hashes, bad in in_order(
                 scan_chunk, ((corpus.rules, chunk) for chunk in corpus.chunks()),
                 corpus.workers):
             statuses.append(status)
             hashes.append(chunk_hashes)
             replaced += bad
-            bar.advance(len(status), status="pairs")
+            bar.advance(len(status))
     if replaced:
         reporter.warn(f"train: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
     status = np.concatenate(statuses)
@@ -215,13 +215,12 @@ def _encode_training_pairs(corpus: _TrainingCorpus, keep: np.ndarray,
     token_rules = TokenRules(data.max_tokens, data.max_length_ratio, writer.dtypes)
     jobs = ((corpus.rules, token_rules, protos, chunk, chunk.part(keep))
             for chunk in corpus.chunks())
-    with reporter.progress("encode", total=int(keep.sum())) as bar:
+    with reporter.progress("encode", total=int(keep.sum()), unit="pairs") as bar:
         for encoded in in_order(encode_chunk, jobs, corpus.workers):
             writer.add(encoded.ids, encoded.lengths)
             dropped["too many tokens"] += encoded.too_many_tokens
             dropped["length ratio"] += encoded.length_ratio
-            bar.advance(len(encoded.lengths[0]) + encoded.too_many_tokens + encoded.length_ratio,
-                        status="pairs")
+            bar.advance(len(encoded.lengths[0]) + encoded.too_many_tokens + encoded.length_ratio)
     return writer.close()
 
 

@@ -34,7 +34,7 @@ def translate_stream(translator: Translator, source: BinaryIO, target: TextIO,
     """
     count, refused = 0, 0
     reporter = translator.reporter if progress_total is not None else Reporter()
-    with reporter.progress("translate", total=progress_total) as bar:
+    with reporter.progress("translate", total=progress_total, unit="lines") as bar:
         for chunk in _chunks(source, chunk_lines):
             lines, terms = [], []
             for number, raw in enumerate(chunk, count + 1):
