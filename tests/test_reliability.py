@@ -110,19 +110,19 @@ def _break_data(corpus: Path, case: str, monkeypatch) -> str:
 
 @pytest.mark.parametrize("case", ["missing", "empty", "directory", "unreadable", "line counts",
                                   "invalid UTF-8"])
-def test_data_problems_exit_1_with_one_line(case: str, corpus: Path, tmp_path: Path,
+def test_data_problems_exit_2_with_one_line(case: str, corpus: Path, tmp_path: Path,
                                             monkeypatch) -> None:
     fragment = _break_data(corpus, case, monkeypatch)
     result = runner.invoke(app, ["prepare", str(_config_file(tmp_path, corpus))])
-    _one_error_line(result, 1, fragment)
+    _one_error_line(result, 2, fragment)
 
 
 def test_empty_after_filtering_and_vocabulary_too_large(corpus: Path, tmp_path: Path) -> None:
     path = _config_file(tmp_path, corpus, data={"max_chars": 2})
-    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 1,
+    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 2,
                     "no training pairs left after filtering")
     path = _config_file(tmp_path, corpus, vocab={"tgt_size": 90000})
-    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 1,
+    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 2,
                     "vocabulary size 90000 is larger than the training data allows")
 
 
@@ -130,14 +130,14 @@ def test_run_directory_not_writable(corpus: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory", encoding="utf-8")
     path = write_config(tmp_path / "c.yaml", config_dict(corpus, blocker / "run"))
-    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 1,
+    _one_error_line(runner.invoke(app, ["prepare", str(path)]), 2,
                     "cannot create the run directory")
 
 
 def test_train_on_data_prepared_for_other_settings(corpus: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["prepare", str(_config_file(tmp_path, corpus))]).exit_code == 0
     changed = _config_file(tmp_path, corpus, data={"max_chars": 500})
-    _one_error_line(runner.invoke(app, ["train", str(changed)]), 1,
+    _one_error_line(runner.invoke(app, ["train", str(changed)]), 2,
                     "prepared data no longer matches the config")
 
 
