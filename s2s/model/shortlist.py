@@ -172,8 +172,9 @@ class Shortlist:
     def for_batch(self, model: nn.Module, sentences: Sequence[Sequence[int] | np.ndarray]
                   ) -> "ShortlistedModel":
         """``model`` decoding ``sentences`` over the union of their candidates."""
-        union = np.unique(np.concatenate([self.candidates(s) for s in sentences]))
-        return ShortlistedModel(model, self, union)
+        candidates = {tuple(np.asarray(s).tolist()): self.candidates(s) for s in sentences}
+        union = np.unique(np.concatenate(list(candidates.values())))
+        return ShortlistedModel(model, candidates, union)
 
 
 class ShortlistedModel(nn.Module):
@@ -183,11 +184,14 @@ class ShortlistedModel(nn.Module):
 
     gives_log_probs = False
 
-    def __init__(self, model: nn.Module, shortlist: Shortlist, union: np.ndarray) -> None:
+    def __init__(self, model: nn.Module, candidates: dict[tuple[int, ...], np.ndarray],
+                 union: np.ndarray) -> None:
+        """``candidates``: each sentence's (token ids, no EOS) candidate ids; ``union``: all
+        of them, ascending."""
         super().__init__()
         if not np.array_equal(union[:SPECIALS], np.arange(SPECIALS)):
             raise ValueError("a shortlist union must start with the special pieces")
-        self.model, self.shortlist, self.union = model, shortlist, union
+        self.model, self.candidates, self.union = model, candidates, union
         self.register_buffer("union_ids", torch.from_numpy(union), persistent=False)
         self.output = _output_columns(model.decoder.output, self.union_ids)
 
@@ -201,7 +205,7 @@ class ShortlistedModel(nn.Module):
         outside = torch.full((len(src_ids), len(self.union)), float("-inf"))
         for row, (sentence, length) in enumerate(zip(src_ids.cpu().numpy(),
                                                      src_lengths.tolist())):
-            own = np.searchsorted(self.union, self.shortlist.candidates(sentence[:length - 1]))
+            own = np.searchsorted(self.union, self.candidates[tuple(sentence[:length - 1])])
             outside[row, torch.from_numpy(own)] = 0.0
         return ShortlistedEncoded(encoded, outside.to(src_ids.device)), state
 

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from s2s.config import DecodeConfig
-from s2s.data.store import load_split
+from s2s.data.store import load_split, read_manifest
 from s2s.data.text import joiner, normalize, side_normalization
 from s2s.data.vocab import EOS_ID, UNK_ID
 from s2s.device import (
@@ -436,7 +436,7 @@ def load_translator(run_dir: Path, checkpoint: str = "best", *,
 def _run_shortlist(run_dir: Path, loaded: LoadedModel, reporter: Reporter) -> ShortlistTable:
     """The run's shortlist table, counted from its prepared training pairs on first use."""
     data = RunDir(run_dir).data
-    if not shortlist_path(data).exists() and not (data / "train.src.ids.npy").exists():
+    if not shortlist_path(data).exists() and read_manifest(data) is None:
         raise DataError(f"decode.shortlist: {data} has neither a shortlist nor prepared "
                         "training data to count one from; run `s2s prepare` or set "
                         "decode.shortlist=0")
