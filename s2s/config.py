@@ -27,13 +27,31 @@ def _option(default: Any, *, minimum: float | None = None, maximum: float | None
                                             "exclusive_minimum": exclusive_minimum})
 
 
+# pieces sentencepiece already uses for its special tokens: never a corpus tag
+SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+@dataclass(frozen=True)
+class TrainingCorpus:
+    """One corpus of training pairs. In YAML a plain path stands for ``{path: ...}``."""
+
+    path: Path  # path prefix: <path>.<src_lang> and <path>.<tgt_lang> (or .gz, .xz)
+    # how often its pairs are drawn per epoch, relative to its size: 1 = each pair once,
+    # 3 = each pair three times, 0.5 = a fresh random half of them every epoch
+    weight: float = _option(1.0, minimum=0.0, exclusive_minimum=True)
+    # a piece put before each of its source sentences (such as <bt> for back-translated
+    # pairs): reserved in the source vocabulary, never produced in translations; "" = none
+    tag: str = ""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the parallel text is and how it is cleaned and filtered."""
 
     src_lang: str
     tgt_lang: str
-    train: Path  # path prefix: train.<src_lang> and train.<tgt_lang>
+    # one corpus (a path prefix) or a list of them, each a path or {path, weight, tag}
+    train: tuple[TrainingCorpus, ...]
     valid: Path
     test: Path
     # Unicode normalisation of each side. auto: NFC for Chinese and Japanese, which keeps their
@@ -50,6 +68,11 @@ class DataConfig:
     # processes that clean and encode the training pairs in `s2s prepare`; 0 = one per core
     # this process may use. The prepared files are the same whatever the count.
     workers: int = _option(0, minimum=0, maximum=256)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The training corpora's distinct tags, in the order they first appear."""
+        return tuple(dict.fromkeys(corpus.tag for corpus in self.train if corpus.tag))
 
 
 @dataclass(frozen=True)
@@ -246,7 +269,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
 
 def _origin(message: str, origins: dict[str, str], source: str) -> str:
     """Where the value an error message is about came from: an override, else the file."""
-    dotted = message.split(":", 1)[0]
+    dotted = re.sub(r"\[\d+\]", "", message.split(":", 1)[0])
     while dotted:
         if dotted in origins:
             return origins[dotted]
@@ -261,10 +284,24 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         value = getattr(config, item.name)
         if dataclasses.is_dataclass(value):
             value = config_to_dict(value)
+        elif isinstance(value, tuple):
+            value = _items_to_yaml(value)
         elif isinstance(value, Path):
             value = str(value)
         result[item.name] = value
     return result
+
+
+def _items_to_yaml(items: tuple[Any, ...]) -> Any:
+    """A list of config items, each written as its path alone while its other fields keep
+    their defaults (and one such item as that path), as a user would write them."""
+    written = []
+    for item in items:
+        fields = config_to_dict(item)
+        defaults = {field.name: field.default for field in dataclasses.fields(item)}
+        plain = all(value == defaults[name] for name, value in fields.items() if name != "path")
+        written.append(fields["path"] if plain else fields)
+    return written[0] if len(written) == 1 and isinstance(written[0], str) else written
 
 
 def dump_config(config: Config) -> str:
@@ -329,6 +366,8 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
 def _convert(value: Any, hint: Any, limits: Any, dotted: str, errors: list[str]) -> Any:
     """Check one scalar against its declared type and range; return the typed value."""
     origin = typing.get_origin(hint)
+    if origin is tuple:
+        return _convert_items(value, typing.get_args(hint)[0], dotted, errors)
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -356,6 +395,22 @@ def _convert(value: Any, hint: Any, limits: Any, dotted: str, errors: list[str])
     raise TypeError(f"unsupported config type {hint!r} for {dotted}")  # a bug in this module
 
 
+def _convert_items(value: Any, item_type: type, dotted: str, errors: list[str]) -> Any:
+    """A list of dataclass items (one item alone stands for a list of one); an item given as a
+    string is its ``path``."""
+    listed = isinstance(value, list)
+    items = value if listed else [value]
+    if not items:
+        errors.append(f"{dotted}: expected at least one entry, got an empty list")
+    result = []
+    for index, item in enumerate(items):
+        where = f"{dotted}[{index}]" if listed else dotted
+        if isinstance(item, str):
+            item = {"path": item}
+        result.append(_build(item_type, item, where + ".", errors))
+    return tuple(result)
+
+
 def _check_range(value: float, limits: Any, dotted: str, errors: list[str]) -> None:
     minimum, maximum = limits.get("minimum"), limits.get("maximum")
     if minimum is not None:
@@ -379,6 +434,7 @@ def _consistency_errors(config: Config) -> list[str]:
     if config.data.src_lang == config.data.tgt_lang:
         errors.append(f"data.tgt_lang: must differ from data.src_lang ({config.data.src_lang!r}), "
                       "or the source and target files would be the same")
+    errors.extend(_tag_errors(config.data))
     if config.decode.sampling and config.decode.beam_size > 1:
         errors.append(f"decode.sampling: sampling draws one token at a time, not a beam; set "
                       f"decode.beam_size to 1 (it is {config.decode.beam_size}) and ask for "
@@ -397,6 +453,20 @@ def _consistency_errors(config: Config) -> list[str]:
                       f"({2 * model.encoder_hidden}); use general or bahdanau, or change the sizes")
     if config.train.min_lr > config.train.lr:
         errors.append(f"train.min_lr: {config.train.min_lr} is above train.lr ({config.train.lr})")
+    return errors
+
+
+def _tag_errors(data: DataConfig) -> list[str]:
+    errors = []
+    for index, corpus in enumerate(data.train):
+        where = f"data.train[{index}].tag" if len(data.train) > 1 else "data.train.tag"
+        if not corpus.tag:
+            continue
+        if corpus.tag.split() != [corpus.tag]:
+            errors.append(f"{where}: {corpus.tag!r} has spaces; a tag is one piece, such as <bt>")
+        elif corpus.tag in SPECIAL_PIECES:
+            errors.append(f"{where}: {corpus.tag!r} is one of sentencepiece's special pieces "
+                          f"({', '.join(SPECIAL_PIECES)}); choose another, such as <bt>")
     return errors
 
 

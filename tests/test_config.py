@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s2s.config import config_from_dict, dump_config, load_config, parse_yaml
+from s2s.config import TrainingCorpus, config_from_dict, dump_config, load_config, parse_yaml
 from s2s.errors import ConfigError
 from tests.conftest import config_dict, write_config
 
@@ -22,7 +22,14 @@ def test_every_shipped_config_loads_with_every_value_it_sets(path: Path) -> None
     for section, values in raw.items():  # nothing the file says is dropped or changed
         for key, value in values.items():
             loaded = getattr(getattr(config, section), key)
-            expected = Path(value).absolute() if isinstance(loaded, Path) else value
+            if key == "train" and section == "data":  # corpora: paths, or {path, weight, tag}
+                corpora = value if isinstance(value, list) else [value]
+                expected = tuple(
+                    TrainingCorpus(Path(item).absolute()) if isinstance(item, str)
+                    else TrainingCorpus(**{**item, "path": Path(item["path"]).absolute()})
+                    for item in corpora)
+            else:
+                expected = Path(value).absolute() if isinstance(loaded, Path) else value
             assert loaded == expected, f"{section}.{key}"
 
 
@@ -136,7 +143,7 @@ def test_paths_resolve_against_the_current_directory(tmp_path: Path, monkeypatch
     raw = config_dict(Path("corpus"), Path("runs/x"))
     config = config_from_dict(raw)
     assert config.run_dir == tmp_path / "runs" / "x"
-    assert config.data.train == tmp_path / "corpus" / "train"
+    assert config.data.train[0].path == tmp_path / "corpus" / "train"
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:

@@ -61,6 +61,29 @@ def token_batches(lengths: np.ndarray, batch_tokens: int, *, seed: int | None = 
     return batches
 
 
+def epoch_sample(corpus_sizes: Sequence[int], weights: Sequence[float], *, seed: int,
+                 epoch: int) -> np.ndarray | None:
+    """The training pairs one epoch draws when corpora are weighted (None: each pair once).
+
+    The train split holds the corpora one after another. A corpus of weight w gives each of its
+    pairs int(w) times, plus a fresh random round(frac(w) x size) of them, drawn with a
+    generator seeded by (seed, epoch) like the batches', so a resumed run draws the same.
+    """
+    if all(weight == 1 for weight in weights):
+        return None
+    rng = np.random.default_rng([seed, epoch, 1])  # not the batches' stream
+    parts, start = [], 0
+    for size, weight in zip(corpus_sizes, weights):
+        whole, fraction = divmod(weight, 1.0)
+        pairs = np.arange(start, start + size)
+        parts.extend([pairs] * int(whole))
+        extra = round(fraction * size)
+        if extra:
+            parts.append(np.sort(rng.choice(pairs, size=extra, replace=False)))
+        start += size
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def training_lengths(split: EncodedSplit) -> np.ndarray:
     return np.maximum(split.src.lengths, split.tgt.lengths) + 1
 

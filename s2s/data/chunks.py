@@ -27,21 +27,24 @@ from s2s.data.vocab import Tokenizer
 from s2s.errors import DataError
 
 CHUNK_PAIRS = 20_000
-# what scan_chunk says of each pair
-KEPT, EMPTY, TOO_LONG = 0, 1, 2
+# what scan_chunk says of each pair (and DUPLICATE: what the first pass finds of some kept ones)
+KEPT, EMPTY, TOO_LONG, DUPLICATE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive raw pairs of the corpus; ``first_line`` is the 1-based line of the first."""
+    """Consecutive raw pairs of one corpus file pair: ``first_line`` is the 1-based line of
+    the first in its files, ``start`` its position among all the training pairs (several
+    corpora are read one after another)."""
 
     first_line: int
+    start: int
     sources: list[bytes]
     targets: list[bytes]
 
     def part(self, per_pair: np.ndarray) -> np.ndarray:
-        """This chunk's entries of an array with one entry per pair of the whole corpus."""
-        return per_pair[self.first_line - 1:self.first_line - 1 + len(self.sources)]
+        """This chunk's entries of an array with one entry per training pair."""
+        return per_pair[self.start:self.start + len(self.sources)]
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,14 @@ class TextRules:
     invalid_utf8: str  # error or replace
     max_chars: int
     paths: tuple[str, str]  # for error messages
+    # every corpus's tag, with the option that sets it: no text may contain one
+    tags: tuple[tuple[str, str], ...] = ()
 
 
-def read_chunks(paths: tuple[Path, Path]) -> Iterator[Chunk]:
-    """The pairs of a parallel corpus in chunks; a side that ends before the other, or
-    compressed data that breaks off, is a DataError naming the file and line."""
+def read_chunks(paths: tuple[Path, Path], start: int = 0) -> Iterator[Chunk]:
+    """The pairs of a parallel corpus in chunks, the first at position ``start``; a side that
+    ends before the other, or compressed data that breaks off, is a DataError naming the file
+    and line."""
     with _open(paths[0]) as sources, _open(paths[1]) as targets:
         line = 1
         while True:
@@ -71,7 +77,7 @@ def read_chunks(paths: tuple[Path, Path]) -> Iterator[Chunk]:
                                 "parallel files must align line by line")
             if not chunk_src:
                 return
-            yield Chunk(line, chunk_src, chunk_tgt)
+            yield Chunk(line, start + line - 1, chunk_src, chunk_tgt)
             line += len(chunk_src)
 
 
@@ -84,6 +90,7 @@ def scan_chunk(rules: TextRules, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, 
     for index, (raw_src, raw_tgt) in enumerate(zip(chunk.sources, chunk.targets)):
         source, target, bad = pair_text(rules, chunk.first_line + index, raw_src, raw_tgt)
         replaced += bad
+        _check_no_tags(rules, chunk.first_line + index, source, target)
         if not source or not target:
             status[index] = EMPTY
         elif max(len(source), len(target)) > rules.max_chars:
@@ -115,9 +122,10 @@ class EncodedChunk:
 
 
 def encode_chunk(rules: TextRules, token_rules: TokenRules, protos: tuple[bytes, bytes],
-                 chunk: Chunk, kept: np.ndarray) -> EncodedChunk:
+                 chunk: Chunk, kept: np.ndarray, tag_id: int | None = None) -> EncodedChunk:
     """Encode the pairs ``kept`` (a mask over the chunk) marks with the sentencepiece models
-    ``protos`` and apply the token filters; numpy arrays travel back from a worker cheaply."""
+    ``protos``, each source after the piece ``tag_id`` when the corpus has a tag, and apply
+    the token filters; numpy arrays travel back from a worker cheaply."""
     sources, targets = [], []
     for index in np.flatnonzero(kept):
         source, target, _ = pair_text(rules, chunk.first_line + int(index),
@@ -125,6 +133,8 @@ def encode_chunk(rules: TextRules, token_rules: TokenRules, protos: tuple[bytes,
         sources.append(source)
         targets.append(target)
     encoded = (Tokenizer(protos[0]).encode(sources), Tokenizer(protos[1]).encode(targets))
+    if tag_id is not None:
+        encoded = ([[tag_id, *ids] for ids in encoded[0]], encoded[1])
     lengths = [np.fromiter(map(len, side), dtype=np.int64, count=len(side)) for side in encoded]
     shorter, longer = np.minimum(*lengths), np.maximum(*lengths)
     too_long = longer > token_rules.max_tokens
@@ -144,6 +154,16 @@ def pair_text(rules: TextRules, line: int, raw_src: bytes, raw_tgt: bytes
     target, bad_tgt = _decoded(raw_tgt, rules, 1, line)
     return (normalize(source, rules.src_normalization),
             normalize(target, rules.tgt_normalization), bad_src + bad_tgt)
+
+
+def _check_no_tags(rules: TextRules, line: int, source: str, target: str) -> None:
+    """A tag that occurs in the text would be read as that tag: refuse it."""
+    for tag, option in rules.tags:
+        for side, text in ((0, source), (1, target)):
+            if tag in text:
+                raise DataError(f"{rules.paths[side]}:{line}: the text contains {tag!r}, the tag "
+                                f"{option} sets; a tag must never occur in the text: choose "
+                                "another")
 
 
 def in_order(work: Callable[..., Any], items: Iterator[tuple], workers: int) -> Iterator[Any]:

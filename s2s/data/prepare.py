@@ -8,16 +8,18 @@ marker: a prepare killed half-way leaves nothing a later run would trust.
 
 from __future__ import annotations
 
+import collections
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from s2s.config import Config, dump_config
 from s2s.data.chunks import (
+    DUPLICATE,
     EMPTY,
     KEPT,
     TOO_LONG,
@@ -90,18 +92,21 @@ def prepare(config: Config, *, force: bool = False, reporter: Reporter = Reporte
 
 def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
     """Filter the training pairs, train vocabularies, encode and save every split; return the
-    manifest. The training corpus is streamed (s2s.data.chunks); valid and test are small and
-    read whole."""
-    corpus = _TrainingCorpus.of(config)
-    keep, dropped = _scan(corpus, reporter)
-    sample = _vocabulary_sample(corpus, keep, config.vocab.joint)
+    manifest. The training corpora are streamed (s2s.data.chunks); valid and test are small
+    and read whole."""
+    corpora = _TrainingCorpora.of(config)
+    keep, status, sizes = _scan(corpora, reporter)
+    corpora = corpora.with_sizes(sizes)
+    sample = _vocabulary_sample(corpora, keep, config.vocab.joint)
     tokenizers = _train_vocabularies(config, *sample, out)
     del sample
     sizes = (len(tokenizers[0]), len(tokenizers[1]))
-    stats = {"train": _encode_training_pairs(corpus, keep, tokenizers, out, dropped, reporter)}
-    if not stats["train"]["pairs"]:
-        raise DataError(f"{config.data.train}: no training pairs left after filtering "
+    stats, reports = _encode_training_pairs(corpora, keep, status, tokenizers, out, reporter)
+    dropped = {rule: sum(report["dropped"][rule] for report in reports) for rule in FILTER_RULES}
+    if not stats["pairs"]:
+        raise DataError(f"{corpora.name}: no training pairs left after filtering "
                         f"({_dropped_text(dropped)}); relax the data.* limits")
+    splits = {"train": stats}
     for split in ("valid", "test"):  # their cleaned text is what evaluation translates
         src_lines, tgt_lines = _read_split(config, split, reporter)
         save_text(out, split, "src", src_lines)
@@ -109,76 +114,134 @@ def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
         encoded = EncodedSplit(EncodedSide.from_lists(tokenizers[0].encode(src_lines), sizes[0]),
                                EncodedSide.from_lists(tokenizers[1].encode(tgt_lines), sizes[1]))
         save_split(out, split, encoded)
-        stats[split] = split_stats(encoded)
-    return build_manifest(config, sizes, stats, dropped)
+        splits[split] = split_stats(encoded)
+    return build_manifest(config, sizes, splits, dropped, reports)
 
 
 @dataclass(frozen=True)
-class _TrainingCorpus:
-    """The training pairs' files, the rules that clean them, and the processes that do it."""
+class _Corpus:
+    """One training corpus: its path prefix and two files, its tag, and its first pair's
+    position among all the training pairs."""
+
+    prefix: Path
+    paths: tuple[Path, Path]
+    tag: str
+    start: int
+    pairs: int
+
+
+@dataclass(frozen=True)
+class _TrainingCorpora:
+    """The training corpora's files (read one after another, as one sequence of pairs), the
+    rules that clean them, and the processes that do it."""
 
     config: Config
-    paths: tuple[Path, Path]
+    corpora: tuple[_Corpus, ...]
     rules: TextRules
     workers: int
 
     @classmethod
-    def of(cls, config: Config) -> "_TrainingCorpus":
+    def of(cls, config: Config) -> "_TrainingCorpora":
         data = config.data
-        paths = parallel_paths(data.train, data.src_lang, data.tgt_lang)
-        for path in paths:
-            check_readable(path)
-            if path.stat().st_size == 0:
-                raise DataError(f"{path}: data file is empty")
+        corpora, start = [], 0  # positions are known after the first pass: with_sizes
+        for corpus in data.train:
+            paths = parallel_paths(corpus.path, data.src_lang, data.tgt_lang)
+            for path in paths:
+                check_readable(path)
+                if path.stat().st_size == 0:
+                    raise DataError(f"{path}: data file is empty")
+            corpora.append(_Corpus(corpus.path, paths, corpus.tag, start, 0))
+        options = [f"data.train[{index}].tag" if len(data.train) > 1 else "data.train.tag"
+                   for index in range(len(data.train))]
+        tags = tuple(dict.fromkeys((corpus.tag, option) for corpus, option
+                                   in zip(data.train, options) if corpus.tag))
         rules = TextRules(side_normalization(data.normalization, data.src_lang),
                           side_normalization(data.normalization, data.tgt_lang),
-                          data.invalid_utf8, data.max_chars, (str(paths[0]), str(paths[1])))
-        workers = data.workers or usable_cores()
-        return cls(config, paths, rules, workers)
+                          data.invalid_utf8, data.max_chars, ("", ""), tags)
+        return cls(config, tuple(corpora), rules, data.workers or usable_cores())
 
-    def chunks(self) -> Iterator[Chunk]:
-        return read_chunks(self.paths)
+    @property
+    def name(self) -> str:
+        """The corpora, for messages."""
+        return ", ".join(str(corpus.path) for corpus in self.config.data.train)
+
+    def with_sizes(self, sizes: list[int]) -> "_TrainingCorpora":
+        """These corpora once their pair counts are known (after the first pass)."""
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+        return replace(self, corpora=tuple(
+            replace(corpus, start=int(start), pairs=size)
+            for corpus, start, size in zip(self.corpora, starts, sizes)))
+
+    def chunks(self) -> Iterator[tuple[int, TextRules, Chunk]]:
+        """Every corpus's chunks in turn: (corpus index, its rules, chunk)."""
+        for index, corpus in enumerate(self.corpora):
+            rules = replace(self.rules, paths=(str(corpus.paths[0]), str(corpus.paths[1])))
+            for chunk in read_chunks(corpus.paths, corpus.start):
+                yield index, rules, chunk
 
 
-def _scan(corpus: _TrainingCorpus, reporter: Reporter) -> tuple[np.ndarray, dict[str, int]]:
-    """Pass 1: which training pairs the text filters keep (a mask over the corpus), with
-    exact duplicates found by 64-bit hashes of their text, and what each rule dropped."""
-    statuses, hashes, replaced = [], [], 0
+def _scan(corpora: _TrainingCorpora, reporter: Reporter
+          ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Pass 1: which training pairs the text filters keep (a mask over all the pairs), with
+    exact duplicates found by 64-bit hashes of their text; each pair's fate (a
+    s2s.data.chunks status, or DUPLICATE); and each corpus's number of pairs."""
+    statuses, hashes, replaced, sizes = [], [], 0, [0] * len(corpora.corpora)
     with reporter.progress("filter", total=None, unit="pairs") as bar:
-        for status, chunk_hashes, bad in in_order(
-                scan_chunk, ((corpus.rules, chunk) for chunk in corpus.chunks()),
-                corpus.workers):
+        jobs = ((index, (rules, chunk)) for index, rules, chunk in corpora.chunks())
+        for index, (status, chunk_hashes, bad) in _on_workers(scan_chunk, jobs, corpora.workers):
             statuses.append(status)
             hashes.append(chunk_hashes)
             replaced += bad
+            sizes[index] += len(status)
             bar.advance(len(status))
     if replaced:
         reporter.warn(f"train: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
     status = np.concatenate(statuses)
     candidates = np.flatnonzero(status == KEPT)
     keep = np.zeros(len(status), dtype=bool)
-    if corpus.config.data.dedupe:  # the first of equal pairs stays
+    if corpora.config.data.dedupe:  # the first of equal pairs stays, whichever its corpus
         _, first = np.unique(np.concatenate(hashes)[candidates], return_index=True)
         keep[candidates[first]] = True
     else:
         keep[candidates] = True
+    status[(status == KEPT) & ~keep] = DUPLICATE
+    if not keep.any():
+        raise DataError(f"{corpora.name}: no training pairs left after filtering "
+                        f"({_dropped_text(_text_drops(status))})")
+    return keep, status, sizes
+
+
+def _on_workers(work: Callable[..., Any], jobs: Iterator[tuple[int, tuple]], workers: int
+                ) -> Iterator[tuple[int, Any]]:
+    """``in_order`` over (corpus index, arguments) pairs: each result with its corpus index."""
+    pending: collections.deque[int] = collections.deque()
+
+    def arguments() -> Iterator[tuple]:
+        for index, item in jobs:
+            pending.append(index)
+            yield item
+
+    for result in in_order(work, arguments(), workers):
+        yield pending.popleft(), result
+
+
+def _text_drops(status: np.ndarray) -> dict[str, int]:
+    """How many pairs each text filter dropped, out of ``status``; the token filters' rows
+    are filled in by the encoding pass."""
     dropped = dict.fromkeys(FILTER_RULES, 0)
     dropped.update({"empty side": int(np.count_nonzero(status == EMPTY)),
                     "too many characters": int(np.count_nonzero(status == TOO_LONG)),
-                    "duplicate pair": len(candidates) - int(keep.sum())})
-    if not keep.any():
-        raise DataError(f"{corpus.config.data.train}: no training pairs left after filtering "
-                        f"({_dropped_text(dropped)})")
-    return keep, dropped
+                    "duplicate pair": int(np.count_nonzero(status == DUPLICATE))})
+    return dropped
 
 
-def _vocabulary_sample(corpus: _TrainingCorpus, keep: np.ndarray, joint: bool
+def _vocabulary_sample(corpora: _TrainingCorpora, keep: np.ndarray, joint: bool
                        ) -> tuple[list[str], list[str]]:
     """Pass 2: the sentences each vocabulary trains on: ``vocab.max_sentences`` of the kept
     pairs' sides (of both sides together for a joint vocabulary), drawn by s2s.data.vocab's
     fixed-seed sample, so the vocabulary is the one the whole kept text in memory would give."""
     kept = int(keep.sum())
-    limit = corpus.config.vocab.max_sentences
+    limit = corpora.config.vocab.max_sentences
     wanted = sample_indices(2 * kept if joint else kept, limit)
     # a pair's rank among the kept ones, and whether each side of it is drawn
     src_drawn = np.zeros(kept, dtype=bool)
@@ -191,10 +254,10 @@ def _vocabulary_sample(corpus: _TrainingCorpus, keep: np.ndarray, joint: bool
     sources: list[str] = []
     targets: list[str] = []
     rank = 0
-    for chunk in corpus.chunks():
+    for _, rules, chunk in corpora.chunks():
         for index in np.flatnonzero(chunk.part(keep)):
             if src_drawn[rank] or tgt_drawn[rank]:
-                source, target, _ = pair_text(corpus.rules, chunk.first_line + int(index),
+                source, target, _ = pair_text(rules, chunk.first_line + int(index),
                                               chunk.sources[index], chunk.targets[index])
                 if src_drawn[rank]:
                     sources.append(source)
@@ -204,24 +267,32 @@ def _vocabulary_sample(corpus: _TrainingCorpus, keep: np.ndarray, joint: bool
     return sources, targets
 
 
-def _encode_training_pairs(corpus: _TrainingCorpus, keep: np.ndarray,
+def _encode_training_pairs(corpora: _TrainingCorpora, keep: np.ndarray, status: np.ndarray,
                            tokenizers: tuple[Tokenizer, Tokenizer], out: Path,
-                           dropped: dict[str, int], reporter: Reporter) -> dict[str, int]:
+                           reporter: Reporter) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Pass 3: encode the kept pairs chunk by chunk (on the workers, written in chunk order),
-    drop those too long or too unbalanced in tokens, and write the train split."""
+    drop those too long or too unbalanced in tokens, and write the train split; return its
+    stats and, per corpus, its path, tag, pairs kept and pairs dropped by each rule."""
     protos = (tokenizers[0].model_proto, tokenizers[1].model_proto)
     writer = SplitWriter(out, "train", (len(tokenizers[0]), len(tokenizers[1])))
-    data = corpus.config.data
+    data = corpora.config.data
     token_rules = TokenRules(data.max_tokens, data.max_length_ratio, writer.dtypes)
-    jobs = ((corpus.rules, token_rules, protos, chunk, chunk.part(keep))
-            for chunk in corpus.chunks())
+    reports = [{"path": str(corpus.prefix), "tag": corpus.tag, "pairs": 0,
+                "dropped": _text_drops(status[corpus.start:corpus.start + corpus.pairs])}
+               for corpus in corpora.corpora]
+    tag_ids = [tokenizers[0].piece_id(corpus.tag) if corpus.tag else None
+               for corpus in corpora.corpora]
+    jobs = ((index, (rules, token_rules, protos, chunk, chunk.part(keep), tag_ids[index]))
+            for index, rules, chunk in corpora.chunks())
     with reporter.progress("encode", total=int(keep.sum()), unit="pairs") as bar:
-        for encoded in in_order(encode_chunk, jobs, corpus.workers):
+        for index, encoded in _on_workers(encode_chunk, jobs, corpora.workers):
             writer.add(encoded.ids, encoded.lengths)
-            dropped["too many tokens"] += encoded.too_many_tokens
-            dropped["length ratio"] += encoded.length_ratio
+            report = reports[index]
+            report["pairs"] += len(encoded.lengths[0])
+            report["dropped"]["too many tokens"] += encoded.too_many_tokens
+            report["dropped"]["length ratio"] += encoded.length_ratio
             bar.advance(len(encoded.lengths[0]) + encoded.too_many_tokens + encoded.length_ratio)
-    return writer.close()
+    return writer.close(), reports
 
 
 def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[str], list[str]]:
@@ -240,12 +311,13 @@ def _train_vocabularies(config: Config, src: list[str], tgt: list[str], out: Pat
     vocab, data = config.vocab, config.data
     src_rule = side_normalization(data.normalization, data.src_lang)
     tgt_rule = side_normalization(data.normalization, data.tgt_lang)
+    tags = data.tags  # each one piece of the source vocabulary
     if vocab.joint:
         rule = src_rule if src_rule == tgt_rule else "nfc"  # never fold the NFC side's text
-        train_sentencepiece(src + tgt, src_path, vocab.src_size, vocab, rule)
+        train_sentencepiece(src + tgt, src_path, vocab.src_size, vocab, rule, tags)
         shutil.copyfile(src_path, tgt_path)
     else:
-        train_sentencepiece(src, src_path, vocab.src_size, vocab, src_rule)
+        train_sentencepiece(src, src_path, vocab.src_size, vocab, src_rule, tags)
         train_sentencepiece(tgt, tgt_path, vocab.tgt_size, vocab, tgt_rule)
     return Tokenizer.from_file(src_path), Tokenizer.from_file(tgt_path)
 
@@ -258,8 +330,20 @@ def _report_summary(manifest: dict[str, Any], reporter: Reporter) -> None:
                      stats["tgt_tokens"] / pairs, stats["unknown_tokens"]])
     reporter.table(make_table("prepared data", ["split", "pairs", "src tokens/sent",
                                                 "tgt tokens/sent", "unknown tokens"], rows))
-    reporter.table(make_table("training pairs dropped", ["rule", "pairs"],
-                              [[rule, count] for rule, count in manifest["dropped"].items()]))
+    corpora = manifest["corpora"]
+    if len(corpora) == 1:
+        reporter.table(make_table("training pairs dropped", ["rule", "pairs"],
+                                  [[rule, count] for rule, count in manifest["dropped"].items()]))
+    else:
+        names = [f"{index}: {Path(corpus['path']).name}" + (f" {corpus['tag']}" if corpus["tag"]
+                                                             else "")
+                 for index, corpus in enumerate(corpora)]
+        rows = [[rule, *(corpus["dropped"][rule] for corpus in corpora), total]
+                for rule, total in manifest["dropped"].items()]
+        rows.append(["kept", *(corpus["pairs"] for corpus in corpora),
+                     manifest["splits"]["train"]["pairs"]])
+        reporter.table(make_table("training pairs per corpus (data.train)",
+                                  ["rule", *names, "all"], rows))
     vocab = "joint" if manifest["joint"] else "separate"
     reporter.info(f"vocabularies ({vocab}): {manifest['src_lang']} {manifest['src_vocab_size']}, "
                   f"{manifest['tgt_lang']} {manifest['tgt_vocab_size']} pieces")

@@ -112,15 +112,19 @@ def data_config_hash(config: Config) -> str:
     for key in (*SPLITS, "workers"):
         sections["data"].pop(key)
     sections["format"] = FORMAT_VERSION
+    corpora = config.data.train
+    if len(corpora) > 1 or corpora[0].tag:  # one untagged corpus hashes as before corpora came
+        # how many corpora there are and their tags shape the files; weights act in training
+        sections["corpora"] = [corpus.tag for corpus in corpora]
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()
 
 
 def inputs_hash(config: Config) -> str:
-    """Hash the six input files' contents; also checks that they exist and are files."""
+    """Hash the input files' contents; also checks that they exist and are files."""
     digest = hashlib.sha256()
-    for split in SPLITS:
-        for path in parallel_paths(getattr(config.data, split), config.data.src_lang,
-                                   config.data.tgt_lang):
+    data = config.data
+    for prefix in (*(corpus.path for corpus in data.train), data.valid, data.test):
+        for path in parallel_paths(prefix, data.src_lang, data.tgt_lang):
             check_readable(path)
             file_digest = hashlib.sha256()
             with open(path, "rb") as stream:  # a block at a time: corpora can be gigabytes
@@ -203,9 +207,11 @@ def _raw_to_npy(raw: Path, target: Path, dtype: type, count: int, block: int = 1
 
 
 def build_manifest(config: Config, vocab_sizes: tuple[int, int],
-                   splits: dict[str, dict[str, int]], dropped: dict[str, int]
-                   ) -> dict[str, Any]:
-    """What the files hold and what shaped them, so that two machines' results can be traced."""
+                   splits: dict[str, dict[str, int]], dropped: dict[str, int],
+                   corpora: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the files hold and what shaped them, so that two machines' results can be traced.
+    ``corpora``: per training corpus, in order, its path, tag, kept pairs and dropped pairs
+    (the train split holds their pairs one corpus after another)."""
     data = config.data
     return {
         "format": FORMAT_VERSION,
@@ -221,6 +227,7 @@ def build_manifest(config: Config, vocab_sizes: tuple[int, int],
         "tgt_vocab_size": vocab_sizes[1],
         "splits": splits,
         "dropped": dropped,
+        "corpora": corpora,
     }
 
 
@@ -265,6 +272,15 @@ class PreparedData:
 
     def split(self, name: str) -> EncodedSplit:
         return load_split(self.directory, name)
+
+    @property
+    def corpus_sizes(self) -> list[int]:
+        """Training pairs per corpus, in the order the train split holds them (data prepared
+        before several corpora existed has one)."""
+        corpora = self.manifest.get("corpora")
+        if corpora is None:
+            return [self.manifest["splits"]["train"]["pairs"]]
+        return [corpus["pairs"] for corpus in corpora]
 
     def vocabularies(self) -> dict[str, bytes]:
         """The source and target sentencepiece models' bytes."""

@@ -37,6 +37,11 @@ class Tokenizer:
     def __len__(self) -> int:
         return self._processor.get_piece_size()
 
+    def piece_id(self, piece: str) -> int | None:
+        """The id of ``piece`` when it is one piece of this vocabulary, else None."""
+        token = self._processor.piece_to_id(piece)
+        return None if token == UNK_ID and piece != self._processor.id_to_piece(UNK_ID) else token
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self._processor.encode(list(texts), out_type=int)
 
@@ -79,14 +84,18 @@ def sample_indices(count: int, limit: int) -> np.ndarray:
 
 
 def train_sentencepiece(lines: Sequence[str], model_path: Path, vocab_size: int,
-                        config: VocabConfig, normalization: str = "nfkc") -> None:
+                        config: VocabConfig, normalization: str = "nfkc",
+                        reserved: Sequence[str] = ()) -> None:
     """Train a sentencepiece model on ``lines`` and write it to ``model_path``.
 
     The result depends only on the lines and ``config``: the sample and the thread count
     (which changes sentencepiece's scores) are fixed by them, never by the machine.
     ``normalization`` is how s2s normalised the lines: sentencepiece's own NFKC rule would
     undo an NFC choice (it folds ，？ into ASCII), so it applies only to NFKC text.
+    ``reserved``: pieces the model must hold whole (corpus tags), given the ids after the
+    special ones.
     """
+    extra = {"user_defined_symbols": list(reserved)} if reserved else {}
     model = io.BytesIO()  # not model_prefix: the model would record the path it was written to
     try:
         spm.SentencePieceTrainer.train(
@@ -102,6 +111,7 @@ def train_sentencepiece(lines: Sequence[str], model_path: Path, vocab_size: int,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             num_threads=config.threads,
             minloglevel=2,
+            **extra,
         )
     except RuntimeError as error:
         raise DataError(_explain_training_error(str(error), vocab_size, model_path)) from None

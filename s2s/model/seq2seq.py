@@ -303,6 +303,14 @@ class Seq2Seq(nn.Module):
         if config.init_range:
             _uniform_init(self, config.init_range, skip=(src_embedding, tgt_embedding))
 
+    def never_produce(self, tokens: list[int]) -> None:
+        """Give ``tokens`` (corpus tags in a joint vocabulary) zero probability in every search:
+        an output bias of -inf, which int8 weights, shortlists and exported graphs keep. For
+        decoding only: label smoothing in training would put mass on them."""
+        if tokens:
+            with torch.no_grad():
+                self.decoder.output.bias[tokens] = float("-inf")
+
     def encode(self, src_ids: Tensor, src_lengths: Tensor, *, for_search: bool = False
                ) -> tuple[Encoded, DecoderState]:
         """src_ids (B, S), src_lengths (B,) -> what attention needs and the first state.

@@ -196,6 +196,8 @@ class LoadedModel:
         except RuntimeError as error:
             raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                                   f"{str(error).splitlines()[0]}") from None
+        tags = [tgt_tokenizer.piece_id(tag) for tag in config.data.tags]
+        model.never_produce([token for token in tags if token is not None])
         progress = payload["progress"]
         return cls(config, model, src_tokenizer, tgt_tokenizer, progress["step"], path,
                    progress.get("best_score"))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from s2s.config import Config, DecodeConfig, TrainConfig
-from s2s.data.batching import collate, token_batches, training_lengths
+from s2s.data.batching import collate, epoch_sample, token_batches, training_lengths
 from s2s.data.store import EncodedSplit, PreparedData
 from s2s.data.vocab import Tokenizer
 from s2s.device import check_precision, resolve_device, thread_scope, with_resolved_precision
@@ -115,6 +115,7 @@ class _Session:
     learner: Learner
     checkpoints: TrainingCheckpoints
     train_data: EncodedSplit
+    corpus_sizes: list[int]  # training pairs per corpus of data.train, in the split's order
     valid_data: EvaluationSet | None  # rank 0 validates
     valid_decode: DecodeConfig  # the config's decode train_config with train.valid_beam_size
     valid_dtype: torch.dtype  # the weights' dtype for validation's decoding
@@ -140,9 +141,14 @@ class _Session:
                                shortlist=0)
         valid_dtype = decode_dtype(valid_decode, config.train.precision, learner.device,
                                    config.model.decoder_hidden)
+        corpora = config.data.train
+        if len(corpora) > 1:
+            reporter.info("each epoch draws " + ", ".join(
+                f"{round(corpus.weight * size):,} pairs of {corpus.path.name} ({size:,} x "
+                f"{corpus.weight:g})" for corpus, size in zip(corpora, prepared.corpus_sizes)))
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
-                   valid, valid_decode, valid_dtype, tokenizers, reporter, _Clock(),
-                   should_stop, board)
+                   prepared.corpus_sizes, valid, valid_decode, valid_dtype, tokenizers,
+                   reporter, _Clock(), should_stop, board)
 
     @property
     def device(self) -> torch.device:
@@ -195,8 +201,17 @@ def _epoch_batches(session: _Session, progress: TrainProgress
     """The number of steps in this epoch, and this process's batches (its share of each
     step's global group) for every step the run has not taken yet."""
     train_config, world = session.config.train, session.world
-    batches = token_batches(training_lengths(session.train_data), train_config.batch_tokens,
-                            seed=train_config.seed, epoch=progress.epoch)
+    lengths = training_lengths(session.train_data)
+    sample = epoch_sample(session.corpus_sizes, [corpus.weight for corpus in
+                                                 session.config.data.train],
+                          seed=train_config.seed, epoch=progress.epoch)
+    if sample is None:
+        batches = token_batches(lengths, train_config.batch_tokens, seed=train_config.seed,
+                                epoch=progress.epoch)
+    else:  # batches of positions in the sample, turned into pairs of the split
+        batches = [sample[batch] for batch in token_batches(
+            lengths[sample], train_config.batch_tokens, seed=train_config.seed,
+            epoch=progress.epoch)]
     group_size = train_config.accumulate * world.size
     # with several processes, every one must take the same number of steps: drop the rest
     steps = (len(batches) // group_size if world.distributed
