@@ -89,6 +89,13 @@ class VocabConfig:
     # sentencepiece's result depends on its thread count, so it is a setting, not the machine's
     # core count: the same corpus and config give the same vocabulary everywhere
     threads: int = _option(4, minimum=1, maximum=256)
+    # subword regularisation (s2s.data.resegment): each training batch's sentences are cut
+    # into pieces drawn from the model, anew every time; 0 = off (the best segmentation).
+    # unigram: one of the sampling_nbest best segmentations, drawn with chance proportional
+    # to its likelihood to the power alpha (small: flatter; 0.1 to 0.5 are usual);
+    # bpe: alpha is BPE-dropout's chance to skip each merge (0.1 is usual)
+    sampling_alpha: float = _option(0.0, minimum=0.0, maximum=1.0)
+    sampling_nbest: int = _option(16, minimum=2, maximum=1000)
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,15 @@ def pad(sequences: Sequence[np.ndarray], *, prefix: int | None = None,
 
 
 def collate(split: EncodedSplit, indices: np.ndarray) -> Batch:
-    src, src_lengths = pad([split.src.sentence(i) for i in indices], suffix=EOS_ID)
-    targets = [split.tgt.sentence(i) for i in indices]
+    """The batch of pairs ``indices`` of ``split``."""
+    return batch_of([split.src.sentence(i) for i in indices],
+                    [split.tgt.sentence(i) for i in indices], indices)
+
+
+def batch_of(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], indices: np.ndarray
+             ) -> Batch:
+    """A batch of these sentences' ids (the pairs ``indices`` of a split)."""
+    src, src_lengths = pad(sources, suffix=EOS_ID)
     tgt_in, _ = pad(targets, prefix=BOS_ID)
     tgt_out, _ = pad(targets, suffix=EOS_ID)
     return Batch(src, src_lengths, tgt_in, tgt_out, indices)

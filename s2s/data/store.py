@@ -107,10 +107,13 @@ def save_text(directory: Path, split: str, side: str, lines: list[str]) -> None:
 
 def data_config_hash(config: Config) -> str:
     """A hash of the settings that shape prepared data (not the input paths themselves, nor
-    the worker count, which changes nothing in the files)."""
+    the worker count, which changes nothing in the files, nor subword sampling, which acts
+    when training batches are made)."""
     sections = {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")}
     for key in (*SPLITS, "workers"):
         sections["data"].pop(key)
+    for key in ("sampling_alpha", "sampling_nbest"):  # act in training only
+        sections["vocab"].pop(key)
     sections["format"] = FORMAT_VERSION
     corpora = config.data.train
     if len(corpora) > 1 or corpora[0].tag:  # one untagged corpus hashes as before corpora came

@@ -19,13 +19,14 @@ import math
 import signal
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from s2s.config import Config, DecodeConfig, TrainConfig
-from s2s.data.batching import collate, epoch_sample, token_batches, training_lengths
+from s2s.data.batching import Batch, collate, epoch_sample, token_batches, training_lengths
+from s2s.data.resegment import Resegmentation, ResegmentedBatches
 from s2s.data.store import EncodedSplit, PreparedData
 from s2s.data.vocab import Tokenizer
 from s2s.device import check_precision, resolve_device, thread_scope, with_resolved_precision
@@ -96,6 +97,8 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
         finally:
             if session is not None and session.board is not None:
                 session.board.close()
+            if session is not None and session.resegmenter is not None:
+                session.resegmenter.close()
             if learner is not None:
                 learner.close()
             world.stop()
@@ -124,6 +127,7 @@ class _Session:
     clock: "_Clock"
     should_stop: Callable[[TrainProgress], bool] | None
     board: Board | None  # TensorBoard, on rank 0 with train.tensorboard
+    resegmenter: ResegmentedBatches | None  # with subword regularisation (vocab.sampling_*)
 
     @classmethod
     def open(cls, config: Config, prepared: PreparedData, learner: Learner, reporter: Reporter,
@@ -146,9 +150,13 @@ class _Session:
             reporter.info("each epoch draws " + ", ".join(
                 f"{round(corpus.weight * size):,} pairs of {corpus.path.name} ({size:,} x "
                 f"{corpus.weight:g})" for corpus, size in zip(corpora, prepared.corpus_sizes)))
+        vocab = config.vocab
+        resegmenter = ResegmentedBatches(prepared.directory, Resegmentation(
+            vocab.sampling_alpha, vocab.sampling_nbest, config.data.max_tokens,
+            config.data.tags), config.train.seed) if vocab.sampling_alpha else None
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
                    prepared.corpus_sizes, valid, valid_decode, valid_dtype, tokenizers,
-                   reporter, _Clock(), should_stop, board)
+                   reporter, _Clock(), should_stop, board, resegmenter)
 
     @property
     def device(self) -> torch.device:
@@ -168,9 +176,9 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
         window = _Window()
         with session.reporter.progress(f"epoch {progress.epoch}", total=steps_in_epoch) as bar:
             bar.update(completed=progress.batches_done // group_size)
-            for indices in my_batches:
+            for batches in _step_batches(session, my_batches, progress.epoch):
                 lr = learning_rate(train_config, progress.step, progress.lr_scale)
-                result = learner.step([collate(session.train_data, i) for i in indices], lr)
+                result = learner.step(batches, lr)
                 progress.step += 1
                 progress.batches_done += group_size
                 progress.target_tokens += result.target_tokens
@@ -194,6 +202,15 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
     elif progress.step and progress.validated_step != progress.step:
         progress = _validate_and_save(session, progress)
     return progress
+
+
+def _step_batches(session: _Session, steps: list[list[np.ndarray]], epoch: int
+                  ) -> Iterator[list[Batch]]:
+    """Each step's batches: the prepared pairs, or with subword regularisation the pairs
+    segmented anew (made ahead in a worker process)."""
+    if session.resegmenter is None:
+        return ([collate(session.train_data, indices) for indices in step] for step in steps)
+    return session.resegmenter.steps(steps, epoch)
 
 
 def _epoch_batches(session: _Session, progress: TrainProgress
