@@ -6,9 +6,10 @@ Usage: python benchmarks/resegment_speed.py CONFIG [--steps 300] [--rounds 3]
 The run directory of CONFIG must be prepared (`s2s prepare CONFIG`). Each round trains every
 variant from scratch for ``--steps`` updates (no validation) in a scratch copy of the run, the
 variants alternating so that a noisy machine treats them alike, and reads the target tokens/s
-`s2s train` logs after its first 100 steps. The default variants: no sampling; unigram
-sampling among the 16 and the 64 best segmentations. Training draws its segmentations in a
-worker process; its cost shows here as what it takes from the training step's cores.
+`s2s train` logs after its first 50 steps, and the steps per second over the same span. The
+default variants: no sampling; unigram sampling among the 16 and the 64 best segmentations.
+Training draws its segmentations in a worker process; its cost shows here as what it takes
+from the training step's cores.
 """
 
 from __future__ import annotations
@@ -35,22 +36,27 @@ DEFAULT_VARIANTS = {
 }
 
 
-def tokens_per_second(config_path: Path, overrides: list[str], steps: int, scratch: Path
-                      ) -> float:
-    """Train a fresh model for ``steps`` updates in a copy of the run; its tokens/s after the
-    first 100 steps (the first logging window holds the start-up)."""
+def speeds(config_path: Path, overrides: list[str], steps: int, scratch: Path
+           ) -> tuple[float, float]:
+    """Train a fresh model for ``steps`` updates in a copy of the run; its target tokens/s and
+    steps/s after the first 50 steps (the first logging window holds the start-up). Tokens/s
+    alone would flatter sampling: the same text in smaller pieces is more tokens."""
     source = load_config(config_path, overrides)
     run_dir = scratch / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(RunDir(source.run_dir).data, RunDir(run_dir).data)
-    config = load_config(config_path, [f"run_dir={run_dir}", f"train.max_steps={steps}",
-                                       "train.valid_every=1000000", "train.log_every=100",
-                                       "train.max_minutes=0", *overrides])
+    # the scratch run's settings come last: they win over any of the variant's
+    config = load_config(config_path, [*overrides, f"run_dir={run_dir}",
+                                       f"train.max_steps={steps}", "train.valid_every=1000000",
+                                       "train.log_every=50", "train.max_minutes=0"])
     train(config)
     records = [json.loads(line) for line in
                (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    windows = [record for record in records if record.get("kind") == "train"][1:]
-    return statistics.mean(record["tokens_per_second"] for record in windows)
+    windows = [record for record in records if record.get("kind") == "train"]
+    tokens = statistics.mean(record["tokens_per_second"] for record in windows[1:])
+    steps_per_second = ((windows[-1]["step"] - windows[0]["step"])
+                        / (windows[-1]["elapsed"] - windows[0]["elapsed"]))
+    return tokens, steps_per_second
 
 
 def main() -> None:
@@ -68,19 +74,22 @@ def main() -> None:
         for name, _, settings in (variant.partition("=") for variant in args.variant)}
     variants = {name: [*args.overrides, *settings] for name, settings in variants.items()}
     print(f"machine: {machine()}")
-    results: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="s2s-resegment-") as scratch:
         for round_number in range(args.rounds):
             for name, overrides in variants.items():
-                speed = tokens_per_second(args.config, overrides, args.steps, Path(scratch))
-                results[name].append(speed)
-                print(f"round {round_number + 1} {name}: {speed:,.0f} tok/s", flush=True)
-    baseline = statistics.median(results[next(iter(variants))])
-    print(f"\n| variant | tok/s (median of {args.rounds}) | vs {next(iter(variants))} |")
-    print("|---|---:|---:|")
-    for name, speeds in results.items():
-        median = statistics.median(speeds)
-        print(f"| {name} | {median:,.0f} | {median / baseline:.3f} |")
+                tokens, steps = speeds(args.config, overrides, args.steps, Path(scratch))
+                results[name].append((tokens, steps))
+                print(f"round {round_number + 1} {name}: {tokens:,.0f} tok/s, "
+                      f"{steps:.3f} steps/s", flush=True)
+    first = next(iter(variants))
+    baseline = [statistics.median(run[kind] for run in results[first]) for kind in (0, 1)]
+    print(f"\n| variant | tok/s | vs {first} | steps/s | vs {first} | (medians of {args.rounds})")
+    print("|---|---:|---:|---:|---:|")
+    for name, runs in results.items():
+        tokens, steps = (statistics.median(run[kind] for run in runs) for kind in (0, 1))
+        print(f"| {name} | {tokens:,.0f} | {tokens / baseline[0]:.3f} | {steps:.3f} | "
+              f"{steps / baseline[1]:.3f} |")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_batches_hold_the_same_text_in_new_pieces_every_epoch(demo_corpus: Path,
     data_dir = RunDir(config.run_dir).data
     split = load_split(data_dir, "train")
     processors = [spm.SentencePieceProcessor(model_file=str(path)) for path in spm_paths(data_dir)]
-    settings = Resegmentation(0.1, 16, 128, ())
+    settings = Resegmentation(0.1, 16, ())
     steps = _steps(data_dir, 6)
     with ResegmentedBatches(data_dir, settings, seed=7) as batches:
         first = [step[0] for step in batches.steps(steps, epoch=1)]
@@ -60,6 +60,9 @@ def test_batches_hold_the_same_text_in_new_pieces_every_epoch(demo_corpus: Path,
     best = [collate(split, step[0]) for step in steps]
     for drawn, same, other, plain in zip(first, again, later, best):
         assert torch.equal(drawn.src, same.src) and torch.equal(drawn.tgt_out, same.tgt_out)
+        # no draw outgrows the batch's longest prepared sentence: the padded size stays
+        assert drawn.src.shape[1] <= plain.src.shape[1]
+        assert drawn.tgt_out.shape[1] <= plain.tgt_out.shape[1]
         assert torch.equal(drawn.indices, plain.indices) if isinstance(
             drawn.indices, torch.Tensor) else np.array_equal(drawn.indices, plain.indices)
         for name, side in (("src", 0), ("tgt_out", 1)):
@@ -67,11 +70,12 @@ def test_batches_hold_the_same_text_in_new_pieces_every_epoch(demo_corpus: Path,
                 assert (processors[side].decode(_ids(row_drawn))
                         == processors[side].decode(_ids(row_plain)))
     changed = [not torch.equal(a.src, b.src) for a, b in zip(first, best)]
-    assert sum(changed) == len(first)  # every batch has some sentence in other pieces
+    assert sum(changed) >= len(first) - 2  # most batches have sentences in other pieces
     assert any(not torch.equal(a.src, b.src) for a, b in zip(first, later))  # per epoch anew
-    longer = sum(int(a.src_lengths.sum()) for a in first) / sum(
-        int(b.src_lengths.sum()) for b in best)
-    assert 1.02 < longer < 1.6  # smaller pieces on the whole, not characters
+    rows = [(list(_ids(a)), list(_ids(b))) for drawn, plain in zip(first, best)
+            for a, b in zip(drawn.src, plain.src)]
+    share = sum(a != b for a, b in rows) / len(rows)
+    assert 0.1 < share < 0.9, share  # many sentences in new pieces, not every one
 
 
 def _ids(row: torch.Tensor) -> list[int]:
@@ -84,7 +88,7 @@ def test_a_tag_stays_whole_and_a_too_long_draw_keeps_the_best_pieces(demo_corpus
     data_dir = RunDir(config.run_dir).data
     split = load_split(data_dir, "train")
     processor = spm.SentencePieceProcessor(model_file=str(spm_paths(data_dir)[0]))
-    sampler = sampler_for(processor, Resegmentation(0.05, 64, 128, ()))
+    sampler = sampler_for(processor, Resegmentation(0.05, 64, ()))
     assert isinstance(sampler, UnigramSampler)
     rng = np.random.default_rng(1)
     sentence = split.src.sentence(0)

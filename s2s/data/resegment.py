@@ -7,11 +7,15 @@ one. Validation, test and translation keep the one best segmentation.
 
 The prepared arrays hold the best segmentation; a batch's sentences are decoded back to text
 and segmented again, in one worker process a few steps ahead of the training step, off its
-critical path. The draws come from a numpy generator seeded by a hash of (seed, epoch, the
-batch's pairs), so a batch is segmented the same in an uninterrupted and a resumed run, and
-differently the next epoch. Not from sentencepiece's own sampling: its generator is salted
-per process, so two processes given one seed draw differently and a resumed run would not
-see the batches an uninterrupted one saw.
+critical path. A sentence's draw is never longer than the longest sentence of its batch as
+prepared (a unigram draw is among the n best that fit; a BPE-dropout draw that does not fit
+gives way to the best), so a batch keeps its padded size and a step its cost.
+
+The draws come from a numpy generator seeded by a hash of (seed, epoch, the batch's pairs),
+so a batch is segmented the same in an uninterrupted and a resumed run, and differently the
+next epoch. Not from sentencepiece's own sampling: its generator is salted per process, so
+two processes given one seed draw differently and a resumed run would not see the batches an
+uninterrupted one saw.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ class Resegmentation:
 
     alpha: float  # unigram: smoothing of the segmentation distribution; BPE: dropout rate
     nbest: int  # unigram: sample among the n best segmentations
-    max_tokens: int  # a drawn segmentation longer than this keeps the best one instead
     tags: tuple[str, ...]  # corpus tags: a source's leading tag piece stays as it is
 
 
@@ -100,16 +103,23 @@ class UnigramSampler:
 
     def __init__(self, processor: spm.SentencePieceProcessor, alpha: float, nbest: int) -> None:
         self.processor, self.alpha, self.nbest = processor, alpha, nbest
+        # a segmentation's log-likelihood is its pieces' scores summed; adding them up here
+        # costs a third of asking sentencepiece for its scored n-best proto
+        self.scores = [processor.get_score(piece) for piece in range(len(processor))]
 
-    def __call__(self, text: str, rng: np.random.Generator) -> list[int]:
-        candidates = self.processor.nbest_encode(text, nbest_size=self.nbest,
-                                                 return_type="proto").nbests
-        if not candidates:
-            return self.processor.encode(text, out_type=int)
-        scores = self.alpha * np.array([candidate.score for candidate in candidates])
-        chances = np.exp(scores - scores.max())
-        chosen = candidates[int(rng.choice(len(candidates), p=chances / chances.sum()))]
-        return [piece.id for piece in chosen.pieces]
+    def __call__(self, text: str, rng: np.random.Generator, longest: int | None = None
+                 ) -> list[int]:
+        """A segmentation of ``text``, drawn among the n best of at most ``longest`` pieces."""
+        candidates = self.processor.nbest_encode(text, nbest_size=self.nbest, out_type=int)
+        if longest is not None:
+            candidates = [candidate for candidate in candidates if len(candidate) <= longest]
+        if len(candidates) < 2:
+            return candidates[0] if candidates else []
+        scores = self.alpha * np.array([sum(map(self.scores.__getitem__, candidate))
+                                        for candidate in candidates])
+        cumulative = np.cumsum(np.exp(scores - scores.max()))
+        drawn = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+        return candidates[min(drawn, len(candidates) - 1)]
 
 
 class BpeDropout:
@@ -129,7 +139,10 @@ class BpeDropout:
                       if piece.type == kinds.BYTE}
         self.unknown = processor.unk_id()
 
-    def __call__(self, text: str, rng: np.random.Generator) -> list[int]:
+    def __call__(self, text: str, rng: np.random.Generator, longest: int | None = None
+                 ) -> list[int]:
+        """A segmentation of ``text`` with merges dropped (``longest`` is for the caller to
+        check: how long a draw will be is known only once it is made)."""
         ids: list[int] = []
         for symbol in self.symbols(self.processor.normalize(text), rng):
             entry = self.pieces.get(symbol)
@@ -213,25 +226,27 @@ def _resegment(job: tuple[int, np.ndarray]) -> tuple[list[np.ndarray], list[np.n
     """One batch's source and target sentences, each segmented anew."""
     seed, indices = job
     split, processors, samplers = _WORKER["split"], _WORKER["processors"], _WORKER["samplers"]
-    settings: Resegmentation = _WORKER["settings"]
     rng = np.random.default_rng(seed)
     sides = []
     for side, processor, sampler, tags in (
             (split.src, processors[0], samplers[0], _WORKER["tags"]),
             (split.tgt, processors[1], samplers[1], set())):
-        sides.append([resegmented(side, int(index), processor, sampler, rng,
-                                  settings.max_tokens, tags) for index in indices])
+        # no draw outgrows the batch's longest sentence: the batch keeps its padded size
+        longest = int(max(side.lengths[indices]))
+        sides.append([resegmented(side, int(index), processor, sampler, rng, longest, tags)
+                      for index in indices])
     return sides[0], sides[1]
 
 
 def resegmented(side: EncodedSide, index: int, processor: spm.SentencePieceProcessor,
                 sampler: UnigramSampler | BpeDropout, rng: np.random.Generator,
-                max_tokens: int, tags: set[int]) -> np.ndarray:
-    """Sentence ``index`` of ``side`` cut into pieces drawn by ``sampler`` (its leading tag
-    piece kept), or as it is when the drawn segmentation would be too long."""
+                longest: int, tags: set[int]) -> np.ndarray:
+    """Sentence ``index`` of ``side`` cut into at most ``longest`` pieces drawn by
+    ``sampler`` (its leading tag piece kept and counted), or as it is when no such draw
+    came."""
     best = side.sentence(index)
     tagged = len(best) > 0 and int(best[0]) in tags
-    drawn = sampler(processor.decode(best[int(tagged):].tolist()), rng)
-    if len(drawn) + tagged > max_tokens:
+    drawn = sampler(processor.decode(best[int(tagged):].tolist()), rng, longest - tagged)
+    if len(drawn) + tagged > longest:
         return best
     return np.asarray(best[:1].tolist() + drawn if tagged else drawn, dtype=best.dtype)

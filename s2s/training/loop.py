@@ -82,10 +82,11 @@ def train(config: Config, *, restart: bool = False, reporter: Reporter = Reporte
         device = world.device(resolve_device(config.train.device))
         config = with_resolved_precision(config, device)
         check_precision(device, config.train.precision, "train.precision")
-        prepared = PreparedData.of(config)
         world.start(device)
         learner = session = None
         try:
+            world.check_shared(config.run_dir)  # before reading it: a node may not see it
+            prepared = PreparedData.of(config)
             learner = Learner(config, *prepared.vocab_sizes, prepared.joint, device=device,
                               world=world)
             session = _Session.open(config, prepared, learner, reporter, should_stop)
@@ -152,8 +153,8 @@ class _Session:
                 f"{corpus.weight:g})" for corpus, size in zip(corpora, prepared.corpus_sizes)))
         vocab = config.vocab
         resegmenter = ResegmentedBatches(prepared.directory, Resegmentation(
-            vocab.sampling_alpha, vocab.sampling_nbest, config.data.max_tokens,
-            config.data.tags), config.train.seed) if vocab.sampling_alpha else None
+            vocab.sampling_alpha, vocab.sampling_nbest, config.data.tags),
+            config.train.seed) if vocab.sampling_alpha else None
         return cls(config, run, learner.world, learner, checkpoints, prepared.split("train"),
                    prepared.corpus_sizes, valid, valid_decode, valid_dtype, tokenizers,
                    reporter, _Clock(), should_stop, board, resegmenter)
