@@ -6,6 +6,7 @@ Heavy modules (torch above all) are imported inside the commands, so `s2s --help
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -131,6 +132,8 @@ def train(config: ConfigArg, overrides: SetOption = None,
               "torchrun."))] = 1) -> None:
     """Train (or resume training) the model of a prepared run."""
     experiment = _load(config, overrides)
+    if restart and not yes and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise UsageError("--restart under torchrun needs --yes: every process would ask")
     if restart and not yes and not typer.confirm(
             f"Delete the checkpoints in {experiment.run_dir} and start over?", err=True):
         raise typer.Exit(1)

@@ -40,6 +40,10 @@ class DeviceError(S2SError):
     """The requested device (for example CUDA) is not available."""
 
 
+class SharedStorageError(S2SError):
+    """Training processes on several machines do not see the same run directory."""
+
+
 class RunLockedError(S2SError):
     """Another process is already training in this run directory."""
 

@@ -221,3 +221,12 @@ def test_evaluate_alignment_file_has_a_line_per_translation(trained_run: Path) -
         pairs = [tuple(map(int, link.split("-"))) for link in links.split()]
         assert [t for _, t in pairs] == list(range(len(hypothesis.split())))
         assert all(0 <= s < len(source.split()) for s, _ in pairs)
+
+
+def test_restart_under_torchrun_asks_for_yes_rather_than_asking_every_process(
+        demo_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path / "c.yaml", config_dict(demo_corpus, tmp_path / "run"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["train", str(path), "--restart"])
+    assert result.exit_code == 2
+    assert "--restart under torchrun needs --yes" in result.output

@@ -6,13 +6,16 @@ With one process every helper here is a no-op, so the trainer has a single code 
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from s2s.errors import DeviceError
+from s2s.errors import DeviceError, SharedStorageError
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,42 @@ class World:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, by rank, on every process (plain data only)."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def check_shared(self, directory: Path) -> None:
+        """Stop every process with one line when one cannot see what process 0 writes into
+        ``directory``: on several machines the run directory must be on storage they share,
+        or each would resume from, and write, a run of its own."""
+        if not self.distributed:
+            return
+        token = self.share(secrets.token_hex(8) if self.is_main else None)
+        marker = directory / f".shared-{token}"
+        if self.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            marker.write_text(token, encoding="utf-8")
+        self.barrier()
+        try:
+            seen = marker.read_text(encoding="utf-8") == token
+        except OSError:
+            seen = False
+        blind = self.gather(None if seen else socket.gethostname())
+        self.barrier()
+        if self.is_main:
+            marker.unlink(missing_ok=True)
+        missing = [f"process {rank} on {host}" for rank, host in enumerate(blind)
+                   if host is not None]
+        if missing:
+            raise SharedStorageError(
+                f"{directory}: {', '.join(missing)} cannot see the run directory that process 0 "
+                "writes; on several machines put it on storage they all share (NFS, a cluster "
+                "file system) at the same path")
 
     def barrier(self) -> None:
         if self.distributed:
