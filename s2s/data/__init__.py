@@ -1,4 +1,5 @@
-"""Text to prepared arrays: reading and normalising corpora (``text``), sentencepiece
-vocabularies (``vocab``), `s2s prepare` (``prepare``), the prepared files of a run and their
-manifest (``store``), token-budget batches for training and search (``batching``), and the
-built-in demo corpus (``demo``)."""
+"""Text to prepared arrays and training batches: reading and normalising corpora (``text``),
+sentencepiece vocabularies (``vocab``), `s2s prepare` (``prepare``) over a streamed training
+corpus (``chunks``), the prepared files of a run and their manifest (``store``), token-budget
+batches for training and search and the epochs of weighted corpora (``batching``), subword
+regularisation's training batches (``resegment``), and the built-in demo corpus (``demo``)."""
