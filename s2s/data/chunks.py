@@ -11,6 +11,7 @@ them exactly as the main process does when there is one worker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -27,6 +28,7 @@ from s2s.data.vocab import Tokenizer
 from s2s.errors import DataError
 
 CHUNK_PAIRS = 20_000
+AHEAD_PER_WORKER = 2  # chunks read ahead of the results, per worker
 # what scan_chunk says of each pair (and DUPLICATE: what the first pass finds of some kept ones)
 KEPT, EMPTY, TOO_LONG, DUPLICATE = 0, 1, 2, 3
 
@@ -169,7 +171,12 @@ def _check_no_tags(rules: TextRules, line: int, source: str, target: str) -> Non
 def in_order(work: Callable[..., Any], items: Iterator[tuple], workers: int) -> Iterator[Any]:
     """``work(*item)`` for every item, results in item order, on ``workers`` processes (in
     this process when there is one, or only one item: starting processes costs more than a
-    chunk). ``work`` must be a module-level function."""
+    chunk). ``work`` must be a module-level function.
+
+    At most ``AHEAD_PER_WORKER`` items per worker are read ahead of the results taken:
+    ``Pool.imap`` feeds its task queue from the input as fast as it can read it, so workers
+    slower than the reader would leave the corpus piling up in memory.
+    """
     first = list(itertools.islice(items, 2))
     items = itertools.chain(first, items)
     if workers <= 1 or len(first) < 2:
@@ -177,7 +184,13 @@ def in_order(work: Callable[..., Any], items: Iterator[tuple], workers: int) -> 
         return
     context = multiprocessing.get_context("spawn")  # no inherited threads or locks
     with context.Pool(workers) as pool:
-        yield from pool.imap(_call, ((work, item) for item in items), chunksize=1)
+        pending: collections.deque[Any] = collections.deque()
+        for item in items:
+            pending.append(pool.apply_async(work, item))
+            if len(pending) >= AHEAD_PER_WORKER * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 def usable_cores() -> int:
@@ -186,11 +199,6 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1
-
-
-def _call(job: tuple[Callable[..., Any], tuple]) -> Any:
-    work, item = job
-    return work(*item)
 
 
 def _decoded(raw: bytes, rules: TextRules, side: int, line: int) -> tuple[str, int]:

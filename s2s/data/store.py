@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,15 @@ def _ids_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
-def _raw_to_npy(raw: Path, target: Path, dtype: type, count: int, block: int = 1 << 24) -> None:
-    """The ids in ``raw`` as an .npy file, copied a block at a time."""
-    array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(count,))
-    with open(raw, "rb") as stream:
-        for start in range(0, count, block):
-            part = np.frombuffer(stream.read(min(block, count - start) * array.itemsize),
-                                 dtype=dtype)
-            array[start:start + len(part)] = part
-    array.flush()
-    del array
+def _raw_to_npy(raw: Path, target: Path, dtype: type, count: int) -> None:
+    """The ids in ``raw`` as an .npy file: a header, then the raw bytes copied a block at a
+    time. Plain writes, not a memory map: pages of a mapped file count in the resident size,
+    and at 20 million pairs a mapped output made `s2s prepare` look 2 GB larger."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": (count,)}
+    with open(target, "wb") as output, open(raw, "rb") as stream:
+        np.lib.format.write_array_header_1_0(output, header)
+        shutil.copyfileobj(stream, output, 1 << 24)
 
 
 def build_manifest(config: Config, vocab_sizes: tuple[int, int],
