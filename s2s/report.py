@@ -131,6 +131,11 @@ class ProgressTask:
             fields = {} if status is None else {"status": status}
             self._progress.update(self._task_id, completed=completed, **fields)
 
+    def set_total(self, total: float) -> None:
+        """A total found (or estimated) while the work runs: the bar then shows time left."""
+        if self._progress is not None:
+            self._progress.update(self._task_id, total=total)
+
 
 def point_at_devnull(stream: Any) -> None:
     """Make a dead stream's file descriptor /dev/null, so later writes and flushes succeed."""

@@ -48,7 +48,13 @@ from s2s.data.store import (
     write_manifest,
     write_text,
 )
-from s2s.data.text import check_readable, parallel_paths, read_parallel, side_normalization
+from s2s.data.text import (
+    COMPRESSION,
+    check_readable,
+    parallel_paths,
+    read_parallel,
+    side_normalization,
+)
 from s2s.data.vocab import Tokenizer, sample_indices, train_sentencepiece
 from s2s.errors import DataError
 from s2s.report import Reporter, make_table
@@ -186,13 +192,27 @@ def _scan(corpora: _TrainingCorpora, reporter: Reporter
     exact duplicates found by 64-bit hashes of their text; each pair's fate (a
     s2s.data.chunks status, or DUPLICATE); and each corpus's number of pairs."""
     statuses, hashes, replaced, sizes = [], [], 0, [0] * len(corpora.corpora)
+    # how many pairs there are is known only at the end: the bar's total is estimated from
+    # the share of the source files' bytes read so far (not for compressed files)
+    source_bytes = sum(corpus.paths[0].stat().st_size for corpus in corpora.corpora)
+    estimable = not any(corpus.paths[0].suffix in COMPRESSION for corpus in corpora.corpora)
+    read = {"bytes": 0, "pairs": 0}
+
+    def jobs() -> Iterator[tuple[int, tuple]]:
+        for index, rules, chunk in corpora.chunks():
+            read["bytes"] += sum(map(len, chunk.sources))
+            read["pairs"] += len(chunk.sources)
+            yield index, (rules, chunk)
+
     with reporter.progress("filter", total=None, unit="pairs") as bar:
-        jobs = ((index, (rules, chunk)) for index, rules, chunk in corpora.chunks())
-        for index, (status, chunk_hashes, bad) in _on_workers(scan_chunk, jobs, corpora.workers):
+        for index, (status, chunk_hashes, bad) in _on_workers(scan_chunk, jobs(),
+                                                              corpora.workers):
             statuses.append(status)
             hashes.append(chunk_hashes)
             replaced += bad
             sizes[index] += len(status)
+            if estimable and read["bytes"]:
+                bar.set_total(read["pairs"] * max(source_bytes / read["bytes"], 1.0))
             bar.advance(len(status))
     if replaced:
         reporter.warn(f"train: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
