@@ -142,6 +142,7 @@ def test_interrupted_prepare_leaves_no_trusted_data(demo_corpus: Path, tmp_path:
     with pytest.raises(KeyboardInterrupt):
         prepare(config)
     assert not RunDir(config.run_dir).data.exists()
+    assert not RunDir(config.run_dir).data_partial.exists()
     monkeypatch.undo()
     assert not prepare(config).up_to_date
 
@@ -304,6 +305,7 @@ def test_a_truncated_gzip_corpus_is_one_error_line_and_keeps_the_prepared_data(
     lines_before = int(line.split(":")[2])  # file:LINE: ...
     assert 100 < lines_before < 1500
     assert (tmp_path / "run" / "data" / "manifest.json").read_bytes() == manifest
+    assert not (tmp_path / "run" / "data.partial").exists()  # nothing half-built is left
 
 
 def test_training_sides_that_differ_only_at_the_end_name_the_file_and_line(

@@ -86,7 +86,11 @@ def prepare(config: Config, *, force: bool = False, reporter: Reporter = Reporte
         reporter.info("inputs or data/vocab settings changed: rebuilding prepared data")
     partial = _fresh_directory(run.data_partial)
     started = time.perf_counter()
-    manifest = _build(config, partial, reporter)
+    try:
+        manifest = _build(config, partial, reporter)
+    except BaseException:  # bad input or Ctrl-C: the half-built files go, the old data stays
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     manifest.update(inputs_hash=input_hash, config_hash=config_hash,
                     seconds=round(time.perf_counter() - started, 2))
     write_manifest(partial, manifest)  # the completion marker, written last
