@@ -69,6 +69,11 @@ class DataConfig:
     # this process may use. The prepared files are the same whatever the count.
     workers: int = _option(0, minimum=0, maximum=256)
 
+    def corpus_key(self, index: int) -> str:
+        """The dotted key of training corpus ``index``, for messages: data.train[1], or
+        data.train when there is one."""
+        return f"data.train[{index}]" if len(self.train) > 1 else "data.train"
+
     @property
     def tags(self) -> tuple[str, ...]:
         """The training corpora's distinct tags, in the order they first appear."""
@@ -466,7 +471,7 @@ def _consistency_errors(config: Config) -> list[str]:
 def _tag_errors(data: DataConfig) -> list[str]:
     errors = []
     for index, corpus in enumerate(data.train):
-        where = f"data.train[{index}].tag" if len(data.train) > 1 else "data.train.tag"
+        where = f"{data.corpus_key(index)}.tag"
         if not corpus.tag:
             continue
         if corpus.tag.split() != [corpus.tag]:

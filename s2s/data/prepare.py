@@ -153,18 +153,17 @@ class _TrainingCorpora:
     @classmethod
     def of(cls, config: Config) -> "_TrainingCorpora":
         data = config.data
-        corpora, start = [], 0  # positions are known after the first pass: with_sizes
+        corpora = []
         for corpus in data.train:
             paths = parallel_paths(corpus.path, data.src_lang, data.tgt_lang)
             for path in paths:
                 check_readable(path)
                 if path.stat().st_size == 0:
                     raise DataError(f"{path}: data file is empty")
-            corpora.append(_Corpus(corpus.path, paths, corpus.tag, start, 0))
-        options = [f"data.train[{index}].tag" if len(data.train) > 1 else "data.train.tag"
-                   for index in range(len(data.train))]
-        tags = tuple(dict.fromkeys((corpus.tag, option) for corpus, option
-                                   in zip(data.train, options) if corpus.tag))
+            # where its pairs start and how many there are: known after the first pass
+            corpora.append(_Corpus(corpus.path, paths, corpus.tag, start=0, pairs=0))
+        tags = tuple(dict.fromkeys((corpus.tag, f"{data.corpus_key(index)}.tag")
+                                   for index, corpus in enumerate(data.train) if corpus.tag))
         rules = TextRules(side_normalization(data.normalization, data.src_lang),
                           side_normalization(data.normalization, data.tgt_lang),
                           data.invalid_utf8, data.max_chars, ("", ""), tags)
