@@ -207,3 +207,26 @@ def test_a_joint_vocabulary_never_translates_into_a_tag(two_corpora: Path,
         assert torch.isneginf(translator.loaded.model.decoder.output.bias[tag])
         for result in translator.translate(["A dog runs.", "Two women sit on a bench."]):
             assert "<bt>" not in result.text and result.text
+
+
+def test_validation_during_training_never_translates_into_a_tag(
+        two_corpora: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation decodes a copy whose tag bias is -inf, as a checkpoint decodes; the model in
+    training keeps its own, finite bias."""
+    config = _config(two_corpora, tmp_path / "run", _tagged(two_corpora),
+                     vocab={"joint": True}, train={"max_steps": 4, "valid_every": 2})
+    prepare(config)
+    seen = []
+
+    def recording_validate(translator, data):  # type: ignore[no-untyped-def]
+        biases = (translator.loaded.model.decoder.output.bias,
+                  translator.model.decoder.output.bias)
+        seen.append([bool(torch.isneginf(bias).sum() == 1) for bias in biases])
+        return real_validate(translator, data)
+
+    real_validate = s2s.training.loop.validate
+    monkeypatch.setattr(s2s.training.loop, "validate", recording_validate)
+    train(config)
+    assert seen == [[True, True], [True, True]]
+    trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert torch.isfinite(trained["model"]["decoder.output.bias"]).all()

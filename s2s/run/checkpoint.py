@@ -196,8 +196,7 @@ class LoadedModel:
         except RuntimeError as error:
             raise CheckpointError(f"{path}: weights do not fit the model its config describes: "
                                   f"{str(error).splitlines()[0]}") from None
-        tags = [tgt_tokenizer.piece_id(tag) for tag in config.data.tags]
-        model.never_produce([token for token in tags if token is not None])
+        model.never_produce(target_tag_ids(config, tgt_tokenizer))
         progress = payload["progress"]
         return cls(config, model, src_tokenizer, tgt_tokenizer, progress["step"], path,
                    progress.get("best_score"))
@@ -205,6 +204,13 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else f"the model at step {self.step}"
+
+
+def target_tag_ids(config: Config, tgt_tokenizer: Tokenizer) -> list[int]:
+    """The target ids of the corpus tags: only a joint vocabulary has them, and a translation
+    must never produce one (``Seq2Seq.never_produce``)."""
+    tags = [tgt_tokenizer.piece_id(tag) for tag in config.data.tags]
+    return [token for token in tags if token is not None]
 
 
 def save_model(loaded: LoadedModel, path: Path) -> None:

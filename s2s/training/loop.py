@@ -15,6 +15,7 @@ and exits.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import time
@@ -38,6 +39,7 @@ from s2s.run.checkpoint import (
     TrainingCheckpoints,
     TrainingState,
     remove_partial_writes,
+    target_tag_ids,
 )
 from s2s.run.directory import RunDir
 from s2s.run.lock import RunLock
@@ -313,7 +315,12 @@ def _validate(session: _Session, step: int) -> Validation:
     """Validate the weights as they are now, decoding as `s2s evaluate` would with
     ``train.valid_beam_size`` beams (the translator leaves the training model as it is)."""
     config = session.config
-    loaded = LoadedModel(config, session.learner.model, *session.tokenizers, step=step)
+    model = session.learner.model
+    tags = target_tag_ids(config, session.tokenizers[1])
+    if tags:  # as a checkpoint decodes: never a tag; the training model keeps learning its bias
+        model = copy.deepcopy(model)
+        model.never_produce(tags)
+    loaded = LoadedModel(config, model, *session.tokenizers, step=step)
     translator = Translator(loaded, decode=session.valid_decode, device=session.device,
                             dtype=session.valid_dtype, threads=config.train.threads)
     assert session.valid_data is not None
