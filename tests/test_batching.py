@@ -21,7 +21,7 @@ def reference_batches(lengths: np.ndarray, batch_tokens: int, order: np.ndarray
 
 
 @pytest.mark.parametrize("batch_tokens", [1, 7, 40, 300, 5000])
-@pytest.mark.parametrize("spread", [(1, 3), (1, 60), (20, 21), (50, 400)])
+@pytest.mark.parametrize("spread", [(1, 3), (1, 60), (20, 21), (50, 400), (65_000, 66_000)])
 def test_batches_equal_the_sentence_by_sentence_cut(batch_tokens: int,
                                                     spread: tuple[int, int]) -> None:
     lengths = np.random.default_rng(batch_tokens + spread[1]).integers(*spread, size=2000)

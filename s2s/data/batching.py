@@ -43,12 +43,15 @@ def token_batches(lengths: np.ndarray, batch_tokens: int, *, seed: int | None = 
     plus one). Without a seed, batches come in length order (for decoding).
     """
     count = len(lengths)
+    # numpy sorts integers of 16 bits by radix, 4x faster (the same stable order)
+    keys = lengths.astype(np.uint16) if count and 0 <= lengths.min() <= lengths.max() < 2**16 \
+        else lengths
     if seed is None:
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort(keys, kind="stable")
     else:
         rng = np.random.default_rng([seed, epoch])
         shuffled = rng.permutation(count)
-        order = shuffled[np.argsort(lengths[shuffled], kind="stable")]
+        order = shuffled[np.argsort(keys[shuffled], kind="stable")]
     batches = _cut_sorted(lengths[order], batch_tokens)
     batches = [order[start:end] for start, end in zip(batches[:-1], batches[1:])]
     if seed is not None:
