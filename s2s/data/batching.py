@@ -52,8 +52,8 @@ def token_batches(lengths: np.ndarray, batch_tokens: int, *, seed: int | None = 
         rng = np.random.default_rng([seed, epoch])
         shuffled = rng.permutation(count)
         order = shuffled[np.argsort(keys[shuffled], kind="stable")]
-    batches = _cut_sorted(lengths[order], batch_tokens)
-    batches = [order[start:end] for start, end in zip(batches[:-1], batches[1:])]
+    bounds = _cut_sorted(lengths[order], batch_tokens)
+    batches = [order[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
     if seed is not None:
         rng.shuffle(batches)  # type: ignore[arg-type]
     return batches
