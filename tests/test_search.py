@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from typing import Sequence
@@ -15,12 +16,20 @@ from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from s2s.model.ensemble import Ensemble
 from s2s.model.int8 import quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq
+from s2s.search import beam as beam_module
+from s2s.search import greedy as greedy_module
 from s2s.search.beam import BeamBatch
 from s2s.search.constraints import TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
-from s2s.search.steps import bucket_size, max_output_lengths, row_topk
+from s2s.search.steps import (
+    beam_topk,
+    bucket_size,
+    keeps_passengers,
+    max_output_lengths,
+    row_topk,
+)
 from tests.tasks import copy_model, random_sentences
 
 
@@ -131,6 +140,32 @@ def test_two_pass_top_k_equals_torch_topk(width: int) -> None:
         assert torch.equal(values, expected.values)
         finite = ~torch.isinf(expected.values)
         assert torch.equal(tokens[finite], expected.indices[finite])
+
+
+@pytest.mark.parametrize(("width", "chunk"), [(3, 4), (25, 4), (50, 8), (641, 64), (8000, 64)])
+def test_sentence_top_k_equals_sorting_every_continuation(width: int, chunk: int) -> None:
+    """``beam_topk`` against a plain sort of each sentence's K * V beam score + log-probability,
+    with restricted tokens, a beam that ended (-inf) and a sentence with no live beam."""
+    generator = torch.Generator().manual_seed(width)
+    count, beam, k = 7, 3, 6
+    log_probs = torch.randn(count * beam, width, generator=generator) * 4
+    log_probs[:, :min(2, width - 1)] = float("-inf")  # restricted, as PAD and BOS are
+    log_probs[4, 1:] = float("-inf")  # a row at its length limit: only one token left
+    scores = torch.randn(count, beam, generator=generator)
+    scores[2, 1] = float("-inf")
+    scores[5] = float("-inf")  # a passenger
+    values, tokens, origins = beam_topk(log_probs, scores, k, chunk=chunk)
+    assert values.shape == tokens.shape == origins.shape == (count, min(k, beam * width))
+    assert int(tokens.max()) < width
+    for sentence in range(count):
+        every = [(float(scores[sentence, b] + log_probs[sentence * beam + b, token]),
+                  token, sentence * beam + b) for b in range(beam) for token in range(width)]
+        expected = sorted(every, key=lambda entry: -entry[0])[:k]
+        assert values[sentence].tolist() == [entry[0] for entry in expected]
+        for position, (value, token, origin) in enumerate(expected):
+            if math.isfinite(value) and [e[0] for e in every].count(value) == 1:
+                assert (int(tokens[sentence, position]), int(origins[sentence, position])) == (
+                    token, origin)
 
 
 def test_bucket_sizes_cover_every_count_with_at_most_a_quarter_more() -> None:
@@ -347,6 +382,41 @@ def test_batched_search_equals_the_naive_reference(copy_models: dict[ModelKey, S
         assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
         assert [hypothesis.score for hypothesis in ours] == pytest.approx(
             [score for _, score in theirs], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_passengers_change_the_rows_computed_and_nothing_else(
+        copy_models: dict[ModelKey, Seq2Seq], beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 models on a CPU keep finished sentences on as passengers (``keeps_passengers``), the
+    others drop them at once: the same translations either way."""
+    model = copy_models["lstm", False]
+    assert not keeps_passengers(model) and not keeps_passengers(quantized_for_cpu(model))
+    assert keeps_passengers(copy.deepcopy(model).to(torch.bfloat16))
+    sentences = random_sentences(25, seed=5)
+    settings = DecodeConfig(beam_size=beam, batch_tokens=100_000)
+    step, rows = model.decode_step, []
+
+    def counted_step(prev: torch.Tensor, *state: object) -> object:
+        rows.append(len(prev))
+        return step(prev, *state)
+
+    monkeypatch.setattr(model, "decode_step", counted_step)
+    dropped = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    dropped_rows, rows = rows, []
+    for module in (beam_module, greedy_module):
+        monkeypatch.setattr(module, "keeps_passengers", lambda _: True)
+    kept = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    def shrunk_to(counts: list[int]) -> list[int]:
+        """The sentence counts the batch shrank to."""
+        sentences = [count // beam for count in counts]
+        return [new for old, new in zip(sentences, sentences[1:]) if new != old]
+
+    assert all(count == bucket_size(count) for count in shrunk_to(rows))
+    assert any(count != bucket_size(count) for count in shrunk_to(dropped_rows))
+    assert sum(rows) > sum(dropped_rows)
+    for ours, theirs in zip(dropped, kept):
+        assert [h.tokens for h in ours] == [h.tokens for h in theirs]
+        assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
 
 
 @pytest.mark.parametrize("cell,beam,nbest", [("lstm", 1, 1), ("lstm", 4, 3), ("gru", 4, 1)])

@@ -11,7 +11,8 @@ candidates so that K hypotheses stay alive after some of them end (as fairseq do
 done once K hypotheses have ended. Sentences that joined at different steps have histories of
 different lengths: histories are right-aligned, padded on the left with PAD (which search never
 chooses, so padding cannot match a repeated n-gram). A finished sentence stays on as a
-passenger (scores -inf) until the running ones fit a smaller bucket size (``rows_to_keep``).
+passenger (scores -inf) until the running ones fit a smaller bucket size, where that pays
+(``rows_to_keep``, ``keeps_passengers``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from s2s.search.constraints import (
     force_prefix,
 )
 from s2s.search.hypothesis import Hypothesis
-from s2s.search.steps import max_output_lengths, next_token_log_probs, row_topk, rows_to_keep
+from s2s.search.steps import (
+    beam_topk,
+    keeps_passengers,
+    max_output_lengths,
+    next_token_log_probs,
+    rows_to_keep,
+)
 
 
 class BeamBatch:
@@ -53,6 +60,7 @@ class BeamBatch:
         self.word_starts = word_starts
         self.beam = config.beam_size
         self.with_attention = with_attention
+        self.passengers = keeps_passengers(model)
         self.step_layers: Any = None  # the model's joined step layers: built once, reused
         self.indices: list[int] = []  # the caller's index of each sentence row
         self.beams: BeamState | None = None  # None while empty
@@ -101,7 +109,6 @@ class BeamBatch:
         beams, beam, config = self.beams, self.beam, self.config
         if beams is None:
             return []
-        count = len(self.indices)
         logits, beams.state, weights = self.model.decode_step(beams.prev, beams.state,
                                                               beams.encoded)
         if beams.attention is not None:
@@ -117,13 +124,7 @@ class BeamBatch:
         if beams.constraints.size(1):
             top_scores, tokens, origins, constrained = self._constrained(log_probs, width)
         else:
-            # a sentence's best 2K continuations are among each beam's best 2K: select per beam
-            row_scores, row_tokens = row_topk(log_probs, width)  # (n K, 2K)
-            candidates = (beams.scores.view(-1, 1) + row_scores.float()).view(count, -1)
-            top_scores, top_ids = candidates.topk(min(2 * beam, candidates.size(1)), dim=1)
-            tokens = row_tokens.view(count, -1).gather(1, top_ids)  # (n, 2K)
-            origins = (torch.arange(count, device=self.device)[:, None] * beam
-                       + top_ids // width)
+            top_scores, tokens, origins = beam_topk(log_probs, beams.scores, width)  # (n, 2K)
             constrained = None
         beams.lengths += 1
         beams.finish(top_scores, tokens == EOS_ID, origins, config)
@@ -143,7 +144,7 @@ class BeamBatch:
         beams.done |= newly_done
         beams.scores.masked_fill_(beams.done[:, None], float("-inf"))  # passengers add nothing
         results = self._results(newly_done)
-        self._keep(rows_to_keep(beams.done))
+        self._keep(rows_to_keep(beams.done, passengers=self.passengers))
         return results
 
     def _constrained(self, log_probs: Tensor, width: int

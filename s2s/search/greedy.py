@@ -1,7 +1,8 @@
 """Greedy search: the most probable next token at every step, for a padded batch.
 
 Batched with no Python loop over sentences inside a step; finished sentences leave the batch
-in steps of a few bucket sizes (``rows_to_keep``).
+as they finish, or in steps of a few bucket sizes where that pays (``rows_to_keep``,
+``keeps_passengers``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from s2s.search.constraints import PackedTerms, force_prefix
 from s2s.search.hypothesis import Hypothesis
 from s2s.search.steps import (
     attention_of,
+    keeps_passengers,
     max_output_lengths,
     next_token_log_probs,
     row_topk,
@@ -59,6 +61,7 @@ def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_l
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     attention = torch.zeros((batch, steps, encoded.states.size(1)), device=device) if (
         with_attention) else None
+    passengers = keeps_passengers(model)
     for step in range(steps):
         logits, state, weights = model.decode_step(prev, state, encoded)
         if attention is not None:
@@ -76,7 +79,7 @@ def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_l
         outputs[active, step] = tokens
         scores[active] += best
         ended |= tokens == EOS_ID
-        kept = rows_to_keep(ended)
+        kept = rows_to_keep(ended, passengers=passengers)
         if kept is not None and len(kept) == 0:
             break
         if kept is not None:

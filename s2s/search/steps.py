@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from s2s.config import DecodeConfig
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -21,9 +21,9 @@ def rows_to_keep(done: Tensor, *, passengers: bool = True) -> Tensor | None:
     """Which batch rows the next step keeps, or None to keep them all.
 
     Rows still running are kept; finished ones stay on as passengers until the running rows
-    fit a smaller bucket size, and then fill it up (``passengers=False``: none stay). Every
-    new batch size costs oneDNN new matmul kernels (about 1.5 ms per weight shape on first
-    use): a few bucket sizes cost less than one size for every count of running sentences.
+    fit a smaller bucket size, and then fill it up (``passengers=False``: none stay). Where
+    every new batch size costs oneDNN new matmul kernels (``keeps_passengers``), a few bucket
+    sizes cost less than one size for every count of running sentences.
     """
     running = (~done).nonzero().squeeze(1)
     size = bucket_size(len(running)) if passengers else len(running)
@@ -31,6 +31,18 @@ def rows_to_keep(done: Tensor, *, passengers: bool = True) -> Tensor | None:
         return None
     finished = done.nonzero().squeeze(1)[:size - len(running)]
     return torch.cat([running, finished])
+
+
+def keeps_passengers(model: nn.Module) -> bool:
+    """Whether search keeps finished sentences on as passengers (``rows_to_keep``) for ``model``:
+    for bf16 weights on a CPU, whose oneDNN matmuls build kernels for every new batch size
+    (about 1.5 ms per weight matrix and size on a Xeon). fp32 matmuls (MKL) and int8 ones
+    (``torch._int_mm``) build none, and there the passengers' rows cost more than they save:
+    3.5% of fp32's and 2-5% of int8's beam-search speed on a Zen 4 (BENCHMARKS.md, "The search
+    tail")."""
+    parameter = next(model.parameters(), None)
+    return (parameter is not None and parameter.dtype == torch.bfloat16
+            and parameter.device.type == "cpu")
 
 
 def bucket_size(count: int) -> int:
@@ -78,6 +90,36 @@ def row_topk(scores: Tensor, k: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
         outside, float("-inf"))
     values, positions = candidates.topk(k, dim=1)
     return values, columns.gather(1, positions)
+
+
+def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best continuations of each sentence: beam score plus next-token log-probability
+    over all its beams and tokens, best first, as scores, tokens and origin rows (n, k).
+
+    ``log_probs`` (n K, V) hold K consecutive beam rows per sentence, ``beam_scores`` (n, K)
+    their scores. In two passes, as ``row_topk``, but over each sentence's K V entries at once:
+    a chunk of 64 tokens ranks by its best entry (its maximum plus its beam's score), the k best
+    entries lie in the k best chunks, and only those k * chunk entries are searched. Per
+    sentence rather than per beam, the two selections run over n rows instead of n K.
+    """
+    rows, width = log_probs.shape
+    count, beam = beam_scores.shape
+    chunks = -(-width // chunk)
+    padded = log_probs
+    if chunks * chunk != width:  # the last chunk is short: pad it with -inf
+        padded = nn.functional.pad(log_probs, (0, chunks * chunk - width), value=float("-inf"))
+    chunk_max = padded.view(rows, chunks, chunk).amax(dim=2)  # (n K, chunks)
+    chunk_best = (beam_scores.view(-1, 1) + chunk_max.float()).view(count, beam * chunks)
+    best_chunks = chunk_best.topk(min(k, beam * chunks), dim=1).indices  # (n, c)
+    origins = best_chunks // chunks + torch.arange(count, device=log_probs.device)[:, None] * beam
+    offsets = torch.arange(chunk, device=log_probs.device)
+    columns = ((best_chunks % chunks)[:, :, None] * chunk + offsets)  # (n, c, chunk)
+    candidates = padded[origins[:, :, None], columns].float()  # (n, c, chunk)
+    candidates += beam_scores.view(-1)[origins][:, :, None]
+    scores, positions = candidates.view(count, -1).topk(min(k, candidates[0].numel()), dim=1)
+    tokens = columns.view(count, -1).gather(1, positions).clamp_(max=width - 1)
+    return scores, tokens, origins.gather(1, positions // chunk)
 
 
 def _restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig) -> None:
