@@ -17,7 +17,7 @@ from s2s.cli import app
 from s2s.config import ModelConfig
 from s2s.errors import DeviceError
 from s2s.model.cells import CELLS
-from s2s.model.int8 import Int8Linear, Int8Recurrent, check_int8, quantized_for_cpu
+from s2s.model.int8 import Int8Linear, Int8Recurrent, check_int8, fast_tanh, quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq
 from s2s.translation.translator import Translator
 from tests.tasks import LIMIT, sentence
@@ -88,6 +88,19 @@ def test_the_int8_copy_translates_as_well_as_fp32_and_changes_nothing(
     assert isinstance(int8.model.decoder.output, Int8Linear)
     assert isinstance(int8.model.encoder.rnn, Int8Recurrent)
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_the_fast_tanh_of_int8_decoding_is_within_two_ten_millionths_of_torchs() -> None:
+    inputs = torch.cat([torch.linspace(-30, 30, 600_001), torch.tensor([float("inf"),
+                                                                         float("-inf")])])
+    error = (fast_tanh(inputs) - torch.tanh(inputs)).abs()
+    assert float(error.max()) <= 2e-7
+    assert bool((fast_tanh(inputs[inputs.abs() >= 10]).abs() == 1).all())  # saturates at +-1
+    model = Seq2Seq(ModelConfig(embed_size=8, encoder_hidden=8, decoder_hidden=12), 20, 20)
+    quantized = quantized_for_cpu(model)
+    assert quantized.decoder.cell.tanh is fast_tanh
+    assert quantized.encoder.rnn.cell.tanh is fast_tanh
+    assert model.decoder.cell.tanh is torch.tanh  # the fp32 model keeps torch's
 
 
 @pytest.mark.parametrize("attention", ["general", "bahdanau"])

@@ -13,13 +13,15 @@ Only the LSTM has a cell state; the other cells carry ``None`` in its place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-CellStep = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+Tanh = Callable[[Tensor], Tensor]
+# (joined pre-activations, hidden, cell, tanh) -> hidden, cell
+CellStep = Callable[[Tensor, Tensor, Tensor | None, Tanh], tuple[Tensor, Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,19 @@ class Cell:
     input_width: int  # columns, in units of H, that a layer's input alone contributes to
     joined_width: int  # columns, in units of H, of the joined matrix over [input, hidden]
     has_cell_state: bool
-    step: CellStep  # (joined pre-activations, hidden, cell) -> hidden, cell
+    step_function: CellStep
+    # the tanh of every step: torch's, or a faster one of int8 decoding (``s2s.model.int8``)
+    tanh: Tanh = torch.tanh
+
+    def step(self, gates: Tensor, hidden: Tensor, cell: Tensor | None
+             ) -> tuple[Tensor, Tensor | None]:
+        """Joined pre-activations (B, joined_width H) and the state -> the new hidden and cell
+        state (B, H)."""
+        return self.step_function(gates, hidden, cell, self.tanh)
+
+    def with_tanh(self, tanh: Tanh) -> "Cell":
+        """This cell with another tanh."""
+        return replace(self, tanh=tanh)
 
     def join(self, input_weight: Tensor, input_bias: Tensor | None, hidden_weight: Tensor,
              hidden_bias: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -80,7 +94,7 @@ def _at_least_fp32(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
-def _lstm_step(gates: Tensor, hidden: Tensor, cell: Tensor | None
+def _lstm_step(gates: Tensor, hidden: Tensor, cell: Tensor | None, tanh: Tanh
                ) -> tuple[Tensor, Tensor | None]:
     """gates (B, 4H) in order input, forget, output, candidate -> hidden, cell (B, H).
 
@@ -91,26 +105,26 @@ def _lstm_step(gates: Tensor, hidden: Tensor, cell: Tensor | None
     size, dtype = cell.size(1), gates.dtype
     gates = _at_least_fp32(gates)
     input_gate, forget_gate, output_gate = torch.sigmoid(gates[:, :3 * size]).chunk(3, dim=1)
-    candidate = torch.tanh(gates[:, 3 * size:])
+    candidate = tanh(gates[:, 3 * size:])
     cell = forget_gate * cell + input_gate * candidate
-    return (output_gate * torch.tanh(cell)).to(dtype), cell
+    return (output_gate * tanh(cell)).to(dtype), cell
 
 
-def _gru_step(gates: Tensor, hidden: Tensor, cell: Tensor | None
+def _gru_step(gates: Tensor, hidden: Tensor, cell: Tensor | None, tanh: Tanh
               ) -> tuple[Tensor, Tensor | None]:
     """gates (B, 4H): reset and update sums, the candidate's input and hidden parts."""
     dtype = gates.dtype
     gates = _at_least_fp32(gates)
     reset, update = torch.sigmoid(gates[:, :2 * hidden.size(1)]).chunk(2, dim=1)
     candidate_input, candidate_hidden = gates[:, 2 * hidden.size(1):].chunk(2, dim=1)
-    candidate = torch.tanh(candidate_input + reset * candidate_hidden)
+    candidate = tanh(candidate_input + reset * candidate_hidden)
     new = candidate + update * (_at_least_fp32(hidden) - candidate)  # (1 - z) n + z h
     return new.to(dtype), None
 
 
-def _rnn_step(gates: Tensor, hidden: Tensor, cell: Tensor | None
+def _rnn_step(gates: Tensor, hidden: Tensor, cell: Tensor | None, tanh: Tanh
               ) -> tuple[Tensor, Tensor | None]:
-    return torch.tanh(gates), None
+    return tanh(gates), None
 
 
 CELLS = {

@@ -203,7 +203,8 @@ class Decoder(nn.Module):
             cells.append(cell)
         top = layer_input[:, None]  # (B, 1, H)
         context, weights = self.attention(top, encoded)  # (B, 1, M), (B, 1, S)
-        vectors = torch.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
+        # the cell's tanh: int8 decoding gives the cell a faster one (``s2s.model.int8``)
+        vectors = self.cell.tanh(self.combine(torch.cat([context, top], dim=-1)))  # (B, 1, O)
         feed = vectors[:, 0] if self.input_feeding else state.feed
         return vectors, DecoderState(torch.stack(hiddens), _stacked(cells), feed), weights
 
