@@ -52,8 +52,10 @@ def machine() -> str:
 def run_script(main: Callable[[], None]) -> None:
     """Run a benchmark's ``main``: a problem s2s reports (a missing config, data not prepared)
     ends in one ``error:`` line and its exit code, as on the s2s command line."""
+    from s2s.allocator import keep_freed_memory
     from s2s.errors import S2SError
 
+    keep_freed_memory()  # as the s2s command does: the same allocator for the same speed
     try:
         main()
     except S2SError as error:

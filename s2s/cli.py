@@ -446,4 +446,8 @@ def _count_lines(path: Path) -> int:
 
 
 def main() -> None:
+    """The ``s2s`` command's entry point: the process's own settings, then the app."""
+    from s2s.allocator import keep_freed_memory
+
+    keep_freed_memory()
     app()
