@@ -25,7 +25,7 @@ def keep_freed_memory() -> bool:
     glibc maps the largest on their own and returns the top of its heap once a few tens of
     megabytes are free there, so every page of the next step's tensors is faulted in and zeroed
     again: int8 beam search over Multi30k's test set took 2.4 million page faults at 120
-    sentences/s, and 0.2 million at 163 with this setting (BENCHMARKS.md, "The search tail").
+    sentences/s, and 0.2 million at 163 with this setting (BENCHMARKS.md, "The search tail again").
     Memory the process has used stays with it until it exits.
     """
     try:

@@ -5,7 +5,7 @@ step (the decoder's joined layers, attention projections, the combine layer and 
 layer) runs in int8: weights quantised once per output channel, activations per row at every
 call, both symmetric over 8 bits, multiplied by ``torch._int_mm`` (int32 sums) and scaled
 back to fp32. Embedding lookups, attention's two ``bmm`` over the encoder states, the cells'
-gate arithmetic and the softmaxes stay in fp32; the cells and the decoder's output layer take
+gate arithmetic and the softmaxes stay in fp32; the cells and the decoder's combine layer take
 their tanh as ``2 sigmoid(2 x) - 1`` (``fast_tanh``).
 
 Why per row: torch's dynamic quantisation (``quantize_dynamic``, ``quantized::linear_dynamic``)
@@ -66,7 +66,7 @@ def check_int8(device: torch.device, key: str = "decode.precision") -> None:
 def fast_tanh(inputs: Tensor) -> Tensor:
     """tanh as ``2 sigmoid(2 x) - 1``: within 2e-7 of ``torch.tanh``, and 2.8-3.5 times faster on
     AVX-512 and AVX2 CPUs, where torch 2.13's tanh is several times slower than its sigmoid
-    (BENCHMARKS.md, "The search tail"). Its error is ten thousand times smaller than int8's
+    (BENCHMARKS.md, "The search tail again"). Its error is ten thousand times smaller than int8's
     rounding, so int8 decoding uses it; fp32 and bf16 keep torch's tanh."""
     return torch.sigmoid(inputs * 2).mul_(2).sub_(1)
 

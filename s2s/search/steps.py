@@ -36,10 +36,10 @@ def rows_to_keep(done: Tensor, *, passengers: bool = True) -> Tensor | None:
 def keeps_passengers(model: nn.Module) -> bool:
     """Whether search keeps finished sentences on as passengers (``rows_to_keep``) for ``model``:
     for bf16 weights on a CPU, whose oneDNN matmuls build kernels for every new batch size
-    (about 1.5 ms per weight matrix and size on a Xeon). fp32 matmuls (MKL) and int8 ones
-    (``torch._int_mm``) build none, and there the passengers' rows cost more than they save:
-    3.5% of fp32's and 2-5% of int8's beam-search speed on a Zen 4 (BENCHMARKS.md, "The search
-    tail")."""
+    (about 1.5 ms per weight matrix and size, BENCHMARKS.md "Decoding speed"). fp32 (MKL) and
+    int8 (``torch._int_mm``) matmuls pay little or nothing for a new size, and there the
+    passengers' rows cost more than they save: 3.5% of fp32's and 2-5% of int8's beam-search
+    speed on a Zen 4 (BENCHMARKS.md, "The search tail again")."""
     parameter = next(model.parameters(), None)
     return (parameter is not None and parameter.dtype == torch.bfloat16
             and parameter.device.type == "cpu")
