@@ -109,9 +109,7 @@ class Int8Linear(nn.Module):
         return restricted
 
     def forward(self, inputs: Tensor) -> Tensor:
-        matrix = inputs.reshape(-1, self.in_features)
-        rows, largest = _quantized_rows(matrix if matrix.dtype == torch.float32 else
-                                        matrix.float())
+        rows, largest = _quantized_rows(inputs.reshape(-1, self.in_features).float())
         # three passes over the output: int32 to fp32, the row's scale, the weights' and bias
         output = torch._int_mm(rows, self.weight_t).float().mul_(largest)
         if self.bias is None:

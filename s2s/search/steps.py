@@ -17,7 +17,7 @@ def max_output_lengths(src_lengths: Tensor, config: DecodeConfig) -> Tensor:
     return (config.max_len_a * source_tokens + config.max_len_b).floor().long()
 
 
-def rows_to_keep(done: Tensor, *, passengers: bool = True) -> Tensor | None:
+def rows_to_keep(done: Tensor, *, passengers: bool) -> Tensor | None:
     """Which batch rows the next step keeps, or None to keep them all.
 
     Rows still running are kept; finished ones stay on as passengers until the running rows
