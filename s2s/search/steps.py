@@ -105,17 +105,21 @@ def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
     """
     rows, width = log_probs.shape
     count, beam = beam_scores.shape
-    chunks = -(-width // chunk)
-    padded = log_probs
-    if chunks * chunk != width:  # the last chunk is short: pad it with -inf
-        padded = nn.functional.pad(log_probs, (0, chunks * chunk - width), value=float("-inf"))
-    chunk_max = padded.view(rows, chunks, chunk).amax(dim=2)  # (n K, chunks)
+    whole = width // chunk * chunk  # a short last chunk is read on its own, not padded (a copy)
+    chunk_max = log_probs[:, :whole].view(rows, whole // chunk, chunk).amax(dim=2)
+    if whole < width:
+        chunk_max = torch.cat([chunk_max, log_probs[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    chunks = chunk_max.size(1)  # (n K, chunks)
     chunk_best = (beam_scores.view(-1, 1) + chunk_max.float()).view(count, beam * chunks)
     best_chunks = chunk_best.topk(min(k, beam * chunks), dim=1).indices  # (n, c)
     origins = best_chunks // chunks + torch.arange(count, device=log_probs.device)[:, None] * beam
     offsets = torch.arange(chunk, device=log_probs.device)
     columns = ((best_chunks % chunks)[:, :, None] * chunk + offsets)  # (n, c, chunk)
-    candidates = padded[origins[:, :, None], columns].float()  # (n, c, chunk)
+    short = whole < width  # then columns past the vocabulary are read as -inf
+    candidates = log_probs[origins[:, :, None],
+                           columns.clamp(max=width - 1) if short else columns].float()
+    if short:
+        candidates.masked_fill_(columns >= width, float("-inf"))
     candidates += beam_scores.view(-1)[origins][:, :, None]
     scores, positions = candidates.view(count, -1).topk(min(k, candidates[0].numel()), dim=1)
     tokens = columns.view(count, -1).gather(1, positions).clamp_(max=width - 1)
