@@ -150,6 +150,9 @@ class TrainConfig:
     min_lr: float = _option(1e-5, minimum=0.0)
     clip_norm: float = _option(1.0, minimum=0.0)  # 0 disables clipping
     label_smoothing: float = _option(0.1, minimum=0.0, maximum=0.99)
+    # a loss on attention's mass away from the diagonal, fading from weight 1 to 0 over this
+    # many updates, so that no start locks onto a reversed alignment; 0 = none
+    guided_attention_steps: int = _option(0, minimum=0)
     max_steps: int = _option(0, minimum=0)  # 0 = no limit
     max_epochs: int = _option(30, minimum=0)  # 0 = no limit
     # training-time budget of the whole run, counted across resumes; 0 = no limit

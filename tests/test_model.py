@@ -252,3 +252,14 @@ def test_beams_attend_to_one_shared_copy_of_the_source(attention: str) -> None:
         query, encoded.select(torch.tensor([0, 0, 0, 1, 1, 1])))
     assert torch.allclose(shared, repeated, atol=1e-12)
     assert torch.allclose(shared_weights, repeated_weights, atol=1e-12)
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_the_training_forward_can_return_the_attention_weights(input_feeding: bool) -> None:
+    model = _model("general", input_feeding)
+    src, lengths = _sources([5, 8])
+    tgt = torch.randint(4, 50, (2, 6), generator=torch.Generator().manual_seed(3))
+    logits, weights = model(src, lengths, tgt, with_attention=True)
+    assert torch.equal(logits, model(src, lengths, tgt))
+    assert weights.shape == (2, 6, 9)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 6, dtype=torch.double))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from s2s.errors import CheckpointError, DataError, DeviceError
 from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
 from s2s.run.directory import RunDir
 from s2s.training.loop import train
-from s2s.training.schedule import learning_rate
+from s2s.training.loss import guided_attention_loss
+from s2s.training.schedule import guidance, learning_rate
 from tests.conftest import config_dict, prepare_run, write_config
 
 CUDA = torch.cuda.is_available()
@@ -153,6 +155,32 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(plateau, 50, 0.01) == pytest.approx(1e-4)
     warm = TrainConfig(lr=1e-3, lr_schedule="constant", warmup_steps=10)
     assert learning_rate(warm, 4, 1.0) == pytest.approx(5e-4)
+
+
+def test_the_guided_attention_loss_fades_out_linearly() -> None:
+    fading = TrainConfig(guided_attention_steps=200)
+    strengths = [guidance(fading, step) for step in (0, 50, 199, 200, 5000)]
+    assert strengths == pytest.approx([1.0, 0.75, 0.005, 0.0, 0.0])
+    assert guidance(TrainConfig(), 0) == 0.0
+
+
+def test_guided_attention_loss_is_zero_on_the_diagonal_and_counts_real_positions_only() -> None:
+    eye = torch.eye(10)[None]  # target position t attends source position t: S = T = 10
+    everywhere = torch.ones(1, 10, dtype=torch.bool)
+    assert float(guided_attention_loss(eye, torch.tensor([10]), everywhere)) == pytest.approx(0)
+    # all mass on the reversed diagonal: distance |2t - 9| / 10 at target position t
+    reversed_ = eye.flip(-1)
+    distances = (2 * torch.arange(10) - 9).abs() / 10
+    expected = float((1 - torch.exp(-distances.square() / 0.08)).sum())
+    assert float(guided_attention_loss(reversed_, torch.tensor([10]), everywhere)) == (
+        pytest.approx(expected))
+    # a sentence of 5 target positions in a batch 10 wide: relative to its own lengths
+    short = torch.zeros(1, 10, 10)
+    short[0, torch.arange(5), 2 * torch.arange(5)] = 1  # t of 5 -> s = 2t of 10: 0.05 off
+    first_five = torch.arange(10)[None] < 5
+    assert float(guided_attention_loss(short, torch.tensor([10]), first_five)) == (
+        pytest.approx(5 * (1 - math.exp(-0.05 ** 2 / 0.08))))
+    assert float(guided_attention_loss(reversed_, torch.tensor([10]), first_five)) < expected
 
 
 def test_early_stopping_stops_after_patience(demo_corpus: Path, tmp_path: Path) -> None:

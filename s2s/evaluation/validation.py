@@ -115,7 +115,7 @@ def teacher_forced_nll(model: torch.nn.Module, split: EncodedSplit, batch_tokens
     """The negative log-likelihood per target token of ``split`` under teacher forcing."""
     nll_sum, tokens = 0.0, 0
     for indices in token_batches(training_lengths(split), batch_tokens):
-        logits, targets = teacher_forced(model, collate(split, indices).to(device), precision)
+        logits, targets, _ = teacher_forced(model, collate(split, indices).to(device), precision)
         nll_sum += float(smoothed_loss(logits, targets, 0.0)[1])
         tokens += len(targets)
     return nll_sum / max(tokens, 1)

@@ -336,13 +336,16 @@ class Seq2Seq(nn.Module):
         return self.decoder.output(vectors[:, 0]), state, weights[:, 0]
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
-                positions: Tensor | None = None) -> Tensor:
-        """Teacher-forced logits (B, T, V), or (N, V) for the N ``positions`` (B, T) selected."""
+                positions: Tensor | None = None, *, with_attention: bool = False
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """Teacher-forced logits (B, T, V), or (N, V) for the N ``positions`` (B, T) selected;
+        ``with_attention``: and the attention weights (B, T, S) (for ``guided_attention_loss``)."""
         encoded, state = self.encode(src_ids, src_lengths)
-        vectors, _, _ = self.decoder(tgt_in, state, encoded)  # (B, T, O)
+        vectors, _, weights = self.decoder(tgt_in, state, encoded)  # (B, T, O), (B, T, S)
         if positions is not None:
             vectors = vectors[positions]  # (N, O): no output layer work on padding
-        return self.decoder.output(vectors)
+        logits = self.decoder.output(vectors)
+        return (logits, weights) if with_attention else logits
 
 
 def _uniform_init(model: nn.Module, bound: float, skip: tuple[nn.Embedding, ...]) -> None:

@@ -61,8 +61,9 @@ class Learner:
         self.scaler = torch.amp.GradScaler(device.type,
                                            enabled=self.train_config.precision == "fp16")
 
-    def step(self, batches: list[Batch], lr: float) -> StepResult:
-        """One optimizer step at learning rate ``lr`` over this process's ``batches``.
+    def step(self, batches: list[Batch], lr: float, guidance: float = 0.0) -> StepResult:
+        """One optimizer step at learning rate ``lr`` over this process's ``batches``, with
+        the guided-attention loss at weight ``guidance`` (``s2s.training.schedule``).
 
         The loss is normalised by the global token count, so N processes compute exactly the
         gradient one process would on the same global batch.
@@ -80,10 +81,11 @@ class Learner:
             sync = contextlib.nullcontext() if last or not self.world.distributed else (
                 self.trained_model.no_sync())  # type: ignore[operator]
             with sync:
-                logits, targets = teacher_forced(self.trained_model, batch.to(self.device),
-                                                 self.train_config.precision)
+                logits, targets, guide = teacher_forced(
+                    self.trained_model, batch.to(self.device), self.train_config.precision,
+                    guidance)
                 loss, nll = smoothed_loss(logits, targets, self.train_config.label_smoothing)
-                self.scaler.scale(loss * scale).backward()
+                self.scaler.scale((loss + guide) * scale).backward()
             total_loss += float(loss.detach())
             total_nll += float(nll)
         self.scaler.unscale_(self.optimizer)

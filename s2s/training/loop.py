@@ -46,7 +46,7 @@ from s2s.run.lock import RunLock
 from s2s.training.board import Board
 from s2s.training.distributed import World
 from s2s.training.learner import Learner, StepResult
-from s2s.training.schedule import learning_rate
+from s2s.training.schedule import guidance, learning_rate
 from s2s.training.signals import StopSignals
 from s2s.translation.translator import Translator, decode_dtype
 
@@ -181,7 +181,7 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
             bar.update(completed=progress.batches_done // group_size)
             for batches in _step_batches(session, my_batches, progress.epoch):
                 lr = learning_rate(train_config, progress.step, progress.lr_scale)
-                result = learner.step(batches, lr)
+                result = learner.step(batches, lr, guidance(train_config, progress.step))
                 progress.step += 1
                 progress.batches_done += group_size
                 progress.target_tokens += result.target_tokens

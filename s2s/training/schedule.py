@@ -1,5 +1,6 @@
-"""The learning rate at each step: warm-up, then constant, inverse square root, or scaled down
-when validation stops improving (plateau; the scale is kept in the training progress)."""
+"""What changes with the step: the learning rate (warm-up, then constant, inverse square root,
+or scaled down when validation stops improving: plateau, its scale kept in the training
+progress) and the fading weight of the guided-attention loss."""
 
 from __future__ import annotations
 
@@ -17,3 +18,11 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float) -> float:
     elif config.warmup_steps:
         rate *= min(1.0, (step + 1) / warmup)
     return max(rate * lr_scale, config.min_lr) if config.lr_schedule == "plateau" else rate
+
+
+def guidance(config: TrainConfig, step: int) -> float:
+    """The guided-attention loss's weight at optimizer step ``step`` (0-based): 1 at the
+    start, fading linearly to 0 at ``guided_attention_steps`` (0: never)."""
+    if not config.guided_attention_steps:
+        return 0.0
+    return max(0.0, 1.0 - step / config.guided_attention_steps)
