@@ -22,7 +22,7 @@ def test_a_missing_config_is_one_error_line(script: str, tmp_path: Path) -> None
     assert finished.stderr.splitlines() == [f"error: {missing}: config file not found"]
 
 
-@pytest.mark.parametrize("script", ["cpu_translation", "search_profile"])
+@pytest.mark.parametrize("script", ["cpu_translation", "search_profile", "attention_direction"])
 def test_a_run_without_checkpoints_is_one_error_line(script: str, tmp_path: Path) -> None:
     finished = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"),
                                str(tmp_path)], capture_output=True, text=True, timeout=120)
