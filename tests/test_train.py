@@ -72,6 +72,26 @@ def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Pat
         assert torch.equal(expected[name], actual[name]), name
 
 
+def test_guided_attention_changes_the_updates_and_resumes_exactly(demo_corpus: Path,
+                                                                  tmp_path: Path) -> None:
+    guided = {"train": {"max_steps": 6, "valid_every": 3, "batch_tokens": 300,
+                        "guided_attention_steps": 4}}
+    straight = _prepared(demo_corpus, tmp_path / "straight", **guided)
+    train(straight)
+    resumed = _prepared(demo_corpus, tmp_path / "resumed", **guided)
+    train(resumed, should_stop=lambda p: p.step == 2)  # while the guidance is fading
+    train(resumed)
+    unguided = _prepared(demo_corpus, tmp_path / "unguided",
+                         train={**guided["train"], "guided_attention_steps": 0})
+    train(unguided)
+    expected = _weights(RunDir(straight.run_dir).checkpoint("last"))
+    actual = _weights(RunDir(resumed.run_dir).checkpoint("last"))
+    plain = _weights(RunDir(unguided.run_dir).checkpoint("last"))
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert not torch.equal(expected["decoder.attention.key_projection.weight"],
+                           plain["decoder.attention.key_projection.weight"])
+
+
 def test_gradient_accumulation_and_restart(demo_corpus: Path, tmp_path: Path) -> None:
     config = _prepared(demo_corpus, tmp_path / "run",
                        train={"max_steps": 6, "accumulate": 2, "valid_every": 3})
