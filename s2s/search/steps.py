@@ -106,8 +106,9 @@ def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
     rows, width = log_probs.shape
     count, beam = beam_scores.shape
     whole = width // chunk * chunk  # a short last chunk is read on its own, not padded (a copy)
+    short = whole < width  # then the candidates' columns past the vocabulary are read as -inf
     chunk_max = log_probs[:, :whole].view(rows, whole // chunk, chunk).amax(dim=2)
-    if whole < width:
+    if short:
         chunk_max = torch.cat([chunk_max, log_probs[:, whole:].amax(dim=1, keepdim=True)], dim=1)
     chunks = chunk_max.size(1)  # (n K, chunks)
     chunk_best = (beam_scores.view(-1, 1) + chunk_max.float()).view(count, beam * chunks)
@@ -115,7 +116,6 @@ def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
     origins = best_chunks // chunks + torch.arange(count, device=log_probs.device)[:, None] * beam
     offsets = torch.arange(chunk, device=log_probs.device)
     columns = ((best_chunks % chunks)[:, :, None] * chunk + offsets)  # (n, c, chunk)
-    short = whole < width  # then columns past the vocabulary are read as -inf
     candidates = log_probs[origins[:, :, None],
                            columns.clamp(max=width - 1) if short else columns].float()
     if short:
