@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import run_script  # noqa: E402
 from s2s.data.batching import collate  # noqa: E402
 from s2s.data.store import load_split  # noqa: E402
+from s2s.data.vocab import PAD_ID  # noqa: E402
+from s2s.device import thread_scope  # noqa: E402
 from s2s.model.seq2seq import evaluating  # noqa: E402
 from s2s.run.checkpoint import load_model, resolve_checkpoint  # noqa: E402
 
@@ -36,7 +38,7 @@ def attention_direction(model: torch.nn.Module, src: torch.Tensor, src_lengths: 
         _, weights = model(src, src_lengths, tgt_in, with_attention=True)  # (B, T, S)
     correlations = []
     for row, (target_length, source_length) in enumerate(
-            zip((tgt_in != 0).sum(1).tolist(), src_lengths.tolist())):
+            zip((tgt_in != PAD_ID).sum(1).tolist(), src_lengths.tolist())):
         looked_at = weights[row, :target_length, :source_length].argmax(-1).double()
         positions = torch.arange(target_length, dtype=torch.double)
         correlation = float(torch.corrcoef(torch.stack([positions, looked_at]))[0, 1])
@@ -51,14 +53,14 @@ def main() -> None:
                         help="run directories (their best checkpoint) or checkpoint files")
     parser.add_argument("--sentences", type=int, default=128)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     for given in args.models:
         path = given if given.suffix == ".pt" else resolve_checkpoint(given, "best")
         run_dir = path.parent.parent
         model = load_model(path).model.float()
         valid = load_split(run_dir / "data", "valid")
         batch = collate(valid, np.arange(min(args.sentences, len(valid))))
-        direction = attention_direction(model, batch.src, batch.src_lengths, batch.tgt_in)
+        with thread_scope(1):
+            direction = attention_direction(model, batch.src, batch.src_lengths, batch.tgt_in)
         print(f"{direction:+.2f}  {path}")
 
 
