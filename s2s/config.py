@@ -143,7 +143,9 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)
     weight_decay: float = _option(0.0, minimum=0.0)
-    lr_schedule: Literal["constant", "inverse_sqrt", "plateau"] = "plateau"
+    # linear: from lr (after warm-up) down to min_lr at the end of the run's budget, the first
+    # of max_steps, max_epochs and max_minutes (whose steps are projected from the pace so far)
+    lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "linear"] = "plateau"
     warmup_steps: int = _option(0, minimum=0)
     plateau_factor: float = _option(0.5, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     plateau_patience: int = _option(1, minimum=0)  # validations without improvement
@@ -466,6 +468,11 @@ def _consistency_errors(config: Config) -> list[str]:
         errors.append(f"model.attention: dot attention needs decoder_hidden "
                       f"({model.decoder_hidden}) = 2 x encoder_hidden "
                       f"({2 * model.encoder_hidden}); use general or bahdanau, or change the sizes")
+    if config.train.lr_schedule == "linear" and not (
+            config.train.max_steps or config.train.max_epochs or config.train.max_minutes):
+        errors.append("train.lr_schedule: linear falls to min_lr at the end of the run's budget, "
+                      "but the run has none; set train.max_steps, train.max_epochs or "
+                      "train.max_minutes")
     if config.train.min_lr > config.train.lr:
         errors.append(f"train.min_lr: {config.train.min_lr} is above train.lr ({config.train.lr})")
     return errors

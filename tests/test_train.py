@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from s2s.config import TrainConfig, config_from_dict, load_config
-from s2s.errors import CheckpointError, DataError, DeviceError
+from s2s.errors import CheckpointError, ConfigError, DataError, DeviceError
 from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
 from s2s.run.directory import RunDir
 from s2s.training.loop import train
 from s2s.training.loss import guided_attention_loss
-from s2s.training.schedule import guidance, learning_rate
+from s2s.training.schedule import guidance, learning_rate, planned_steps
 from tests.conftest import config_dict, prepare_run, write_config
 
 CUDA = torch.cuda.is_available()
@@ -175,6 +175,50 @@ def test_learning_rate_schedules() -> None:
     assert learning_rate(plateau, 50, 0.01) == pytest.approx(1e-4)
     warm = TrainConfig(lr=1e-3, lr_schedule="constant", warmup_steps=10)
     assert learning_rate(warm, 4, 1.0) == pytest.approx(5e-4)
+
+
+def test_the_linear_schedule_falls_to_min_lr_at_the_planned_step() -> None:
+    linear = TrainConfig(lr=1e-3, min_lr=1e-5, lr_schedule="linear", warmup_steps=10)
+    rates = [learning_rate(linear, step, 1.0, planned_steps=110) for step in (0, 10, 60, 110, 500)]
+    assert rates == pytest.approx([1e-4, 1e-3, 5.05e-4, 1e-5, 1e-5])
+    assert learning_rate(linear, 60, 1.0, planned_steps=0) == pytest.approx(1e-3)  # not known yet
+
+
+def test_the_planned_steps_are_the_first_limit_the_run_reaches() -> None:
+    def plan(seconds_per_step: float, **limits) -> int:
+        config = TrainConfig(lr_schedule="linear", **{"max_epochs": 0, **limits})
+        return planned_steps(config, steps_per_epoch=40, step=100, elapsed=300.0,
+                             seconds_per_step=seconds_per_step)
+
+    assert plan(2.0, max_steps=500) == 500
+    assert plan(2.0, max_steps=500, max_epochs=3) == 120
+    assert plan(2.0, max_minutes=10) == 100 + 150  # 300 of 600 seconds left at 2 s a step
+    assert plan(2.0, max_minutes=10, max_steps=200) == 200
+    assert plan(0.0, max_minutes=10) == 0  # the pace is not measured yet
+    assert plan(2.0, max_minutes=4) == 100  # the budget is spent
+
+
+def test_a_linear_run_falls_to_min_lr_at_max_steps_and_resumes_exactly(demo_corpus: Path,
+                                                                       tmp_path: Path) -> None:
+    linear = {"train": {"max_steps": 12, "valid_every": 6, "log_every": 3, "batch_tokens": 300,
+                        "lr": 0.01, "min_lr": 0.0, "lr_schedule": "linear"}}
+    straight = _prepared(demo_corpus, tmp_path / "straight", **linear)
+    train(straight)
+    resumed = _prepared(demo_corpus, tmp_path / "resumed", **linear)
+    train(resumed, should_stop=lambda p: p.step == 5)
+    train(resumed)
+    records = RunDir(straight.run_dir).read_metrics()
+    assert [record["lr"] for record in records if record["kind"] == "train"] == pytest.approx(
+        [0.01 * (1 - step / 12) for step in (2, 5, 8, 11)])  # logged after steps 3, 6, 9, 12
+    expected = _weights(RunDir(straight.run_dir).checkpoint("last"))
+    actual = _weights(RunDir(resumed.run_dir).checkpoint("last"))
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_a_linear_schedule_needs_a_limit_to_fall_to() -> None:
+    with pytest.raises(ConfigError, match="train.lr_schedule: linear .* set train.max_steps"):
+        config_from_dict(config_dict(Path("corpus"), Path("run"), train={
+            "lr_schedule": "linear", "max_steps": 0, "max_epochs": 0, "max_minutes": 0}))
 
 
 def test_the_guided_attention_loss_fades_out_linearly() -> None:

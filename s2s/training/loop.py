@@ -46,7 +46,7 @@ from s2s.run.lock import RunLock
 from s2s.training.board import Board
 from s2s.training.distributed import World
 from s2s.training.learner import Learner, StepResult
-from s2s.training.schedule import guidance, learning_rate
+from s2s.training.schedule import guidance, learning_rate, planned_steps
 from s2s.training.signals import StopSignals
 from s2s.translation.translator import Translator, decode_dtype
 
@@ -65,6 +65,7 @@ class TrainProgress:
     bad_validations: int = 0  # for early stopping
     plateau_bad: int = 0  # for the plateau schedule
     lr_scale: float = 1.0
+    planned_steps: int = 0  # where the linear schedule ends, as far as known
     seconds: float = 0.0  # training time over all sessions of this run
     target_tokens: int = 0
     validated_step: int = -1  # the step of the latest validation
@@ -174,13 +175,16 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
     reason = _stop_reason(session, progress)
     if reason:
         session.reporter.warn(_nothing_to_do(progress, reason, train_config))
+    pace = _Pace(progress.step, session.clock.elapsed())
     while not reason:
         steps_in_epoch, my_batches = _epoch_batches(session, progress)
+        _plan(session, progress, steps_in_epoch, pace)
         window = _Window()
         with session.reporter.progress(f"epoch {progress.epoch}", total=steps_in_epoch) as bar:
             bar.update(completed=progress.batches_done // group_size)
             for batches in _step_batches(session, my_batches, progress.epoch):
-                lr = learning_rate(train_config, progress.step, progress.lr_scale)
+                lr = learning_rate(train_config, progress.step, progress.lr_scale,
+                                   progress.planned_steps)
                 result = learner.step(batches, lr, guidance(train_config, progress.step))
                 progress.step += 1
                 progress.batches_done += group_size
@@ -189,6 +193,7 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
                 bar.advance(status=f"step {progress.step} " + window.status(lr))
                 if progress.step % train_config.log_every == 0:
                     _log_train(session, progress, window.flush(), lr)
+                    _plan(session, progress, steps_in_epoch, pace)
                 if progress.step % train_config.valid_every == 0:
                     progress = _validate_and_save(session, progress)
                 _stop_if_signalled(session, progress, signals)
@@ -205,6 +210,32 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
     elif progress.step and progress.validated_step != progress.step:
         progress = _validate_and_save(session, progress)
     return progress
+
+
+class _Pace:
+    """Seconds per optimizer step in this session, validations included."""
+
+    def __init__(self, step: int, elapsed: float) -> None:
+        self.step, self.elapsed = step, elapsed
+
+    def seconds_per_step(self, step: int, elapsed: float) -> float:
+        return (elapsed - self.elapsed) / (step - self.step) if step > self.step else 0.0
+
+
+def _plan(session: _Session, progress: TrainProgress, steps_per_epoch: int, pace: _Pace
+          ) -> None:
+    """Set where the linear schedule ends: rank 0's projection, on every process. A resumed
+    run keeps its plan until this session's pace is measured."""
+    train_config = session.config.train
+    if train_config.lr_schedule != "linear":
+        return
+    elapsed = session.clock.elapsed()
+    seconds_per_step = pace.seconds_per_step(progress.step, elapsed)
+    if train_config.max_minutes and not seconds_per_step and progress.planned_steps:
+        return
+    plan = planned_steps(train_config, steps_per_epoch=steps_per_epoch, step=progress.step,
+                         elapsed=elapsed, seconds_per_step=seconds_per_step)
+    progress.planned_steps = session.world.share(plan)
 
 
 def _step_batches(session: _Session, steps: list[list[np.ndarray]], epoch: int
