@@ -165,6 +165,9 @@ class TrainConfig:
     early_stopping_metric: Literal["bleu", "chrf", "loss"] = "bleu"
     patience: int = _option(0, minimum=0)  # validations without improvement; 0 = never stop early
     keep_last: int = _option(3, minimum=1)  # step checkpoints kept besides best and last
+    # when training ends, average the newest this many step checkpoints into avg.pt and
+    # validate it; best.pt becomes the average when it validates better. 0 = off
+    average_last: int = _option(0, minimum=0)
     # also write RUN_DIR/tensorboard (needs the tensorboard package: pip install s2s[tensorboard])
     tensorboard: bool = False
 
@@ -473,6 +476,9 @@ def _consistency_errors(config: Config) -> list[str]:
         errors.append("train.lr_schedule: linear falls to min_lr at the end of the run's budget, "
                       "but the run has none; set train.max_steps, train.max_epochs or "
                       "train.max_minutes")
+    if config.train.average_last > config.train.keep_last:
+        errors.append(f"train.average_last: {config.train.average_last} checkpoints to average, "
+                      f"but train.keep_last keeps only {config.train.keep_last}; raise keep_last")
     if config.train.min_lr > config.train.lr:
         errors.append(f"train.min_lr: {config.train.min_lr} is above train.lr ({config.train.lr})")
     return errors

@@ -215,6 +215,33 @@ def test_a_linear_run_falls_to_min_lr_at_max_steps_and_resumes_exactly(demo_corp
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
+@pytest.mark.parametrize(("lr", "average_wins"), [(0.02, False), (0.05, True)])
+def test_the_average_of_the_last_checkpoints_becomes_best_only_when_it_validates_better(
+        demo_corpus: Path, tmp_path: Path, lr: float, average_wins: bool) -> None:
+    config = _prepared(demo_corpus, tmp_path / "run", train={
+        "max_steps": 9, "valid_every": 3, "batch_tokens": 300, "lr": lr, "average_last": 2,
+        "early_stopping_metric": "loss"})
+    train(config)
+    run = RunDir(config.run_dir)
+    records = run.read_metrics()
+    [average] = [record for record in records if record["kind"] == "average"]
+    assert average["averaged_from"] == ["step-00000006.pt", "step-00000009.pt"]
+    best_valid = min(record["loss"] for record in records if record["kind"] == "valid")
+    assert average["best"] == (average["loss"] < best_valid) == average_wins
+    avg, best = _weights(run.checkpoint("avg")), _weights(run.checkpoint("best"))
+    six, nine = _weights(run.step_checkpoint(6)), _weights(run.step_checkpoint(9))
+    name = "decoder.attention.key_projection.weight"
+    assert torch.allclose(avg[name], (six[name] + nine[name]) / 2)
+    assert torch.equal(best[name], (avg if average_wins else nine)[name])
+    train(config)  # a finished run trains nothing, and averages nothing again
+    assert [record["kind"] for record in run.read_metrics()] == [record["kind"] for record in records]
+
+
+def test_the_average_needs_the_checkpoints_it_averages() -> None:
+    with pytest.raises(ConfigError, match="train.average_last: 5 .* keeps only 3"):
+        config_from_dict(config_dict(Path("corpus"), Path("run"), train={"average_last": 5}))
+
+
 def test_a_linear_schedule_needs_a_limit_to_fall_to() -> None:
     with pytest.raises(ConfigError, match="train.lr_schedule: linear .* set train.max_steps"):
         config_from_dict(config_dict(Path("corpus"), Path("run"), train={

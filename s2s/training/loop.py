@@ -38,6 +38,9 @@ from s2s.run.checkpoint import (
     LoadedModel,
     TrainingCheckpoints,
     TrainingState,
+    average_checkpoints,
+    link_atomic,
+    load_checkpoint,
     remove_partial_writes,
     target_tag_ids,
 )
@@ -175,6 +178,7 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
     reason = _stop_reason(session, progress)
     if reason:
         session.reporter.warn(_nothing_to_do(progress, reason, train_config))
+    first_step = progress.step
     pace = _Pace(progress.step, session.clock.elapsed())
     while not reason:
         steps_in_epoch, my_batches = _epoch_batches(session, progress)
@@ -209,6 +213,9 @@ def _train_loop(session: _Session, progress: TrainProgress, signals: "StopSignal
         _save(session, progress)  # an interruption: validating would change the schedule
     elif progress.step and progress.validated_step != progress.step:
         progress = _validate_and_save(session, progress)
+    trained = progress.step > first_step and reason != "stopped by caller"
+    if trained and train_config.average_last > 1:
+        progress = _average_at_the_end(session, progress)
     return progress
 
 
@@ -339,6 +346,43 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
         f"validation at step {progress.step}: loss {validation.loss:.3f}, "
         f"ppl {validation.ppl:.2f}, BLEU {validation.scores.bleu:.2f}, "
         f"chrF {validation.scores.chrf:.2f}{mark}")
+    return progress
+
+
+def _average_at_the_end(session: _Session, progress: TrainProgress) -> TrainProgress:
+    """Rank 0 averages the newest ``train.average_last`` step checkpoints into avg.pt and
+    validates it; when it beats the best validation so far, best.pt becomes the average."""
+    if not session.world.is_main:
+        return session.world.share(None)
+    train_config = session.config.train
+    path = average_checkpoints(session.run.root, train_config.average_last,
+                               reporter=session.reporter)
+    averaged = load_checkpoint(path)
+    model = session.learner.model
+    trained = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.load_state_dict(averaged["model"])
+    try:
+        validation = _validate(session, progress.step)
+    finally:
+        model.load_state_dict(trained)
+    metrics = {"loss": validation.loss, "ppl": validation.ppl,
+               "bleu": validation.scores.bleu, "chrf": validation.scores.chrf}
+    metric = train_config.early_stopping_metric
+    score = metrics[metric] if HIGHER_IS_BETTER[metric] else -metrics[metric]
+    improved = progress.best_score is None or score > progress.best_score
+    if improved:
+        link_atomic(path, session.run.checkpoint("best"))
+        progress.best_score, progress.best_step = score, progress.step
+        _save(session, progress)  # last.pt remembers the new best score
+    session.world.share(progress)
+    session.run.append_metrics({"kind": "average", "step": progress.step,
+                                "averaged_from": averaged["averaged_from"], **metrics,
+                                "bleu_signature": validation.scores.signatures["bleu"],
+                                "best": improved})
+    verdict = "now best.pt" if improved else "best.pt stays"
+    session.reporter.info(
+        f"validation of {path.name}: loss {validation.loss:.3f}, BLEU "
+        f"{validation.scores.bleu:.2f}, chrF {validation.scores.chrf:.2f} ({verdict})")
     return progress
 
 
