@@ -143,10 +143,12 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)
     weight_decay: float = _option(0.0, minimum=0.0)
-    # linear: from lr (after warm-up) down to min_lr at the end of the run's budget, the first
-    # of max_steps, max_epochs and max_minutes (whose steps are projected from the pace so far)
+    # linear: from lr down to min_lr at the end of the run's budget, the first of max_steps,
+    # max_epochs and max_minutes (whose steps are projected from the pace so far), falling over
+    # the budget's last anneal_fraction (1: all of it after the warm-up)
     lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "linear"] = "plateau"
     warmup_steps: int = _option(0, minimum=0)
+    anneal_fraction: float = _option(1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     plateau_factor: float = _option(0.5, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     plateau_patience: int = _option(1, minimum=0)  # validations without improvement
     min_lr: float = _option(1e-5, minimum=0.0)

@@ -182,6 +182,9 @@ def test_the_linear_schedule_falls_to_min_lr_at_the_planned_step() -> None:
     rates = [learning_rate(linear, step, 1.0, planned_steps=110) for step in (0, 10, 60, 110, 500)]
     assert rates == pytest.approx([1e-4, 1e-3, 5.05e-4, 1e-5, 1e-5])
     assert learning_rate(linear, 60, 1.0, planned_steps=0) == pytest.approx(1e-3)  # not known yet
+    late = TrainConfig(lr=1e-3, min_lr=0.0, lr_schedule="linear", anneal_fraction=0.25)
+    rates = [learning_rate(late, step, 1.0, planned_steps=400) for step in (0, 299, 300, 350, 400)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 0.0])
 
 
 def test_the_planned_steps_are_the_first_limit_the_run_reaches() -> None:

@@ -23,7 +23,8 @@ def learning_rate(config: TrainConfig, step: int, lr_scale: float, planned_steps
     elif config.warmup_steps:
         rate *= min(1.0, (step + 1) / warmup)
     if config.lr_schedule == "linear" and planned_steps > config.warmup_steps:
-        left = 1.0 - (step - config.warmup_steps) / (planned_steps - config.warmup_steps)
+        falling = config.anneal_fraction * (planned_steps - config.warmup_steps)
+        left = (planned_steps - step) / falling
         rate = config.min_lr + (rate - config.min_lr) * min(1.0, max(0.0, left))
     return max(rate * lr_scale, config.min_lr) if config.lr_schedule == "plateau" else rate
 
