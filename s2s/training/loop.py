@@ -359,12 +359,12 @@ def _average_at_the_end(session: _Session, progress: TrainProgress) -> TrainProg
                                reporter=session.reporter)
     averaged = load_checkpoint(path)
     model = session.learner.model
-    trained = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    training_weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     model.load_state_dict(averaged["model"])
     try:
         validation = _validate(session, progress.step)
     finally:
-        model.load_state_dict(trained)
+        model.load_state_dict(training_weights)
     metrics = {"loss": validation.loss, "ppl": validation.ppl,
                "bleu": validation.scores.bleu, "chrf": validation.scores.chrf}
     metric = train_config.early_stopping_metric
