@@ -2,10 +2,10 @@
 
 Usage: python benchmarks/race_curve.py RUN_DIR --peer fairseq=fairseq.tsv [--output race.png]
 
-The s2s points are the run's `s2s evaluate` results on the test split (eval/test.*.json): step
-checkpoints as one line, averaged checkpoints (any evaluated checkpoint whose name starts with
-"avg") as markers, each at the training minutes its newest step was reached (from
-metrics.jsonl). A peer's points come from a tab-separated file with a header line and the
+The s2s points are the run's `s2s evaluate` results on the test split (eval/test.*.json), each at
+the training minutes its newest step was reached (from metrics.jsonl): step checkpoints as one
+line, averaged checkpoints (any evaluated checkpoint whose name starts with "avg") as markers;
+`best` and `last`, copies of a step or an average, are in the table only. A peer's points come from a tab-separated file with a header line and the
 columns minutes, updates, bleu, chrf: a peer's own log gives the minutes. Prints a Markdown table
 of both and draws them on one plot.
 """
@@ -63,6 +63,15 @@ def peer_points(path: Path) -> list[Point]:
         raise S2SError(f"{path}: not a table of minutes, updates, bleu, chrf ({error})") from None
 
 
+def plotted(points: list[Point]) -> tuple[list[Point], list[Point]]:
+    """The points drawn as a curve (single checkpoints) and as markers (averages); `best` and
+    `last` are copies of one of those, so drawing them again would put a spike in the curve."""
+    averaged = [point for point in points if point.label.startswith("avg")]
+    line = [point for point in points
+            if point not in averaged and point.label not in ("best", "last")]
+    return line, averaged
+
+
 def draw(curves: dict[str, list[Point]], output: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -70,14 +79,13 @@ def draw(curves: dict[str, list[Point]], output: Path, title: str) -> None:
 
     figure, axes = pyplot.subplots(figsize=(7, 4.2), layout="constrained")
     for name, points in curves.items():
-        line = [point for point in points if not point.label.startswith("avg")]
+        line, averaged = plotted(points)
         drawn = axes.plot([p.minutes for p in line], [p.bleu for p in line], marker=".",
                           label=name)
-        averaged = [point for point in points if point.label.startswith("avg")]
         if averaged:
             axes.plot([p.minutes for p in averaged], [p.bleu for p in averaged], linestyle="",
                       marker="*", markersize=11, color=drawn[0].get_color(),
-                      label=f"{name}, last three averaged")
+                      label=f"{name}, averaged checkpoints")
     axes.set_xlabel("training minutes")
     axes.set_ylabel("test BLEU")
     axes.set_title(title)

@@ -49,11 +49,14 @@ def _race_run(root: Path) -> Path:
 
 
 def test_race_curve_places_checkpoints_at_their_minutes(tmp_path: Path) -> None:
-    from benchmarks.race_curve import peer_points, s2s_points
+    from benchmarks.race_curve import peer_points, plotted, s2s_points
 
     points = s2s_points(_race_run(tmp_path / "run"))
     assert [(p.label, p.minutes, p.updates, p.bleu) for p in points] == [
         ("step-00000400", 2.0, 400, 10.0), ("avg-4min", 4.0, 800, 21.5), ("last", 4.0, 800, 20.0)]
+    line, averaged = plotted(points)
+    assert [p.label for p in line] == ["step-00000400"]  # `last` is a copy: table only
+    assert [p.label for p in averaged] == ["avg-4min"]
     table = tmp_path / "peer.tsv"
     table.write_text("minutes\tupdates\tbleu\tchrf\n9.2\t800\t27.04\t48.24\n")
     [peer] = peer_points(table)
