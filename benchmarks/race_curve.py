@@ -5,9 +5,10 @@ Usage: python benchmarks/race_curve.py RUN_DIR --peer fairseq=fairseq.tsv [--out
 The s2s points are the run's `s2s evaluate` results on the test split (eval/test.*.json), each at
 the training minutes its newest step was reached (from metrics.jsonl): step checkpoints as one
 line, averaged checkpoints (any evaluated checkpoint whose name starts with "avg") as markers;
-`best` and `last`, copies of a step or an average, are in the table only. A peer's points come from a tab-separated file with a header line and the
-columns minutes, updates, bleu, chrf: a peer's own log gives the minutes. Prints a Markdown table
-of both and draws them on one plot.
+`best` and `last`, copies of a step or an average, are in the table only. A peer's points come
+from a tab-separated file with a header line and the columns minutes, updates, bleu, chrf: a
+peer's own log gives the minutes (benchmarks/peers/ holds fairseq's). Prints a Markdown table of
+both and draws them on one plot.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def plotted(points: list[Point]) -> tuple[list[Point], list[Point]]:
     `last` are copies of one of those, so drawing them again would put a spike in the curve."""
     averaged = [point for point in points if point.label.startswith("avg")]
     line = [point for point in points
-            if point not in averaged and point.label not in ("best", "last")]
+            if not point.label.startswith("avg") and point.label not in ("best", "last")]
     return line, averaged
 
 
