@@ -42,13 +42,17 @@ def s2s_points(run_dir: Path) -> list[Point]:
                   if "elapsed" in record and record["kind"] in ("train", "valid")}
     points = []
     for path in sorted((run_dir / "eval").glob("test.*.json")):
-        result = json.loads(path.read_text())
-        name, step = result["checkpoint"], result["checkpoint_step"]
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            name, step = result["checkpoint"], result["checkpoint_step"]
+            bleu, chrf = result["bleu"], result["chrf"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise S2SError(f"{path}: not an `s2s evaluate` result ({error!r})") from None
         label = Path(name).stem if name.endswith(".pt") else name
         if step not in minutes_at:
             raise S2SError(f"{path}: step {step} is not in {run.metrics}; "
                            "evaluate checkpoints of this run only")
-        points.append(Point(minutes_at[step], step, result["bleu"], result["chrf"], label))
+        points.append(Point(minutes_at[step], step, bleu, chrf, label))
     if not points:
         raise S2SError(f"{run_dir / 'eval'}: no test results; run `s2s evaluate` first")
     return sorted(points, key=lambda point: (point.minutes, point.label))

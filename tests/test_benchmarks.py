@@ -63,14 +63,18 @@ def test_race_curve_places_checkpoints_at_their_minutes(tmp_path: Path) -> None:
     assert (peer.minutes, peer.updates, peer.bleu, peer.chrf) == (9.2, 800, 27.04, 48.24)
 
 
-def test_race_curve_refuses_a_table_without_its_columns(tmp_path: Path) -> None:
-    from benchmarks.race_curve import peer_points
+def test_race_curve_refuses_a_table_or_a_result_without_its_fields(tmp_path: Path) -> None:
+    from benchmarks.race_curve import peer_points, s2s_points
     from s2s.errors import S2SError
 
     table = tmp_path / "peer.tsv"
     table.write_text("minutes\tbleu\n9.2\t27.04\n")
     with pytest.raises(S2SError, match="peer.tsv: not a table of minutes, updates, bleu, chrf"):
         peer_points(table)
+    run = _race_run(tmp_path / "run")
+    (run / "eval" / "test.last.json").write_text('{"checkpoint": "last"}')
+    with pytest.raises(S2SError, match=r"test\.last\.json: not an `s2s evaluate` result"):
+        s2s_points(run)
 
 
 def test_race_curve_draws_and_reports_a_run_without_results(tmp_path: Path) -> None:
