@@ -237,7 +237,8 @@ def test_the_average_of_the_last_checkpoints_becomes_best_only_when_it_validates
     assert torch.allclose(avg[name], (six[name] + nine[name]) / 2)
     assert torch.equal(best[name], (avg if average_wins else nine)[name])
     train(config)  # a finished run trains nothing, and averages nothing again
-    assert [record["kind"] for record in run.read_metrics()] == [record["kind"] for record in records]
+    kinds = [record["kind"] for record in records]
+    assert [record["kind"] for record in run.read_metrics()] == kinds
 
 
 def test_the_average_needs_the_checkpoints_it_averages() -> None:
