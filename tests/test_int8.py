@@ -17,7 +17,14 @@ from s2s.cli import app
 from s2s.config import ModelConfig
 from s2s.errors import DeviceError
 from s2s.model.cells import CELLS
-from s2s.model.int8 import Int8Linear, Int8Recurrent, check_int8, fast_tanh, quantized_for_cpu
+from s2s.model.int8 import (
+    LOG_SOFTMAX_ROWS,
+    Int8Linear,
+    Int8Recurrent,
+    check_int8,
+    fast_tanh,
+    quantized_for_cpu,
+)
 from s2s.model.seq2seq import Seq2Seq
 from s2s.translation.translator import Translator
 from tests.tasks import LIMIT, sentence
@@ -40,6 +47,32 @@ def test_int8_linear_is_close_to_fp32_and_each_row_is_its_own() -> None:
     assert 0 < _relative_error(ours[1:], expected[1:]) < 0.01  # really quantised, and close
     assert torch.equal(quantized(inputs[2:3, 4:5]), ours[2:3, 4:5])  # alone as in the batch
     assert ours.dtype == torch.float32 and ours.shape == (5, 7, 700)
+
+
+@pytest.mark.parametrize("rows", [1, LOG_SOFTMAX_ROWS, 2 * LOG_SOFTMAX_ROWS + 3])
+def test_the_int8_output_layer_normalises_block_by_block_to_the_last_bit(rows: int) -> None:
+    generator = torch.Generator().manual_seed(1)
+    linear = nn.Linear(48, 900)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(900, 48, generator=generator))
+        linear.bias[5] = float("-inf")  # a piece never produced (``never_produce``)
+    quantized = Int8Linear.of(linear)
+    inputs = torch.randn(rows, 48, generator=generator)
+    expected = torch.log_softmax(quantized(inputs), dim=-1)
+    assert torch.equal(quantized.log_softmax(inputs), expected)
+    assert float(expected[:, 5].max()) == float("-inf")
+
+
+def test_an_int8_copy_gives_log_probabilities_from_its_decoding_steps() -> None:
+    model = Seq2Seq(ModelConfig(embed_size=8, encoder_hidden=8, decoder_hidden=12), 20, 20)
+    quantized = quantized_for_cpu(model)
+    assert quantized.gives_log_probs and not model.gives_log_probs
+    src, lengths = torch.tensor([[4, 5, 6, 2], [7, 8, 2, 0]]), torch.tensor([4, 3])
+    with torch.no_grad():
+        encoded, state = quantized.encode(src, lengths)
+        scores, _, _ = quantized.decode_step(torch.tensor([1, 1]), state, encoded)
+    assert scores.shape == (2, 20)
+    assert torch.allclose(scores.exp().sum(dim=1), torch.ones(2))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -63,6 +63,12 @@ def check_int8(device: torch.device, key: str = "decode.precision") -> None:
                           "multiplication on the CPU; use fp32 or a newer torch")
 
 
+# rows of the output layer made and normalised together by ``Int8Linear.log_softmax``: 64 rows
+# of 8,000 pieces are 2 MB. Beam 5 over Multi30k test on a Zen 4 ran 2-6% faster than with the
+# whole batch at once, 32 and 128 rows less (BENCHMARKS.md, "The search tail, third round")
+LOG_SOFTMAX_ROWS = 64
+
+
 def fast_tanh(inputs: Tensor) -> Tensor:
     """tanh as ``2 sigmoid(2 x) - 1``: within 2e-7 of ``torch.tanh``, and 2.8-3.5 times faster on
     AVX-512 and AVX2 CPUs, where torch 2.13's tanh is several times slower than its sigmoid
@@ -110,13 +116,32 @@ class Int8Linear(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         rows, largest = _quantized_rows(inputs.reshape(-1, self.in_features).float())
-        # three passes over the output: int32 to fp32, the row's scale, the weights' and bias
-        output = torch._int_mm(rows, self.weight_t).float().mul_(largest)
-        if self.bias is None:
-            output.mul_(self.weight_scale)
-        else:
-            torch.addcmul(self.bias, output, self.weight_scale, out=output)
+        output = self._rescaled(torch._int_mm(rows, self.weight_t), largest)
         return output.view(*inputs.shape[:-1], self.out_features)
+
+    def log_softmax(self, inputs: Tensor) -> Tensor:
+        """``torch.log_softmax(self(inputs), dim=-1)`` for inputs (N, in), to the last bit, made
+        ``LOG_SOFTMAX_ROWS`` rows at a time: a block's outputs are still in the cache when they
+        are rescaled and normalised, where a whole batch's (400 beam rows by 8,000 pieces: 13
+        MB) would go out to memory and back three times. Every row is computed on its own
+        either way (int32 sums are exact), so the blocks change no number."""
+        rows, largest = _quantized_rows(inputs.float())
+        output = rows.new_empty(len(rows), self.out_features, dtype=torch.float32)
+        for start in range(0, len(rows), LOG_SOFTMAX_ROWS):
+            block = slice(start, start + LOG_SOFTMAX_ROWS)
+            logits = self._rescaled(torch._int_mm(rows[block], self.weight_t), largest[block],
+                                    out=output[block])
+            torch.log_softmax(logits, dim=-1, out=logits)
+        return output
+
+    def _rescaled(self, sums: Tensor, largest: Tensor, out: Tensor | None = None) -> Tensor:
+        """int32 sums (N, out) back to fp32 outputs, in ``out`` if given: three passes, the
+        conversion, the rows' scales, and the weights' scales with the bias."""
+        output = sums.float() if out is None else out.copy_(sums)
+        output.mul_(largest)
+        if self.bias is None:
+            return output.mul_(self.weight_scale)
+        return torch.addcmul(self.bias, output, self.weight_scale, out=output)
 
 
 class Int8Recurrent(nn.Module):
@@ -124,8 +149,9 @@ class Int8Recurrent(nn.Module):
     ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (which it replaces, same inputs and outputs), with int8
     input and hidden matrices.
 
-    Each layer's input matmul runs once over all tokens; the hidden matmul step by step, over
-    the sentences still running at that step (packed sequences, as torch's fused kernels).
+    Each layer's input matmul runs once over all tokens, for both directions; the hidden
+    matmuls step by step, over the sentences still running at that step (packed sequences, as
+    torch's fused kernels), both directions side by side (``_run``).
     """
 
     def __init__(self, rnn: nn.RNNBase, cell: Cell) -> None:
@@ -135,8 +161,9 @@ class Int8Recurrent(nn.Module):
         self.cell = cell
         self.num_layers, self.hidden_size = rnn.num_layers, rnn.hidden_size
         suffixes = ("", "_reverse") if rnn.bidirectional else ("",)
-        self.inputs, self.hiddens = nn.ModuleList(), nn.ModuleList()
+        self.inputs, self.hiddens = nn.ModuleList(), nn.ModuleList()  # per layer; per direction
         for layer in range(rnn.num_layers):
+            input_weights, biases = [], []
             for suffix in suffixes:
                 def weight(name: str) -> Tensor | None:
                     found = getattr(rnn, f"{name}_l{layer}{suffix}", None)
@@ -145,8 +172,12 @@ class Int8Recurrent(nn.Module):
                 joined, bias = cell.join(weight("weight_ih"), weight("bias_ih"),
                                          weight("weight_hh"), weight("bias_hh"))
                 width = joined.size(1) - rnn.hidden_size
-                self.inputs.append(Int8Linear(joined[:, :width], bias))
+                input_weights.append(joined[:, :width])
+                biases.append(bias)
                 self.hiddens.append(Int8Linear(joined[:, width:], None))
+            # the directions' input matrices stacked: rows are quantised one by one, so
+            # stacking them changes no number
+            self.inputs.append(Int8Linear(torch.cat(input_weights), torch.cat(biases)))
         self.directions = len(suffixes)
 
     def forward(self, packed: PackedSequence
@@ -157,38 +188,55 @@ class Int8Recurrent(nn.Module):
         starts = [0, *itertools.accumulate(sizes)]
         layer_input, hiddens, cells = packed.data.float(), [], []
         for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(self.directions):
-                index = layer * self.directions + direction
-                output, hidden, cell = self._run(layer_input, sizes, starts, index,
-                                                 backward=direction == 1)
-                outputs.append(output)
-                hiddens.append(hidden)
-                cells.append(cell)
-            layer_input = torch.cat(outputs, dim=-1)
-        hidden = self._unsorted(torch.stack(hiddens), packed)
-        final = (hidden, self._unsorted(torch.stack(cells), packed)) if (
+            layer_input, hidden, cell = self._run(self.inputs[layer](layer_input), sizes, starts,
+                                                  layer)
+            hiddens.append(hidden)
+            cells.append(cell)
+        hidden = self._unsorted(torch.cat(hiddens), packed)
+        final = (hidden, self._unsorted(torch.cat(cells), packed)) if (
             self.cell.has_cell_state) else hidden
         return packed._replace(data=layer_input), final
 
-    def _run(self, inputs: Tensor, sizes: list[int], starts: list[int], index: int,
-             backward: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """One direction of one layer over packed inputs: outputs (tokens, H), and the final
-        hidden and cell state (B, H) of each sentence, longest first."""
-        gates = self.inputs[index](inputs)  # (tokens, G H): joined layout, biases included
-        hidden = inputs.new_zeros(sizes[0], self.hidden_size)
+    def _run(self, gates: Tensor, sizes: list[int], starts: list[int], layer: int
+             ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One layer over its packed input pre-activations (tokens, D G H) for its D
+        directions: outputs (tokens, D H), and the final hidden and cell states (D, B, H) of
+        each sentence, longest first.
+
+        At loop step t the forward direction runs time step t and the backward one T - 1 - t,
+        their rows joined for one quantisation and one cell step: half the small operations
+        of running them one after the other, and the same numbers, since every row is
+        computed on its own.
+        """
+        directions, size, steps = self.directions, self.hidden_size, len(sizes)
+        width = gates.size(1) // directions
+        hidden = gates.new_zeros(directions, sizes[0], size)
         cell = hidden.clone() if self.cell.has_cell_state else None
-        outputs = inputs.new_empty(len(inputs), self.hidden_size)
-        for step in (reversed(range(len(sizes))) if backward else range(len(sizes))):
-            rows, start = sizes[step], starts[step]
-            # a sentence that has ended (forward) or not begun (backward) keeps its state
-            new_hidden, new_cell = self.cell.step(
-                gates[start:start + rows] + self.hiddens[index](hidden[:rows]), hidden[:rows],
-                None if cell is None else cell[:rows])
-            hidden[:rows] = new_hidden
-            if cell is not None:
-                cell[:rows] = new_cell
-            outputs[start:start + rows] = new_hidden
+        outputs = gates.new_empty(len(gates), directions * size)
+        recurrent = self.hiddens[layer * directions:(layer + 1) * directions]
+        for step in range(steps):
+            # (rows, first token, state rows in the joined batch) of each direction; a
+            # sentence that has ended (forward) or not begun (backward) keeps its state
+            spans, joined_rows = [], 0
+            for time in (step, steps - 1 - step)[:directions]:
+                rows = sizes[time]
+                spans.append((rows, starts[time], slice(joined_rows, joined_rows + rows)))
+                joined_rows += rows
+            state = _joined([hidden[d, :rows] for d, (rows, _, _) in enumerate(spans)])
+            quantized, largest = _quantized_rows(state)
+            pre_activations = _joined([
+                layer_d._rescaled(torch._int_mm(quantized[own], layer_d.weight_t),
+                                  largest[own]).add_(gates[start:start + rows,
+                                                           d * width:(d + 1) * width])
+                for d, (layer_d, (rows, start, own)) in enumerate(zip(recurrent, spans))])
+            new_hidden, new_cell = self.cell.step(pre_activations, state, None if cell is None
+                                                  else _joined([cell[d, :rows] for d, (rows, _, _)
+                                                                in enumerate(spans)]))
+            for d, (rows, start, own) in enumerate(spans):
+                hidden[d, :rows] = new_hidden[own]
+                if cell is not None and new_cell is not None:
+                    cell[d, :rows] = new_cell[own]
+                outputs[start:start + rows, d * size:(d + 1) * size] = new_hidden[own]
         return outputs, hidden, cell
 
     @staticmethod
@@ -197,6 +245,11 @@ class Int8Recurrent(nn.Module):
         if packed.unsorted_indices is None:
             return state
         return state.index_select(1, packed.unsorted_indices)
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    """Row blocks as one tensor (the one block itself, uncopied, if alone)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def quantized_for_cpu(model: nn.Module) -> nn.Module:
@@ -220,4 +273,5 @@ def quantized_for_cpu(model: nn.Module) -> nn.Module:
         if isinstance(getattr(attention, name, None), nn.Linear):
             setattr(attention, name, Int8Linear.of(getattr(attention, name)))
     decoder.frozen_search_layers = search_layers
+    quantized.gives_log_probs = True  # normalised in the output layer (Int8Linear.log_softmax)
     return quantized

@@ -289,7 +289,9 @@ def _stacked(cells: list[Tensor | None]) -> Tensor | None:
 class Seq2Seq(nn.Module):
     """Embeddings, encoder and decoder; rebuilt from (config, vocabulary sizes) alone."""
 
-    gives_log_probs = False  # decode_step returns logits (an ensemble: log-probabilities)
+    # decode_step returns logits; an int8 copy (``s2s.model.int8``) sets this and returns
+    # log-probabilities, normalised block by block in its output layer, as ensembles do
+    gives_log_probs = False
 
     def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                  joint_vocab: bool = False) -> None:
@@ -327,13 +329,17 @@ class Seq2Seq(nn.Module):
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
                     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """prev_tokens (B G,) -> logits (B G, V) for the next token, the new state, and the
-        attention weights (B G, S) over the source that chose them.
+        """prev_tokens (B G,) -> logits (B G, V) for the next token (log-probabilities where
+        ``gives_log_probs``), the new state, and the attention weights (B G, S) over the source
+        that chose them.
 
         ``encoded`` holds B sentences; G consecutive rows of tokens and state (beams) share each.
         """
         vectors, state, weights = self.decoder(prev_tokens[:, None], state, encoded)
-        return self.decoder.output(vectors[:, 0]), state, weights[:, 0]
+        output = self.decoder.output
+        scores = output.log_softmax(vectors[:, 0]) if self.gives_log_probs else output(
+            vectors[:, 0])
+        return scores, state, weights[:, 0]
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
                 positions: Tensor | None = None, *, with_attention: bool = False
