@@ -116,8 +116,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         rows, largest = _quantized_rows(inputs.reshape(-1, self.in_features).float())
-        output = self._rescaled(torch._int_mm(rows, self.weight_t), largest)
-        return output.view(*inputs.shape[:-1], self.out_features)
+        return self.of_quantized(rows, largest).view(*inputs.shape[:-1], self.out_features)
+
+    def of_quantized(self, rows: Tensor, largest: Tensor) -> Tensor:
+        """Outputs (N, out) for inputs that ``_quantized_rows`` made (N, in) and (N, 1)."""
+        return self._rescaled(torch._int_mm(rows, self.weight_t), largest)
 
     def log_softmax(self, inputs: Tensor) -> Tensor:
         """``torch.log_softmax(self(inputs), dim=-1)`` for inputs (N, in), to the last bit, made
@@ -224,14 +227,14 @@ class Int8Recurrent(nn.Module):
                 joined_rows += rows
             state = _joined([hidden[d, :rows] for d, (rows, _, _) in enumerate(spans)])
             quantized, largest = _quantized_rows(state)
-            pre_activations = _joined([
-                layer_d._rescaled(torch._int_mm(quantized[own], layer_d.weight_t),
-                                  largest[own]).add_(gates[start:start + rows,
-                                                           d * width:(d + 1) * width])
-                for d, (layer_d, (rows, start, own)) in enumerate(zip(recurrent, spans))])
-            new_hidden, new_cell = self.cell.step(pre_activations, state, None if cell is None
-                                                  else _joined([cell[d, :rows] for d, (rows, _, _)
-                                                                in enumerate(spans)]))
+            pre_activations = []
+            for d, (rows, start, own) in enumerate(spans):
+                from_hidden = recurrent[d].of_quantized(quantized[own], largest[own])
+                pre_activations.append(
+                    from_hidden.add_(gates[start:start + rows, d * width:(d + 1) * width]))
+            cells = None if cell is None else _joined(
+                [cell[d, :rows] for d, (rows, _, _) in enumerate(spans)])
+            new_hidden, new_cell = self.cell.step(_joined(pre_activations), state, cells)
             for d, (rows, start, own) in enumerate(spans):
                 hidden[d, :rows] = new_hidden[own]
                 if cell is not None and new_cell is not None:
