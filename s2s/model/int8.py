@@ -118,9 +118,10 @@ class Int8Linear(nn.Module):
         rows, largest = _quantized_rows(inputs.reshape(-1, self.in_features).float())
         return self.of_quantized(rows, largest).view(*inputs.shape[:-1], self.out_features)
 
-    def of_quantized(self, rows: Tensor, largest: Tensor) -> Tensor:
-        """Outputs (N, out) for inputs that ``_quantized_rows`` made (N, in) and (N, 1)."""
-        return self._rescaled(torch._int_mm(rows, self.weight_t), largest)
+    def of_quantized(self, rows: Tensor, largest: Tensor, out: Tensor | None = None) -> Tensor:
+        """Outputs (N, out) for inputs that ``_quantized_rows`` made (N, in) and (N, 1), in
+        ``out`` if given."""
+        return self._rescaled(torch._int_mm(rows, self.weight_t), largest, out)
 
     def log_softmax(self, inputs: Tensor) -> Tensor:
         """``torch.log_softmax(self(inputs), dim=-1)`` for inputs (N, in), to the last bit, made
@@ -132,8 +133,7 @@ class Int8Linear(nn.Module):
         output = rows.new_empty(len(rows), self.out_features, dtype=torch.float32)
         for start in range(0, len(rows), LOG_SOFTMAX_ROWS):
             block = slice(start, start + LOG_SOFTMAX_ROWS)
-            logits = self._rescaled(torch._int_mm(rows[block], self.weight_t), largest[block],
-                                    out=output[block])
+            logits = self.of_quantized(rows[block], largest[block], out=output[block])
             torch.log_softmax(logits, dim=-1, out=logits)
         return output
 
