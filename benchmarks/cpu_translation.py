@@ -1,10 +1,14 @@
 """Fast translation on a CPU: sentences/s and BLEU of every s2s setting, side by side.
 
 Usage: python benchmarks/cpu_translation.py RUN_DIR [--checkpoint best] [--beams 1,5]
-       [--rounds 2] [--shortlist 20] [--threads 1] [--settings fp32,bf16,int8,...]
+       [--rounds 2] [--shortlist 20] [--shortlist-frequent N] [--threads 1]
+       [--settings fp32,bf16,int8,...]
 
 Settings: fp32, bf16 (only where the CPU has bf16 kernels), int8, int8+shortlist,
-fp32+shortlist, and the ONNX export read by ``s2s.export.reader`` (onnx, onnx-int8). Each
+fp32+shortlist, and the ONNX export read by ``s2s.export.reader`` (onnx, onnx-int8). A
+shortlist setting may name its sizes, ``int8+shortlist:20/100`` (per source piece / frequent),
+to compare shortlists in one sitting; without them it has ``--shortlist`` and
+``--shortlist-frequent``. Each
 round runs every setting once, in turn, so that a noisy machine shows up as a spread rather
 than as a ratio; the table gives each setting's range over the rounds. Sentences/s is decoding
 only, in-process (model load excluded), over the run's test split; BLEU is sacreBLEU against
@@ -25,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_script  # noqa: E402
+from s2s.config import DecodeConfig  # noqa: E402
 from s2s.device import cpu_supports_bf16, thread_scope  # noqa: E402
 from s2s.evaluation.scoring import bleu_tokenizer, score_corpus  # noqa: E402
 from s2s.evaluation.validation import EvaluationSet  # noqa: E402
@@ -35,10 +40,11 @@ Translate = Callable[[list[str]], list[str]]
 
 
 def _s2s(run_dir: Path, checkpoint: str, beam: int, threads: int, precision: str,
-         shortlist: int) -> Translate:
+         shortlist: tuple[int, int] = (0, 0)) -> Translate:
+    per_source, frequent = shortlist
     translator = load_translator(run_dir, checkpoint, device="cpu", threads=threads, overrides=(
         f"decode.beam_size={beam}", f"decode.precision={precision}",
-        f"decode.shortlist={shortlist}"))
+        f"decode.shortlist={per_source}", f"decode.shortlist_frequent={frequent}"))
     return lambda lines: [result.text for result in translator.translate(lines)]
 
 
@@ -56,6 +62,9 @@ def main() -> None:
     parser.add_argument("--beams", default="1,5")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--shortlist", type=int, default=20, help="decode.shortlist to use")
+    parser.add_argument("--shortlist-frequent", type=int,
+                        default=DecodeConfig().shortlist_frequent,
+                        help="decode.shortlist_frequent to use")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--settings", default="fp32,bf16,int8,int8+shortlist,fp32+shortlist,"
                                                "onnx,onnx-int8")
@@ -69,20 +78,28 @@ def main() -> None:
           f"{len(test.sources)} sentences; {path}")
     with tempfile.TemporaryDirectory() as exports:
         folders = _exports(args.run_dir, str(path), Path(exports), settings)
-        makers = {
-            "fp32": lambda beam: _s2s(args.run_dir, str(path), beam, args.threads, "fp32", 0),
-            "bf16": lambda beam: _s2s(args.run_dir, str(path), beam, args.threads, "bf16", 0),
-            "int8": lambda beam: _s2s(args.run_dir, str(path), beam, args.threads, "int8", 0),
-            "int8+shortlist": lambda beam: _s2s(args.run_dir, str(path), beam, args.threads,
-                                                "int8", args.shortlist),
-            "fp32+shortlist": lambda beam: _s2s(args.run_dir, str(path), beam, args.threads,
-                                                "fp32", args.shortlist),
-            "onnx": lambda beam: _onnx(folders["onnx"], beam, args.threads),
-            "onnx-int8": lambda beam: _onnx(folders["onnx-int8"], beam, args.threads),
-        }
+        makers = {name: _maker(name, args, str(path), folders) for name in settings}
         print(f"{'beam':>4} {'setting':<16} {'sent/s':>15} {'BLEU':>6} {'chrF':>6}")
         for beam in (int(b) for b in args.beams.split(",")):
             _compare(beam, settings, makers, test, tokenize, args)
+
+
+def _maker(setting: str, args: argparse.Namespace, checkpoint: str,
+           folders: dict[str, Path]) -> Callable[[int], Translate]:
+    """What translates with ``setting`` (module docstring) at a given beam size."""
+    if setting in folders:
+        return lambda beam: _onnx(folders[setting], beam, args.threads)
+    precision, _, shortlist = setting.partition("+")
+    if precision not in ("fp32", "bf16", "int8") or shortlist.split(":")[0] not in ("",
+                                                                                 "shortlist"):
+        raise SystemExit(f"--settings: unknown setting {setting!r}")
+    sizes = (0, 0)
+    if shortlist:
+        _, _, given = shortlist.partition(":")
+        per_source, _, frequent = given.partition("/")
+        sizes = ((int(per_source), int(frequent)) if given
+                 else (args.shortlist, args.shortlist_frequent))
+    return lambda beam: _s2s(args.run_dir, checkpoint, beam, args.threads, precision, sizes)
 
 
 def _exports(run_dir: Path, checkpoint: str, directory: Path, settings: list[str]
