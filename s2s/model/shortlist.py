@@ -8,13 +8,15 @@ most strongly, and the target pieces by frequency. Association is c(s, t) log(N 
 which covered the fp32 translations' pieces better than the Dice coefficient or p(t | s) at the
 same size (BENCHMARKS.md, "Shortlist"). A sentence's candidates are the special
 pieces, the ``frequent`` most frequent pieces and the ``per_source`` best of each of its
-source pieces: a few hundred of the vocabulary's thousands.
+source pieces.
 
 ``Shortlist.for_batch`` wraps a model for one batch of sentences: its output layer becomes the
 rows of the union of their candidates (gathered once per batch), so the output matmul, the
 log-softmax and the top-k of every step run over that union, not the vocabulary; each
 sentence's other columns are -inf, so its distribution is renormalised over its own
-candidates (as Marian's shortlists are) and its translation does not depend on its batch.
+candidates and its translation does not depend on its batch. (Renormalising over the whole
+union instead scored higher on one model, but would let other sentences of the batch, in a
+server other clients' lines, change a translation.)
 Search works in positions of the union, where the special pieces keep their ids (they come
 first); ``decode_corpus`` maps the results back to vocabulary ids.
 """
