@@ -89,17 +89,19 @@ def _maker(setting: str, args: argparse.Namespace, checkpoint: str,
     """What translates with ``setting`` (module docstring) at a given beam size."""
     if setting in folders:
         return lambda beam: _onnx(folders[setting], beam, args.threads)
-    precision, _, shortlist = setting.partition("+")
-    if precision not in ("fp32", "bf16", "int8") or shortlist.split(":")[0] not in ("",
-                                                                                 "shortlist"):
-        raise SystemExit(f"--settings: unknown setting {setting!r}")
-    sizes = (0, 0)
-    if shortlist:
-        _, _, given = shortlist.partition(":")
-        per_source, _, frequent = given.partition("/")
-        sizes = ((int(per_source), int(frequent)) if given
-                 else (args.shortlist, args.shortlist_frequent))
-    return lambda beam: _s2s(args.run_dir, checkpoint, beam, args.threads, precision, sizes)
+    precision, _, rest = setting.partition("+")
+    kind, _, given = rest.partition(":")
+    parts = given.split("/") if given else []
+    if (precision not in ("fp32", "bf16", "int8") or kind not in ("", "shortlist")
+            or (given and (not kind or len(parts) != 2 or not all(map(str.isdigit, parts))))):
+        raise SystemExit(f"--settings: unknown setting {setting!r} (for example int8, "
+                         "int8+shortlist or int8+shortlist:20/1000)")
+    sizes = [int(part) for part in parts]
+    if kind and not sizes:
+        sizes = [args.shortlist, args.shortlist_frequent]
+    per_source, frequent = sizes or (0, 0)
+    return lambda beam: _s2s(args.run_dir, checkpoint, beam, args.threads, precision,
+                             (per_source, frequent))
 
 
 def _exports(run_dir: Path, checkpoint: str, directory: Path, settings: list[str]
