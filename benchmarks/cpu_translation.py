@@ -40,7 +40,7 @@ Translate = Callable[[list[str]], list[str]]
 
 
 def _s2s(run_dir: Path, checkpoint: str, beam: int, threads: int, precision: str,
-         shortlist: tuple[int, int] = (0, 0)) -> Translate:
+         shortlist: tuple[int, int]) -> Translate:
     per_source, frequent = shortlist
     translator = load_translator(run_dir, checkpoint, device="cpu", threads=threads, overrides=(
         f"decode.beam_size={beam}", f"decode.precision={precision}",
