@@ -1,5 +1,6 @@
 """The vocabulary shortlist (``s2s.model.shortlist``): counted from the training pairs, exact
-when it holds every piece, per sentence whatever the batch, refused for other vocabularies."""
+when it holds every piece, per sentence whatever the batch, its normaliser counting what a list
+leaves out, refused for other vocabularies."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import DecodeConfig, load_config
+from s2s.data.batching import pad
 from s2s.data.store import EncodedSide, EncodedSplit
+from s2s.data.vocab import BOS_ID, EOS_ID
 from s2s.errors import CheckpointError
 from s2s.model.int8 import quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq
-from s2s.model.shortlist import Shortlist, ShortlistTable, build_table
+from s2s.model.shortlist import OutsideMass, Shortlist, ShortlistTable, build_table
 from s2s.search.corpus import decode_corpus
 from tests.tasks import copy_model, random_sentences
 
@@ -68,6 +71,38 @@ def test_each_sentence_decodes_over_its_own_candidates_whatever_its_batch(
     for ours, theirs in zip(alone, together):
         assert [h.tokens for h in ours] == [h.tokens for h in theirs]
         assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], rel=1e-3)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_what_a_list_leaves_out_counts_in_its_normaliser(model: Seq2Seq, int8: bool) -> None:
+    """The copy task's 23 pieces outside the frequent list make 23 groups of one piece, where
+    the estimate of what a list leaves out is exact: a sentence's log-probabilities over its
+    few candidates are the whole vocabulary's, not renormalised over the list."""
+    model = quantized_for_cpu(model) if int8 else model
+    sentences = random_sentences(8, seed=7)
+    listed = Shortlist(_copy_table(), per_source=1, frequent=3).for_batch(model, sentences)
+    src, lengths = pad([np.array(s) for s in sentences], suffix=EOS_ID)
+    with torch.no_grad():
+        full, state = model.encode(src, lengths, for_search=True)
+        whole = model.decode_step(torch.full((8,), BOS_ID), state, full)[0].log_softmax(-1)
+        encoded, state = listed.encode(src, lengths, for_search=True)
+        ours = listed.decode_step(torch.full((8,), BOS_ID), state, encoded)[0]
+    for row, sentence in enumerate(sentences):
+        own = listed.candidates[tuple(sentence)]
+        positions = torch.from_numpy(np.searchsorted(listed.union, own))
+        assert len(own) < 30 and ours[row, positions].exp().sum() < 0.999
+        assert ours[row, positions] == pytest.approx(whole[row, own], abs=1e-4)
+
+
+def test_the_groups_of_what_is_left_out_are_the_same_every_time() -> None:
+    """k-means from a fixed start, which leaves the process's random state as it was."""
+    output = torch.nn.Linear(8, 400)
+    before = torch.random.get_rng_state()
+    first = OutsideMass(output, np.arange(10))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(first.group_of, OutsideMass(output, np.arange(10)).group_of)
+    assert (first.group_of[:10] == -1).all() and (first.group_of[10:] >= 0).all()
+    assert int(first.sizes.sum()) == 390 and len(first.sizes) == 256
 
 
 def test_the_table_ranks_what_co_occurs_and_keeps_frequency() -> None:

@@ -114,6 +114,25 @@ class Int8Linear(nn.Module):
         restricted.bias = None if self.bias is None else self.bias[ids]
         return restricted
 
+    def joined(self, other: "Int8Linear") -> "Int8Linear":
+        """One layer of this layer's outputs followed by ``other``'s, int8 weights as they
+        are."""
+        joined = copy.copy(self)
+        joined._buffers = dict(self._buffers)
+        joined.out_features = self.out_features + other.out_features
+        joined.weight_t = torch.cat([self.weight_t, other.weight_t], dim=1)
+        joined.weight_scale = torch.cat([self.weight_scale, other.weight_scale])
+        joined.bias = torch.cat([self._bias(), other._bias()])
+        return joined
+
+    def _bias(self) -> Tensor:
+        return self.bias if self.bias is not None else self.weight_scale.new_zeros(
+            self.out_features)
+
+    def float_weight(self) -> Tensor:
+        """The fp32 weights (out, in) that the int8 ones stand for."""
+        return self.weight_t.t().float() * (self.weight_scale * _LEVELS)[:, None]
+
     def forward(self, inputs: Tensor) -> Tensor:
         rows, largest = _quantized_rows(inputs.reshape(-1, self.in_features).float())
         return self.of_quantized(rows, largest).view(*inputs.shape[:-1], self.out_features)
@@ -123,17 +142,20 @@ class Int8Linear(nn.Module):
         ``out`` if given."""
         return self._rescaled(torch._int_mm(rows, self.weight_t), largest, out)
 
-    def log_softmax(self, inputs: Tensor) -> Tensor:
-        """``torch.log_softmax(self(inputs), dim=-1)`` for inputs (N, in), to the last bit, made
-        ``LOG_SOFTMAX_ROWS`` rows at a time: a block's outputs are still in the cache when they
-        are rescaled and normalised, where a whole batch's (400 beam rows by 8,000 pieces: 13
-        MB) would go out to memory and back three times. Every row is computed on its own
-        either way (int32 sums are exact), so the blocks change no number."""
+    def log_softmax(self, inputs: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """``torch.log_softmax(self(inputs) + offsets, dim=-1)`` for inputs (N, in) and optional
+        offsets (N, out), to the last bit, made ``LOG_SOFTMAX_ROWS`` rows at a time: a block's
+        outputs are still in the cache when they are rescaled and normalised, where a whole
+        batch's (400 beam rows by 8,000 pieces: 13 MB) would go out to memory and back three
+        times. Every row is computed on its own either way (int32 sums are exact), so the
+        blocks change no number."""
         rows, largest = _quantized_rows(inputs.float())
         output = rows.new_empty(len(rows), self.out_features, dtype=torch.float32)
         for start in range(0, len(rows), LOG_SOFTMAX_ROWS):
             block = slice(start, start + LOG_SOFTMAX_ROWS)
             logits = self.of_quantized(rows[block], largest[block], out=output[block])
+            if offsets is not None:
+                logits += offsets[block]
             torch.log_softmax(logits, dim=-1, out=logits)
         return output
 

@@ -13,10 +13,19 @@ source pieces.
 ``Shortlist.for_batch`` wraps a model for one batch of sentences: its output layer becomes the
 rows of the union of their candidates (gathered once per batch), so the output matmul, the
 log-softmax and the top-k of every step run over that union, not the vocabulary; each
-sentence's other columns are -inf, so its distribution is renormalised over its own
-candidates and its translation does not depend on its batch. (Renormalising over the whole
-union instead scored higher on one model, but would let other sentences of the batch, in a
-server other clients' lines, change a translation.)
+sentence's other columns are -inf, so it chooses among its own candidates only and its
+translation does not depend on its batch. (Normalising over the whole union instead would let
+other sentences of the batch, in a server other clients' lines, change a translation.)
+
+What a sentence's list leaves out still takes part in its normaliser, as an estimate
+(``OutsideMass``): the pieces outside the frequent list fall into ``OUTSIDE_GROUPS`` groups
+of similar output rows, and a group's mass at a step is its number of pieces outside the
+sentence's list times exp of its mean row's logit. Renormalising over the list alone
+inflates the probabilities of steps where much mass lies outside it: it made about as many
+lines differ from the whole vocabulary's as the missing pieces did, and the estimate halves
+those (BENCHMARKS.md, "The shortlist's normaliser"). It costs ``OUTSIDE_GROUPS`` more output
+columns, and a k-means of the output rows once per model (under a second).
+
 Search works in positions of the union, where the special pieces keep their ids (they come
 first); ``decode_corpus`` maps the results back to vocabulary ids.
 """
@@ -26,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -33,9 +43,11 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from s2s.data.store import EncodedSplit
 from s2s.errors import CheckpointError
+from s2s.model.int8 import Int8Linear
 from s2s.model.seq2seq import DecoderState, Encoded
 from s2s.model.step_layers import StepLayer
 
@@ -43,6 +55,7 @@ STORED_PER_SOURCE = 100  # the table keeps this many per source piece; decoding 
 STORED_FREQUENT = 2000
 MAX_PAIRS = 2_000_000  # pairs counted (a sample of the rest adds little)
 SPECIALS = 4  # pad, unk, bos, eos: ids 0..3, first in every candidate list
+OUTSIDE_GROUPS = 256  # groups of pieces whose mass outside a list is estimated
 
 
 def vocabulary_fingerprint(src_model: bytes, tgt_model: bytes) -> str:
@@ -134,12 +147,78 @@ def _merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     return unique, np.bincount(inverse, weights=counts, minlength=len(unique))
 
 
+class OutsideMass:
+    """Estimates, at each step, the probability mass of the pieces a sentence's list leaves
+    out (module docstring), for one output layer and frequent list.
+
+    Only pieces outside the frequent list can be left out. They are grouped by k-means over
+    their output rows (weights and bias), and ``rows`` holds each group's mean row, int8 where
+    the output layer is; a sentence's estimate of a group is that row's logit plus the log of
+    how many of the group's pieces its list lacks.
+    """
+
+    def __init__(self, output: nn.Module, always_listed: np.ndarray) -> None:
+        weight, bias = _output_rows(output)
+        outside = torch.ones(len(weight), dtype=torch.bool)
+        outside[torch.from_numpy(always_listed)] = False
+        outside &= torch.isfinite(bias)  # pieces never produced have no mass
+        pieces = outside.nonzero()[:, 0]
+        rows = torch.cat([weight[pieces], bias[pieces, None]], dim=1)
+        groups = _kmeans(rows, min(OUTSIDE_GROUPS, len(pieces)))
+        self.sizes = torch.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
+        means = (torch.zeros(len(self.sizes), rows.size(1)).index_add_(0, groups, rows)
+                 / self.sizes.clamp(min=1)[:, None])
+        self.group_of = torch.full((len(weight),), -1, dtype=torch.long)
+        self.group_of[pieces] = groups
+        # None when every piece is always listed
+        self.rows = _layer_like(output, means[:, :-1], means[:, -1]) if len(means) else None
+
+    def log_left_out(self, candidates: np.ndarray) -> Tensor:
+        """(groups,) the log of how many pieces of each group ``candidates`` lack (-inf: none)."""
+        groups = self.group_of[torch.from_numpy(candidates)]
+        listed = torch.bincount(groups[groups >= 0], minlength=len(self.sizes))
+        return (self.sizes - listed).float().log()
+
+
+_OUTSIDE_MASSES: "weakref.WeakKeyDictionary[nn.Module, dict[bytes, OutsideMass]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def outside_mass(output: nn.Module, frequent: np.ndarray) -> OutsideMass:
+    """The ``OutsideMass`` of ``output`` with ``frequent`` always listed, made once per layer
+    and list (a server's batches share it)."""
+    masses = _OUTSIDE_MASSES.setdefault(output, {})
+    key = frequent.tobytes()
+    if key not in masses:
+        masses[key] = OutsideMass(output, np.concatenate([np.arange(SPECIALS), frequent]))
+    return masses[key]
+
+
+def _kmeans(rows: Tensor, count: int, rounds: int = 20) -> Tensor:
+    """Each row's group (N,) among ``count`` by k-means, from a fixed start (the same groups on
+    every run; the process's random state is untouched)."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    def nearest(centres: Tensor) -> Tensor:  # |row - centre|^2 less |row|^2, one matmul
+        return ((centres * centres).sum(dim=1) - 2 * rows @ centres.t()).argmin(dim=1)
+
+    start = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:count]
+    centres = rows[start]
+    for _ in range(rounds):
+        groups = nearest(centres)
+        sums = torch.zeros_like(centres).index_add_(0, groups, rows)
+        sizes = torch.bincount(groups, minlength=count)[:, None]
+        centres = torch.where(sizes > 0, sums / sizes.clamp(min=1), centres)
+    return nearest(centres)
+
+
 class ShortlistedEncoded(NamedTuple):
-    """A batch's encoding with, per sentence, 0 on its candidates' columns of the batch's
-    union and -inf on the others."""
+    """A batch's encoding with what each sentence adds to its output layer's columns: 0 on
+    its candidates among the batch's union and -inf on the others, then, on the
+    ``OutsideMass`` groups' columns, the log of how many pieces of each it lacks."""
 
     inner: Encoded
-    outside: Tensor  # (B, U)
+    offsets: Tensor  # (B, U + groups)
 
     @property
     def states(self) -> Tensor:
@@ -153,11 +232,11 @@ class ShortlistedEncoded(NamedTuple):
         return self._replace(inner=self.inner.with_step_layers(layers))
 
     def select(self, index: Tensor) -> "ShortlistedEncoded":
-        return ShortlistedEncoded(self.inner.select(index), self.outside.index_select(0, index))
+        return ShortlistedEncoded(self.inner.select(index), self.offsets.index_select(0, index))
 
     def joined(self, other: "ShortlistedEncoded") -> "ShortlistedEncoded":
         return ShortlistedEncoded(self.inner.joined(other.inner),
-                                  torch.cat([self.outside, other.outside]))
+                                  torch.cat([self.offsets, other.offsets]))
 
 
 @dataclass(frozen=True)
@@ -176,26 +255,29 @@ class Shortlist:
         """``model`` decoding ``sentences`` over the union of their candidates."""
         candidates = {tuple(np.asarray(s).tolist()): self.candidates(s) for s in sentences}
         union = np.unique(np.concatenate(list(candidates.values())))
-        return ShortlistedModel(model, candidates, union)
+        mass = outside_mass(model.decoder.output, self.table.frequent[:self.frequent])
+        return ShortlistedModel(model, candidates, union, mass)
 
 
 class ShortlistedModel(nn.Module):
     """``model`` decoding one batch of sentences over the union of their candidates (module
     docstring): search sees a vocabulary of ``len(union)`` positions, and each sentence's
-    distribution is renormalised over its own candidates among them."""
+    log-probabilities are normalised over its candidates and the estimated mass of what it
+    left out."""
 
-    gives_log_probs = False
+    gives_log_probs = True
 
     def __init__(self, model: nn.Module, candidates: dict[tuple[int, ...], np.ndarray],
-                 union: np.ndarray) -> None:
+                 union: np.ndarray, mass: OutsideMass) -> None:
         """``candidates``: each sentence's (token ids, no EOS) candidate ids; ``union``: all
         of them, ascending."""
         super().__init__()
         if not np.array_equal(union[:SPECIALS], np.arange(SPECIALS)):
             raise ValueError("a shortlist union must start with the special pieces")
-        self.model, self.candidates, self.union = model, candidates, union
+        self.model, self.candidates, self.union, self.mass = model, candidates, union, mass
         self.register_buffer("union_ids", torch.from_numpy(union), persistent=False)
-        self.output = _output_columns(model.decoder.output, self.union_ids)
+        # one matmul gives the union's logits and the groups' (``OutsideMass``)
+        self.output = _joined(_output_columns(model.decoder.output, self.union_ids), mass.rows)
 
     def forward(self, *inputs: Tensor, **options: Tensor | None) -> Tensor:
         """The teacher-forced logits of the whole vocabulary (a perplexity stays comparable)."""
@@ -204,35 +286,66 @@ class ShortlistedModel(nn.Module):
     def encode(self, src_ids: Tensor, src_lengths: Tensor, *, for_search: bool = False
                ) -> tuple[ShortlistedEncoded, DecoderState]:
         encoded, state = self.model.encode(src_ids, src_lengths, for_search=for_search)
-        outside = torch.full((len(src_ids), len(self.union)), float("-inf"))
+        offsets = torch.full((len(src_ids), len(self.union) + len(self.mass.sizes)),
+                             float("-inf"))
         for row, (sentence, length) in enumerate(zip(src_ids.cpu().numpy(),
                                                      src_lengths.tolist())):
-            own = np.searchsorted(self.union, self.candidates[tuple(sentence[:length - 1])])
-            outside[row, torch.from_numpy(own)] = 0.0
-        return ShortlistedEncoded(encoded, outside.to(src_ids.device)), state
+            own = self.candidates[tuple(sentence[:length - 1])]
+            offsets[row, torch.from_numpy(np.searchsorted(self.union, own))] = 0.0
+            offsets[row, len(self.union):] = self.mass.log_left_out(own)
+        return ShortlistedEncoded(encoded, offsets.to(src_ids.device)), state
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState,
                     encoded: ShortlistedEncoded) -> tuple[Tensor, DecoderState, Tensor]:
-        """Logits (B G, U) over the union; ``prev_tokens`` are positions in it."""
-        beams = prev_tokens.size(0) // encoded.outside.size(0)
+        """Log-probabilities (B G, U) over the union; ``prev_tokens`` are positions in it."""
+        beams = prev_tokens.size(0) // encoded.offsets.size(0)
         real = self.union_ids.to(prev_tokens.device)[prev_tokens]
         vectors, state, weights = self.model.decoder(real[:, None], state, encoded.inner)
-        logits = self.output(vectors[:, 0]).float()
-        logits += encoded.outside.repeat_interleave(beams, dim=0)
-        return logits, state, weights[:, 0]
+        offsets = encoded.offsets.repeat_interleave(beams, dim=0)
+        if isinstance(self.output, Int8Linear):
+            scores = self.output.log_softmax(vectors[:, 0], offsets)
+        else:
+            scores = torch.log_softmax(self.output(vectors[:, 0]).float() + offsets, dim=1)
+        return scores[:, :len(self.union)], state, weights[:, 0]
+
+
+def _output_rows(output: nn.Module) -> tuple[Tensor, Tensor]:
+    """The fp32 weights (V, O) and bias (V,) of an output layer, int8 (``s2s.model.int8``)
+    or not."""
+    weight = output.float_weight() if isinstance(output, Int8Linear) else output.weight
+    bias = output.bias if output.bias is not None else torch.zeros(len(weight))
+    return weight.detach().float().cpu(), bias.detach().float().cpu()
+
+
+def _layer_like(output: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
+    """A layer of these fp32 ``weight`` and ``bias``, of the kind, dtype and device of
+    ``output``."""
+    if isinstance(output, Int8Linear):
+        return Int8Linear(weight, bias).to(output.weight_t.device)
+    layer = skip_init(nn.Linear, weight.size(1), len(weight))  # no draw from the process's RNG
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.to(output.weight.device, output.weight.dtype).requires_grad_(False)
+
+
+def _joined(first: nn.Module, second: nn.Module | None) -> nn.Module:
+    """One layer of ``first``'s outputs followed by ``second``'s (both made by
+    ``_output_columns`` or ``_layer_like`` from one output layer)."""
+    if second is None:
+        return first
+    if isinstance(first, Int8Linear):
+        return first.joined(second)
+    return _layer_like(first, torch.cat([first.weight, second.weight]).float(),
+                       torch.cat([first.bias, second.bias]).float())
 
 
 def _output_columns(output: nn.Module, ids: Tensor) -> nn.Module:
     """The output layer restricted to the target ids ``ids``: an ``nn.Linear`` of their rows,
     or an int8 layer's (``s2s.model.int8``) rows as they are, not quantised again."""
     if isinstance(output, nn.Linear):
-        restricted = nn.Linear(output.in_features, len(ids), bias=output.bias is not None)
-        restricted.to(output.weight.device, output.weight.dtype)
-        with torch.no_grad():
-            restricted.weight.copy_(output.weight[ids])
-            if output.bias is not None:
-                restricted.bias.copy_(output.bias[ids])
-        return restricted.requires_grad_(False)
+        weight, bias = _output_rows(output)
+        return _layer_like(output, weight[ids], bias[ids])
     return output.rows(ids)
 
 
