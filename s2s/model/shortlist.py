@@ -255,8 +255,12 @@ class Shortlist:
         """``model`` decoding ``sentences`` over the union of their candidates."""
         candidates = {tuple(np.asarray(s).tolist()): self.candidates(s) for s in sentences}
         union = np.unique(np.concatenate(list(candidates.values())))
-        mass = outside_mass(model.decoder.output, self.table.frequent[:self.frequent])
-        return ShortlistedModel(model, candidates, union, mass)
+        return ShortlistedModel(model, candidates, union, self.outside_mass(model))
+
+    def outside_mass(self, model: nn.Module) -> OutsideMass:
+        """``model``'s ``OutsideMass`` for these settings, made on the first call (a
+        translator asks when it is built, so that its first batch does not wait for it)."""
+        return outside_mass(model.decoder.output, self.table.frequent[:self.frequent])
 
 
 class ShortlistedModel(nn.Module):

@@ -128,8 +128,8 @@ class Translator:
         self.by_character = (joiner(data.src_lang) == "", self.joiner == "")
 
     def _search_model(self) -> Decodable:
-        if self.decode.shortlist:
-            self._shortlist()  # refused here, not at the first translation
+        if self.decode.shortlist:  # refused here, not at the first translation
+            self._shortlist().outside_mass(self._decoding_models[0])
         if len(self._decoding_models) == 1:
             return self._decoding_models[0]
         try:
