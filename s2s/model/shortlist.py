@@ -164,14 +164,15 @@ class OutsideMass:
         outside &= torch.isfinite(bias)  # pieces never produced have no mass
         pieces = outside.nonzero()[:, 0]
         rows = torch.cat([weight[pieces], bias[pieces, None]], dim=1)
-        groups = _kmeans(rows, min(OUTSIDE_GROUPS, len(pieces)))
-        self.sizes = torch.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
-        means = (torch.zeros(len(self.sizes), rows.size(1)).index_add_(0, groups, rows)
+        count = min(OUTSIDE_GROUPS, len(pieces))
+        groups = _kmeans(rows, count)
+        self.sizes = torch.bincount(groups, minlength=count)
+        means = (torch.zeros(count, rows.size(1)).index_add_(0, groups, rows)
                  / self.sizes.clamp(min=1)[:, None])
         self.group_of = torch.full((len(weight),), -1, dtype=torch.long)
         self.group_of[pieces] = groups
         # None when every piece is always listed
-        self.rows = _layer_like(output, means[:, :-1], means[:, -1]) if len(means) else None
+        self.rows = _layer_like(output, means[:, :-1], means[:, -1]) if count else None
 
     def log_left_out(self, candidates: np.ndarray) -> Tensor:
         """(groups,) the log of how many pieces of each group ``candidates`` lack (-inf: none)."""
@@ -199,6 +200,7 @@ def _kmeans(rows: Tensor, count: int, rounds: int = 20) -> Tensor:
     every run; the process's random state is untouched)."""
     if count == 0:
         return torch.zeros(0, dtype=torch.long)
+
     def nearest(centres: Tensor) -> Tensor:  # |row - centre|^2 less |row|^2, one matmul
         return ((centres * centres).sum(dim=1) - 2 * rows @ centres.t()).argmin(dim=1)
 
