@@ -283,7 +283,7 @@ class ShortlistedModel(nn.Module):
         self.model, self.candidates, self.union, self.mass = model, candidates, union, mass
         self.register_buffer("union_ids", torch.from_numpy(union), persistent=False)
         # one matmul gives the union's logits and the groups' (``OutsideMass``)
-        self.output = _joined(_output_columns(model.decoder.output, self.union_ids), mass.rows)
+        self.output = _output_columns(model.decoder.output, self.union_ids, mass.rows)
 
     def forward(self, *inputs: Tensor, **options: Tensor | None) -> Tensor:
         """The teacher-forced logits of the whole vocabulary (a perplexity stays comparable)."""
@@ -324,35 +324,30 @@ def _output_rows(output: nn.Module) -> tuple[Tensor, Tensor]:
 
 
 def _layer_like(output: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
-    """A layer of these fp32 ``weight`` and ``bias``, of the kind, dtype and device of
-    ``output``."""
+    """A layer of these ``weight`` and ``bias``, of the kind, dtype and device of ``output``."""
     if isinstance(output, Int8Linear):
         return Int8Linear(weight, bias).to(output.weight_t.device)
-    layer = skip_init(nn.Linear, weight.size(1), len(weight))  # no draw from the process's RNG
+    # skip_init: no draw from the process's RNG
+    layer = skip_init(nn.Linear, weight.size(1), len(weight), device=output.weight.device,
+                      dtype=output.weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)
         layer.bias.copy_(bias)
-    return layer.to(output.weight.device, output.weight.dtype).requires_grad_(False)
+    return layer.requires_grad_(False)
 
 
-def _joined(first: nn.Module, second: nn.Module | None) -> nn.Module:
-    """One layer of ``first``'s outputs followed by ``second``'s (both made by
-    ``_output_columns`` or ``_layer_like`` from one output layer)."""
-    if second is None:
-        return first
-    if isinstance(first, Int8Linear):
-        return first.joined(second)
-    return _layer_like(first, torch.cat([first.weight, second.weight]).float(),
-                       torch.cat([first.bias, second.bias]).float())
-
-
-def _output_columns(output: nn.Module, ids: Tensor) -> nn.Module:
-    """The output layer restricted to the target ids ``ids``: an ``nn.Linear`` of their rows,
+def _output_columns(output: nn.Module, ids: Tensor, extra: nn.Module | None) -> nn.Module:
+    """The output layer restricted to the target ids ``ids``, followed by ``extra``'s outputs
+    (a layer ``_layer_like`` made for it) in the same matmul: an ``nn.Linear`` of their rows,
     or an int8 layer's (``s2s.model.int8``) rows as they are, not quantised again."""
-    if isinstance(output, nn.Linear):
-        weight, bias = _output_rows(output)
-        return _layer_like(output, weight[ids], bias[ids])
-    return output.rows(ids)
+    if isinstance(output, Int8Linear):
+        restricted = output.rows(ids)
+        return restricted if extra is None else restricted.joined(extra)
+    weight = output.weight[ids]
+    bias = output.bias[ids] if output.bias is not None else weight.new_zeros(len(ids))
+    if extra is not None:
+        weight, bias = torch.cat([weight, extra.weight]), torch.cat([bias, extra.bias])
+    return _layer_like(output, weight, bias)
 
 
 def shortlist_path(data_directory: Path) -> Path:
