@@ -167,8 +167,9 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
              src: Annotated[Optional[Path], typer.Option(
                   metavar="FILE", help="Source file instead of a split.")
                             ] = None,
-             ref: Annotated[Optional[Path], typer.Option(
-                  metavar="FILE", help="Reference file for --src.")] = None,
+             ref: Annotated[Optional[list[Path]], typer.Option(
+                  metavar="FILE", help="Reference file for --src; repeat it for several "
+                                       "references per line.")] = None,
              beam: BeamOption = None, device: DeviceOption = "auto",
              sampling: SamplingOption = False, temperature: TemperatureOption = None,
              top_k: TopKOption = None, top_p: TopPOption = None, seed: SeedOption = None,
@@ -189,7 +190,7 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
     changes = list(overrides or []) + _decode_overrides(beam, None, None) + _sampling_overrides(
         sampling, beam, temperature, top_k, top_p, seed)
     run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
-                 src_file=src, ref_file=ref, device=device, with_ter=ter, alignment=alignment,
+                 src_file=src, ref_files=ref or (), device=device, with_ter=ter, alignment=alignment,
                  ensemble=_model_refs(model), weights=_weights(weights), baseline=baseline,
                  significance=significance, reporter=_reporter())
 

@@ -65,6 +65,18 @@ class DataConfig:
     max_tokens: int = _option(128, minimum=1)
     max_length_ratio: float = _option(3.0, minimum=1.0)  # longer/shorter side, in tokens
     dedupe: bool = True  # drop exact duplicate training pairs
+    # drop training pairs with a side in the wrong script for its language (Chinese or
+    # Japanese without a CJK character, any other language with one: subtitle translators'
+    # notes) or with control characters
+    script_filter: bool = True
+    # languages whose valid and test files are Moses-tokenised and HTML-escaped, as many
+    # published test sets are ("it &apos;s"): their lines are turned back into plain text
+    # before the model sees them, and references in them are detokenised for sacreBLEU
+    moses_tokenized: tuple[str, ...] = ()
+    # several references per line (files aligned with the split's source), scored in place of
+    # <valid>.<tgt_lang> and <test>.<tgt_lang>; empty = that one file
+    valid_references: tuple[Path, ...] = ()
+    test_references: tuple[Path, ...] = ()
     # processes that clean and encode the training pairs in `s2s prepare`; 0 = one per core
     # this process may use. The prepared files are the same whatever the count.
     workers: int = _option(0, minimum=0, maximum=256)
@@ -198,6 +210,10 @@ class DecodeConfig:
     shortlist: int = _option(0, minimum=0, maximum=100)
     shortlist_frequent: int = _option(2000, minimum=0, maximum=2000)
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
+    bleu_lowercase: bool = False  # case-insensitive BLEU and chrF (for lowercased references)
+    # also report BLEU on Moses-tokenised text (tokenizer.perl -a, then multi-bleu.perl's
+    # plain split), the metric of many published tables; for languages Moses tokenises
+    tokenized_bleu: bool = False
     # how an ensemble's next-token distributions combine: the weighted mean of probabilities
     # (prob, as fairseq) or of log-probabilities (logprob, as OpenNMT-py)
     ensemble_combine: Literal["prob", "logprob"] = "prob"
@@ -310,7 +326,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             value = config_to_dict(value)
         elif isinstance(value, tuple):
-            value = _items_to_yaml(value)
+            value = (_items_to_yaml(value) if value and dataclasses.is_dataclass(value[0])
+                     else [str(item) if isinstance(item, Path) else item for item in value])
         elif isinstance(value, Path):
             value = str(value)
         result[item.name] = value
@@ -392,7 +409,10 @@ def _convert(value: Any, hint: Any, limits: Any, dotted: str, errors: list[str])
     """Check one scalar against its declared type and range; return the typed value."""
     origin = typing.get_origin(hint)
     if origin is tuple:
-        return _convert_items(value, typing.get_args(hint)[0], dotted, errors)
+        item_type = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(item_type):
+            return _convert_items(value, item_type, dotted, errors)
+        return _convert_scalars(value, item_type, dotted, errors)
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -434,6 +454,13 @@ def _convert_items(value: Any, item_type: type, dotted: str, errors: list[str]) 
             item = {"path": item}
         result.append(_build(item_type, item, where + ".", errors))
     return tuple(result)
+
+
+def _convert_scalars(value: Any, item_type: type, dotted: str, errors: list[str]) -> Any:
+    """A list of plain values (one value alone stands for a list of one)."""
+    items = value if isinstance(value, list) else [value]
+    return tuple(_convert(item, item_type, {}, f"{dotted}[{index}]", errors)
+                 for index, item in enumerate(items))
 
 
 def _check_range(value: float, limits: Any, dotted: str, errors: list[str]) -> None:

@@ -276,6 +276,7 @@ def test_bad_significance_options(trained_run: Path, arguments: list[str], messa
 def test_paired_tests_find_a_real_difference_and_not_a_one_line_one() -> None:
     import random
 
+    from s2s.evaluation.scoring import Scorer
     from s2s.evaluation.significance import paired_significance
     chance = random.Random(2)
     words = "the a dog cat man woman sees runs old small house tree red blue".split()
@@ -287,7 +288,8 @@ def test_paired_tests_find_a_real_difference_and_not_a_one_line_one() -> None:
     one_line[0] = references[0]
     for test in ("bs", "ar"):
         results = paired_significance([("base", baseline), ("better", better),
-                                       ("one line", one_line)], references, "13a", test)
+                                       ("one line", one_line)], [references],
+                                      Scorer("en", "13a"), test)
         assert [r.system for r in results] == ["base", "better", "one line"]
         assert results[0].bleu.p_value is None and results[1].bleu.score > results[0].bleu.score
         assert results[1].bleu.p_value < 0.01 and results[1].chrf.p_value < 0.01

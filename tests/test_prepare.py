@@ -76,8 +76,10 @@ def test_filtering_counts_each_rule_on_training_pairs_only(demo_corpus: Path,
                                                           tmp_path: Path) -> None:
     corpus = _copy_corpus(demo_corpus, tmp_path / "corpus")
     extra_src = ["", "Hello there.", "A dog.", "A dog.", "x " * 300,
-                 "One two three four five six seven eight nine ten eleven twelve."]
-    extra_tgt = ["Leer.", "", "Ein Hund.", "Ein Hund.", "lang", "Eins."]
+                 "One two three four five six seven eight nine ten eleven twelve.",
+                 "A translator's note: 字幕", "A bell\x7f rings.", "Plain again."]
+    extra_tgt = ["Leer.", "", "Ein Hund.", "Ein Hund.", "lang", "Eins.", "Eine Notiz.",
+                 "Eine Glocke läutet.", "Wieder schlicht."]
     for lang, lines in (("en", extra_src), ("de", extra_tgt)):
         for split in ("train", "valid"):
             with open(corpus / f"{split}.{lang}", "a", encoding="utf-8") as stream:
@@ -85,8 +87,11 @@ def test_filtering_counts_each_rule_on_training_pairs_only(demo_corpus: Path,
     config = _config(corpus, tmp_path / "run", data={"max_chars": 200, "max_length_ratio": 3.0})
     manifest = prepare(config).manifest
     assert manifest["dropped"] == {"empty side": 2, "too many characters": 1,
+                                   "wrong script": 1, "control characters": 1,
                                    "duplicate pair": 1, "too many tokens": 0, "length ratio": 1}
-    assert manifest["splits"]["train"]["pairs"] == 1500 + 1
+    assert manifest["splits"]["train"]["pairs"] == 1500 + 2
+    assert set(manifest["pass_seconds"]) == {"filter", "vocabulary sample",
+                                             "vocabulary training", "encode", "valid and test"}
     assert manifest["splits"]["valid"]["pairs"] == 60 + len(extra_src)  # never filtered
 
 
@@ -347,7 +352,8 @@ def test_a_terminal_sees_pairs_per_second_while_prepare_runs(demo_corpus: Path,
     assert "encode" in screen.getvalue()
     # the first pass's total (unknown until the end) is estimated from the bytes read, so
     # its bar has an end, a percentage and a time left, and ends at the true count
-    filter_line = [line for line in screen.getvalue().splitlines() if "filter" in line][-1]
+    filter_line = [line for line in screen.getvalue().splitlines()
+                   if "filter" in line and "seconds per pass" not in line][-1]
     assert "1500/1500" in filter_line and "100%" in filter_line
 
     now = [0.0]

@@ -23,14 +23,23 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from s2s.data.text import COMPRESSION, DAMAGED, Normalization, damaged_error, decode_line, normalize
+from s2s.data.text import (
+    COMPRESSION,
+    DAMAGED,
+    Normalization,
+    damaged_error,
+    decode_line,
+    has_control_characters,
+    in_wrong_script,
+    normalize,
+)
 from s2s.data.vocab import Tokenizer
 from s2s.errors import DataError
 
 CHUNK_PAIRS = 20_000
 AHEAD_PER_WORKER = 2  # chunks read ahead of the results, per worker
 # what scan_chunk says of each pair (and DUPLICATE: what the first pass finds of some kept ones)
-KEPT, EMPTY, TOO_LONG, DUPLICATE = 0, 1, 2, 3
+KEPT, EMPTY, TOO_LONG, DUPLICATE, WRONG_SCRIPT, CONTROL_CHARACTERS = 0, 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class TextRules:
     paths: tuple[str, str]  # for error messages
     # every corpus's tag, with the option that sets it: no text may contain one
     tags: tuple[tuple[str, str], ...] = ()
+    # the languages whose script each side must be in (data.script_filter), or None: no check
+    script_languages: tuple[str, str] | None = None
 
 
 def read_chunks(paths: tuple[Path, Path], start: int = 0) -> Iterator[Chunk]:
@@ -84,7 +95,8 @@ def read_chunks(paths: tuple[Path, Path], start: int = 0) -> Iterator[Chunk]:
 
 
 def scan_chunk(rules: TextRules, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
-    """Each pair's fate under the text filters (KEPT, EMPTY, TOO_LONG), the 64-bit hashes of
+    """Each pair's fate under the text filters (KEPT, EMPTY, TOO_LONG, WRONG_SCRIPT,
+    CONTROL_CHARACTERS), the 64-bit hashes of
     the kept pairs' normalised text (for duplicates), and how many lines had invalid UTF-8."""
     status = np.zeros(len(chunk.sources), dtype=np.uint8)
     hashes = np.zeros(len(chunk.sources), dtype=np.uint64)
@@ -97,6 +109,13 @@ def scan_chunk(rules: TextRules, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, 
             status[index] = EMPTY
         elif max(len(source), len(target)) > rules.max_chars:
             status[index] = TOO_LONG
+        elif rules.script_languages and (
+                in_wrong_script(source, rules.script_languages[0])
+                or in_wrong_script(target, rules.script_languages[1])):
+            status[index] = WRONG_SCRIPT
+        elif rules.script_languages and (
+                has_control_characters(source) or has_control_characters(target)):
+            status[index] = CONTROL_CHARACTERS
         else:
             digest = hashlib.blake2b(source.encode() + b"\0" + target.encode(), digest_size=8)
             hashes[index] = int.from_bytes(digest.digest(), "little")

@@ -19,10 +19,12 @@ import numpy as np
 
 from s2s.config import Config, dump_config
 from s2s.data.chunks import (
+    CONTROL_CHARACTERS,
     DUPLICATE,
     EMPTY,
     KEPT,
     TOO_LONG,
+    WRONG_SCRIPT,
     Chunk,
     TextRules,
     TokenRules,
@@ -33,6 +35,7 @@ from s2s.data.chunks import (
     scan_chunk,
     usable_cores,
 )
+from s2s.data.moses import plain_text
 from s2s.data.store import (
     EncodedSide,
     EncodedSplit,
@@ -60,8 +63,8 @@ from s2s.errors import DataError
 from s2s.report import Reporter, make_table
 from s2s.run.directory import RunDir
 
-FILTER_RULES = ("empty side", "too many characters", "duplicate pair", "too many tokens",
-                "length ratio")
+FILTER_RULES = ("empty side", "too many characters", "wrong script", "control characters",
+                "duplicate pair", "too many tokens", "length ratio")
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,21 @@ def prepare(config: Config, *, force: bool = False, reporter: Reporter = Reporte
 
 def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
     """Filter the training pairs, train vocabularies, encode and save every split; return the
-    manifest. The training corpora are streamed (s2s.data.chunks); valid and test are small
-    and read whole."""
+    manifest, with the seconds each pass took. The training corpora are streamed
+    (s2s.data.chunks); valid and test are small and read whole."""
+    clock = _PassClock()
     corpora = _TrainingCorpora.of(config)
     keep, status, sizes = _scan(corpora, reporter)
     corpora = corpora.with_sizes(sizes)
+    clock.lap("filter")
     sample = _vocabulary_sample(corpora, keep, config.vocab.joint)
+    clock.lap("vocabulary sample")
     tokenizers = _train_vocabularies(config, *sample, out)
     del sample
+    clock.lap("vocabulary training")
     sizes = (len(tokenizers[0]), len(tokenizers[1]))
     stats, reports = _encode_training_pairs(corpora, keep, status, tokenizers, out, reporter)
+    clock.lap("encode")
     dropped = {rule: sum(report["dropped"][rule] for report in reports) for rule in FILTER_RULES}
     if not stats["pairs"]:
         raise DataError(f"{corpora.name}: no training pairs left after filtering "
@@ -125,7 +133,23 @@ def _build(config: Config, out: Path, reporter: Reporter) -> dict[str, Any]:
                                EncodedSide.from_lists(tokenizers[1].encode(tgt_lines), sizes[1]))
         save_split(out, split, encoded)
         splits[split] = split_stats(encoded)
-    return build_manifest(config, sizes, splits, dropped, reports)
+    clock.lap("valid and test")
+    manifest = build_manifest(config, sizes, splits, dropped, reports)
+    manifest["pass_seconds"] = clock.laps
+    return manifest
+
+
+class _PassClock:
+    """Seconds per pass of `s2s prepare`, for the manifest: where the time goes."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -166,7 +190,8 @@ class _TrainingCorpora:
                                    for index, corpus in enumerate(data.train) if corpus.tag))
         rules = TextRules(side_normalization(data.normalization, data.src_lang),
                           side_normalization(data.normalization, data.tgt_lang),
-                          data.invalid_utf8, data.max_chars, ("", ""), tags)
+                          data.invalid_utf8, data.max_chars, ("", ""), tags,
+                          (data.src_lang, data.tgt_lang) if data.script_filter else None)
         return cls(config, tuple(corpora), rules, data.workers or usable_cores())
 
     @property
@@ -254,6 +279,8 @@ def _text_drops(status: np.ndarray) -> dict[str, int]:
     dropped = dict.fromkeys(FILTER_RULES, 0)
     dropped.update({"empty side": int(np.count_nonzero(status == EMPTY)),
                     "too many characters": int(np.count_nonzero(status == TOO_LONG)),
+                    "wrong script": int(np.count_nonzero(status == WRONG_SCRIPT)),
+                    "control characters": int(np.count_nonzero(status == CONTROL_CHARACTERS)),
                     "duplicate pair": int(np.count_nonzero(status == DUPLICATE))})
     return dropped
 
@@ -325,6 +352,10 @@ def _read_split(config: Config, split: str, reporter: Reporter) -> tuple[list[st
                                        normalization=data.normalization)
     if replaced:
         reporter.warn(f"{split}: {replaced} lines had invalid UTF-8, replaced with U+FFFD")
+    if data.src_lang in data.moses_tokenized:
+        src = [plain_text(line, data.src_lang) for line in src]
+    if data.tgt_lang in data.moses_tokenized:
+        tgt = [plain_text(line, data.tgt_lang) for line in tgt]
     return src, tgt
 
 
@@ -367,6 +398,8 @@ def _report_summary(manifest: dict[str, Any], reporter: Reporter) -> None:
                      manifest["splits"]["train"]["pairs"]])
         reporter.table(make_table("training pairs per corpus (data.train)",
                                   ["rule", *names, "all"], rows))
+    reporter.info("seconds per pass: " + ", ".join(
+        f"{name} {seconds:.1f}" for name, seconds in manifest.get("pass_seconds", {}).items()))
     vocab = "joint" if manifest["joint"] else "separate"
     reporter.info(f"vocabularies ({vocab}): {manifest['src_lang']} {manifest['src_vocab_size']}, "
                   f"{manifest['tgt_lang']} {manifest['tgt_vocab_size']} pieces")

@@ -111,7 +111,7 @@ def data_config_hash(config: Config) -> str:
     the worker count, which changes nothing in the files, nor subword sampling, which acts
     when training batches are made)."""
     sections = {name: config_to_dict(getattr(config, name)) for name in ("data", "vocab")}
-    for key in (*SPLITS, "workers"):
+    for key in (*SPLITS, "workers", "valid_references", "test_references"):
         sections["data"].pop(key)
     for key in ("sampling_alpha", "sampling_nbest"):  # act in training only
         sections["vocab"].pop(key)

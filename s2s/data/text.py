@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
+import re
 import unicodedata
 import zlib
 from pathlib import Path
@@ -24,6 +25,13 @@ Normalization = Literal["nfkc", "nfc", "none"]
 _KEEPS_FULL_WIDTH = {"zh", "ja"}
 # written without spaces between words: translated pieces of a long line join with ""
 _NO_SPACES = {"zh", "ja", "th", "lo", "km", "my"}
+# written in Han characters or kana: a line of theirs without one is in the wrong script, and a
+# line of another language with one is too (Korean is left alone: it may mix in Hanja)
+_CJK = {"zh", "ja"}
+_NO_SCRIPT_RULE = {"ko"}
+_CJK_CHARACTER = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# C0 and C1 control characters (tabs and line ends are gone after normalize)
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 # corpora read as they are downloaded: the suffix says how to decompress
 COMPRESSION: dict[str, Any] = {".gz": gzip, ".xz": lzma}
 # what a decompressor raises on data that is damaged or cut short
@@ -45,6 +53,19 @@ def side_normalization(setting: str, language: str) -> Normalization:
 def joiner(language: str) -> str:
     """What goes between the translations of a long line's pieces in ``language``."""
     return "" if base_language(language) in _NO_SPACES else " "
+
+
+def in_wrong_script(text: str, language: str) -> bool:
+    """Whether a line cannot be ``language`` by its script: Chinese or Japanese without a
+    Han character or kana, any other language (but Korean) with one."""
+    base = base_language(language)
+    if base in _NO_SCRIPT_RULE:
+        return False
+    return (_CJK_CHARACTER.search(text) is None) == (base in _CJK)
+
+
+def has_control_characters(text: str) -> bool:
+    return _CONTROL_CHARACTER.search(text) is not None
 
 
 def normalize(text: str, normalization: Normalization) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from s2s.config import Config, config_to_dict
 from s2s.errors import UsageError
-from s2s.evaluation.scoring import bleu_tokenizer
+from s2s.evaluation.scoring import Scorer
 from s2s.evaluation.significance import TESTS, Interval, Significance, paired_significance
 from s2s.evaluation.validation import EvaluationSet, Validation, validate
 from s2s.report import Reporter, make_table
@@ -47,12 +47,13 @@ class Evaluation:
 
 
 def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] = ("best",),
-             src_file: Path | None = None, ref_file: Path | None = None,
+             src_file: Path | None = None, ref_files: Sequence[Path] = (),
              device: str = "auto", with_ter: bool = False, alignment: str = "none",
              ensemble: Sequence[ModelRef] = (), weights: Sequence[float] | None = None,
              baseline: Path | None = None, significance: str = "bs",
              reporter: Reporter = Reporter()) -> list[Evaluation]:
-    """Translate and score ``split`` (or ``src_file`` against ``ref_file``) per checkpoint.
+    """Translate and score ``split`` (or ``src_file`` against ``ref_files``, one or several
+    references per line) per checkpoint.
 
     With ``ensemble`` (other runs' models, ``weights`` one per model) the one checkpoint
     named decodes together with them, reported as "ensemble" (files ``<split>.ensemble.*``).
@@ -68,8 +69,8 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
     if ensemble and len(checkpoints) > 1:
         raise UsageError("--model makes one ensemble with one --checkpoint of this run; "
                          f"got {len(checkpoints)} checkpoints ({','.join(checkpoints)})")
-    data = _inputs(config, split, src_file, ref_file)
-    baseline_lines = _baseline(baseline, len(data.references))
+    data = _inputs(config, split, src_file, ref_files)
+    baseline_lines = _baseline(baseline, len(data.sources))
     if significance not in ("none", *TESTS):
         raise UsageError(f"--significance {significance}: choose bs (paired bootstrap), ar "
                          "(approximate randomisation) or none")
@@ -94,8 +95,7 @@ def evaluate(config: Config, *, split: str = "test", checkpoints: Sequence[str] 
                else []) + [(r.checkpoint, r.result.hypotheses) for r in results]
     tested = None
     if significance != "none" and len(systems) >= 2:
-        tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
-        tested = paired_significance(systems, data.references, tokenize, significance)
+        tested = paired_significance(systems, data.references, Scorer.of(config), significance)
     for result, of_result in zip(results, tested[-len(results):] if tested else []):
         _write_record(run, result, {**of_result.as_dict(), "baseline": tested[0].system})
     _report(results, tested, reporter)
@@ -116,12 +116,12 @@ def _baseline(path: Path | None, lines: int) -> list[str]:
     return hypotheses
 
 
-def _inputs(config: Config, split: str, src_file: Path | None, ref_file: Path | None
+def _inputs(config: Config, split: str, src_file: Path | None, ref_files: Sequence[Path]
             ) -> EvaluationSet:
-    if (src_file is None) != (ref_file is None):
+    if (src_file is None) != (not ref_files):
         raise UsageError("--src and --ref go together: give both files or neither")
-    if src_file is not None and ref_file is not None:
-        return EvaluationSet.of_files(config, src_file, ref_file)
+    if src_file is not None:
+        return EvaluationSet.of_files(config, src_file, ref_files)
     return EvaluationSet.of_run(config, split)
 
 
@@ -161,12 +161,15 @@ def _write_record(run: RunDir, result: Evaluation, significance: dict[str, Any] 
 
 def _report(results: list[Evaluation], tested: list[Significance] | None,
             reporter: Reporter) -> None:
+    tokenized = any(r.result.scores.tokenized_bleu is not None for r in results)
     rows = [[r.checkpoint, r.split, r.sentences, _rounded(r.result.ppl),
              round(r.result.scores.bleu, 2), round(r.result.scores.chrf, 2),
-             _rounded(r.result.scores.ter), round(r.sentences_per_second, 1)]
-            for r in results]
-    reporter.table(make_table("evaluation", ["checkpoint", "split", "sentences", "ppl", "BLEU",
-                                             "chrF", "TER", "sent/s"], rows))
+             _rounded(r.result.scores.ter)]
+            + ([_rounded(r.result.scores.tokenized_bleu)] if tokenized else [])
+            + [round(r.sentences_per_second, 1)] for r in results]
+    columns = ["checkpoint", "split", "sentences", "ppl", "BLEU", "chrF", "TER"]
+    reporter.table(make_table("evaluation", columns + (["BLEU (tok)"] if tokenized else [])
+                              + ["sent/s"], rows))
     for name, signature in results[0].result.scores.signatures.items() if results else ():
         reporter.info(f"{name} signature: {signature}")
     if tested:

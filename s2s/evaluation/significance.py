@@ -16,10 +16,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
 from s2s.errors import UsageError
+from s2s.evaluation.scoring import Scorer
 
 TESTS = {"bs": "paired bootstrap resampling", "ar": "approximate randomisation"}
 
@@ -54,17 +54,18 @@ class Significance:
 
 
 def paired_significance(systems: Sequence[tuple[str, Sequence[str]]],
-                        references: Sequence[str], tokenize: str, test: str = "bs"
+                        references: Sequence[Sequence[str]], scorer: Scorer, test: str = "bs"
                         ) -> list[Significance]:
-    """Each system's BLEU and chrF, tested against the first system's, in order."""
+    """Each system's BLEU and chrF as ``scorer`` computes them, tested against the first
+    system's, in order; ``references``: one list per reference translation."""
     if test not in TESTS:
         raise UsageError(f"--significance {test}: choose bs (paired bootstrap) or ar "
                          "(approximate randomisation)")
     if len(systems) < 2:
         raise ValueError("a paired test needs a baseline and at least one other system")
-    metrics = {"bleu": BLEU(tokenize=tokenize), "chrf": CHRF()}
-    paired = PairedTest([(name, list(hypotheses)) for name, hypotheses in systems], metrics,
-                        [list(references)], test_type=test, n_samples=0, n_ar_confidence=-1)
+    paired = PairedTest([(name, list(hypotheses)) for name, hypotheses in systems],
+                        scorer.metrics(), scorer.detokenized(references), test_type=test,
+                        n_samples=0, n_ar_confidence=-1)
     logger = logging.getLogger("sacrebleu")
     level = logger.level
     logger.setLevel(logging.WARNING)  # sacrebleu narrates each step at INFO

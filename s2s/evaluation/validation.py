@@ -2,8 +2,9 @@
 
 Training (every ``train.valid_every`` steps), `s2s evaluate` and the benchmarks all call
 ``validate``: the teacher-forced loss and perplexity on the prepared split, and BLEU and chrF of
-translating its sources exactly as `s2s translate` would, scored against the references as
-distributed (the raw files, never normalised). So the validation BLEU that picks ``best.pt``
+translating its sources exactly as `s2s translate` would, scored by s2s.evaluation.scoring's
+``Scorer`` against the references as distributed (the raw files, never normalised; one or
+several per line). So the validation BLEU that picks ``best.pt``
 and stops training early is the BLEU `s2s evaluate --split valid` reports for that checkpoint.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -27,7 +29,7 @@ from s2s.data.text import (
 )
 from s2s.device import thread_scope
 from s2s.errors import DataError, UsageError
-from s2s.evaluation.scoring import Scores, bleu_tokenizer, score_corpus
+from s2s.evaluation.scoring import Scorer, Scores
 from s2s.model.seq2seq import evaluating
 from s2s.run.directory import RunDir
 from s2s.training.loss import smoothed_loss, teacher_forced
@@ -40,34 +42,43 @@ class EvaluationSet:
 
     name: str  # valid, test, or the source file's name
     sources: list[str]  # normalised like the training data
-    references: list[str]  # as distributed
+    # one list per reference translation (several when data.<split>_references name them),
+    # each aligned with the sources, as distributed
+    references: list[list[str]]
     encoded: EncodedSplit | None = None  # for the teacher-forced loss
 
     @classmethod
     def of_run(cls, config: Config, split: str) -> "EvaluationSet":
-        """A prepared split of the run, with its references read from the corpus files."""
+        """A prepared split of the run, with its references read from the corpus files (or
+        from ``data.<split>_references``)."""
         if split not in ("valid", "test"):
             raise UsageError(f"--split {split!r}: choose valid or test")
         sources = prepared_sources(config.run_dir, split)
-        ref_file = parallel_paths(getattr(config.data, split), config.data.src_lang,
-                                  config.data.tgt_lang)[1]
+        ref_files = getattr(config.data, f"{split}_references") or (
+            parallel_paths(getattr(config.data, split), config.data.src_lang,
+                           config.data.tgt_lang)[1],)
         encoded = load_split(RunDir(config.run_dir).data, split)
-        return cls._checked(split, sources, read_references(ref_file), encoded, ref_file)
+        return cls._checked(split, sources, ref_files, encoded)
 
     @classmethod
-    def of_files(cls, config: Config, src_file: Path, ref_file: Path) -> "EvaluationSet":
-        """Any source file (normalised as the config says) against its reference file."""
+    def of_files(cls, config: Config, src_file: Path, ref_files: Sequence[Path]
+                 ) -> "EvaluationSet":
+        """Any source file (normalised as the config says) against its reference files."""
         sources, _ = read_lines(src_file, invalid_utf8="replace",
                                 normalization=side_normalization(config.data.normalization,
                                                                  config.data.src_lang))
-        return cls._checked(src_file.name, sources, read_references(ref_file), None, ref_file)
+        return cls._checked(src_file.name, sources, ref_files, None)
 
     @classmethod
-    def _checked(cls, name: str, sources: list[str], references: list[str],
-                 encoded: EncodedSplit | None, ref_file: Path) -> "EvaluationSet":
-        if len(sources) != len(references):
-            raise DataError(f"{ref_file} has {len(references)} lines but the source has "
-                            f"{len(sources)}; they must align line by line")
+    def _checked(cls, name: str, sources: list[str], ref_files: Sequence[Path],
+                 encoded: EncodedSplit | None) -> "EvaluationSet":
+        references = []
+        for ref_file in ref_files:
+            lines = read_references(ref_file)
+            if len(sources) != len(lines):
+                raise DataError(f"{ref_file} has {len(lines)} lines but the source has "
+                                f"{len(sources)}; they must align line by line")
+            references.append(lines)
         return cls(name, sources, references, encoded)
 
 
@@ -103,8 +114,8 @@ def validate(translator: Translator, data: EvaluationSet, *, with_ter: bool = Fa
     results = translator.translate(data.sources, with_attention=with_attention)
     translated = time.perf_counter()
     hypotheses = [result.text for result in results]
-    tokenize = bleu_tokenizer(config.data.tgt_lang, translator.decode.bleu_tokenize)
-    scores = score_corpus(hypotheses, data.references, tokenize, with_ter)
+    scorer = Scorer.of(replace(config, decode=translator.decode))
+    scores = scorer.score(hypotheses, data.references, with_ter)
     return Validation(scores, results, loss, time.perf_counter() - started,
                       translated - translating)
 

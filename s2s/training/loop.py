@@ -328,8 +328,7 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
     if not session.world.is_main:
         return session.world.share(None)
     validation = _validate(session, progress.step)
-    metrics = {"loss": validation.loss, "ppl": validation.ppl,
-               "bleu": validation.scores.bleu, "chrf": validation.scores.chrf}
+    metrics = _metrics(validation)
     improved = _track_best(session, progress, metrics)
     progress.validated_step = progress.step
     _save(session, progress, best=improved)
@@ -342,11 +341,23 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
     if session.board is not None:
         session.board.record(record)
     mark = " (new best)" if improved else ""
+    tokenized = validation.scores.tokenized_bleu
     session.reporter.info(
         f"validation at step {progress.step}: loss {validation.loss:.3f}, "
         f"ppl {validation.ppl:.2f}, BLEU {validation.scores.bleu:.2f}, "
-        f"chrF {validation.scores.chrf:.2f}{mark}")
+        f"chrF {validation.scores.chrf:.2f}"
+        + (f", BLEU (tok) {tokenized:.2f}" if tokenized is not None else "") + mark)
     return progress
+
+
+def _metrics(validation: Validation) -> dict[str, float]:
+    """What a validation records in the metrics log (and what early stopping reads)."""
+    scores = validation.scores
+    metrics = {"loss": validation.loss, "ppl": validation.ppl, "bleu": scores.bleu,
+               "chrf": scores.chrf}
+    if scores.tokenized_bleu is not None:
+        metrics["tokenized_bleu"] = scores.tokenized_bleu
+    return metrics  # type: ignore[return-value]
 
 
 def _average_at_the_end(session: _Session, progress: TrainProgress) -> TrainProgress:
@@ -365,8 +376,7 @@ def _average_at_the_end(session: _Session, progress: TrainProgress) -> TrainProg
         validation = _validate(session, progress.step)
     finally:
         model.load_state_dict(training_weights)
-    metrics = {"loss": validation.loss, "ppl": validation.ppl,
-               "bleu": validation.scores.bleu, "chrf": validation.scores.chrf}
+    metrics = _metrics(validation)
     metric = train_config.early_stopping_metric
     score = metrics[metric] if HIGHER_IS_BETTER[metric] else -metrics[metric]
     improved = progress.best_score is None or score > progress.best_score
@@ -407,7 +417,7 @@ def _validate(session: _Session, step: int) -> Validation:
             session.board.attention(result.alignments[0], step,
                                     f"step {step}: {result.text[:60]}")
     for index in range(min(3, len(validation.hypotheses))):
-        session.reporter.info(f"  ref: {session.valid_data.references[index]}\n"
+        session.reporter.info(f"  ref: {session.valid_data.references[0][index]}\n"
                               f"  hyp: {validation.hypotheses[index]}")
     return validation
 
