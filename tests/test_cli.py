@@ -104,12 +104,14 @@ def test_whole_pipeline_through_the_cli(tmp_path: Path) -> None:
     raw = config_dict(corpus, tmp_path / "run", train={
         "max_steps": 300, "valid_every": 150, "lr": 0.01, "batch_tokens": 2000})
     path = write_config(tmp_path / "c.yaml", raw)
-    for command in (["prepare", str(path)], ["train", str(path)],
+    for command in (["prepare", str(path)], ["train", str(path), "--set", "train.keep_last=4"],
                     ["evaluate", str(path), "--checkpoint", "best,last"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 0, (command, result.output)
     scores = json.loads((tmp_path / "run" / "eval" / "test.best.json").read_text())
     assert scores["sentences"] == 500 and scores["bleu"] > 60.0
+    # the run's config.yaml is what training ran with, its --set included
+    assert load_config(tmp_path / "run" / "config.yaml").train.keep_last == 4
     assert scores["signatures"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     lines = ["A dog sees a cat.", "", "The man."]
     result = runner.invoke(app, ["translate", str(path)], input="\n".join(lines) + "\n")

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from s2s.config import load_config
 from s2s.serve.app import Limits, create_app
-from s2s.serve.batcher import Batcher, RequestOptions
+from s2s.serve.batcher import Batcher, RequestOptions, Sampling
 from s2s.translation.translator import Translator, load_translator
 
 LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
@@ -443,3 +443,22 @@ def test_info_names_an_ensembles_models_without_paths(trained_run: Path) -> None
     assert info["ensemble"]["weights"] == [3.0, 1.0] and info["ensemble"]["combine"] == "prob"
     assert str(run_dir) not in json.dumps(info)
     assert answer["translations"] == ensemble.translate(["A man."])[0].text
+
+
+def test_a_fresh_seed_per_request_does_not_grow_the_server(client: TestClient,
+                                                           translator: Translator) -> None:
+    """The server keeps translators for the option sets sent last, not one per seed forever;
+    a request whose translator was dropped gets the same translation when it comes again."""
+    from s2s.serve.batcher import TRANSLATORS_KEPT
+    body = {"text": "A man.", "sampling": True, "seed": 0}
+    first = client.post("/translate", json=body).json()["translations"]
+    batcher = Batcher(translator)
+    for seed in range(2000):
+        options = RequestOptions(beam=1, nbest=1, alignment="none",
+                                 sampling=Sampling(seed=seed))
+        batcher.translator_for(options)
+        assert batcher.translators_kept <= TRANSLATORS_KEPT
+    for seed in range(1, 3 * TRANSLATORS_KEPT):  # through the app: seed 0's translator goes
+        response = client.post("/translate", json={**body, "seed": seed})
+        assert response.status_code == 200
+    assert client.post("/translate", json=body).json()["translations"] == first

@@ -118,6 +118,40 @@ def test_the_table_ranks_what_co_occurs_and_keeps_frequency() -> None:
     assert list(candidates) == [0, 1, 2, 3, 9]
 
 
+def _table_one_pair_at_a_time(pairs: EncodedSplit, vocab_sizes: tuple[int, int]
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The plain twin of build_table's counting: co-occurrences, pair by pair."""
+    source_counts, target_counts = np.zeros(vocab_sizes[0]), np.zeros(vocab_sizes[1])
+    together: dict[tuple[int, int], int] = {}
+    for index in range(len(pairs)):
+        sources, targets = set(pairs.src.sentence(index)), set(pairs.tgt.sentence(index))
+        for source in sources:
+            source_counts[source] += 1
+            for target in targets:
+                together[source, target] = together.get((source, target), 0) + 1
+        for target in targets:
+            target_counts[target] += 1
+    keys = sorted(together)
+    return (np.array([s * vocab_sizes[1] + t for s, t in keys]),
+            np.array([together[key] for key in keys]), source_counts, target_counts)
+
+
+def test_the_vectorised_count_equals_counting_pair_by_pair() -> None:
+    from s2s.model.shortlist import _co_occurrences, _counted, _distinct_per_sentence
+    random = np.random.default_rng(3)
+    sources = [list(random.integers(4, 40, random.integers(0, 9))) for _ in range(300)]
+    targets = [list(random.integers(4, 30, random.integers(1, 12))) for _ in range(300)]
+    pairs = EncodedSplit(EncodedSide.from_lists(sources, 40), EncodedSide.from_lists(targets, 30))
+    keys, counts, source_counts, target_counts = _table_one_pair_at_a_time(pairs, (40, 30))
+    source_of, source_ids = _distinct_per_sentence(pairs.src, 0, 300, 40)
+    target_of, target_ids = _distinct_per_sentence(pairs.tgt, 0, 300, 30)
+    found_keys, found_counts = _counted(_co_occurrences(source_of, source_ids, target_of,
+                                                        target_ids, 300, 30))
+    assert np.array_equal(found_keys, keys) and np.array_equal(found_counts, counts)
+    assert np.array_equal(np.bincount(source_ids, minlength=40), source_counts)
+    assert np.array_equal(np.bincount(target_ids, minlength=30), target_counts)
+
+
 def test_a_table_of_other_vocabularies_is_refused(tmp_path: Path) -> None:
     table = _copy_table()
     table.save(tmp_path / "shortlist.npz")

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from s2s.data.store import EncodedSplit
+from s2s.data.store import EncodedSide, EncodedSplit
 from s2s.errors import CheckpointError
 from s2s.model.int8 import Int8Linear
 from s2s.model.seq2seq import DecoderState, Encoded
@@ -54,6 +54,7 @@ from s2s.model.step_layers import StepLayer
 STORED_PER_SOURCE = 100  # the table keeps this many per source piece; decoding uses fewer
 STORED_FREQUENT = 2000
 MAX_PAIRS = 2_000_000  # pairs counted (a sample of the rest adds little)
+COUNTED_AT_ONCE = 100_000  # pairs whose co-occurrences are counted in one vectorised step
 SPECIALS = 4  # pad, unk, bos, eos: ids 0..3, first in every candidate list
 OUTSIDE_GROUPS = 256  # groups of pieces whose mass outside a list is estimated
 
@@ -111,15 +112,14 @@ def build_table(pairs: EncodedSplit, vocab_sizes: tuple[int, int], fingerprint: 
     count = min(len(pairs), MAX_PAIRS)
     keys, source_counts = [], np.zeros(source_size, dtype=np.int64)
     target_counts = np.zeros(target_size, dtype=np.int64)
-    for start in range(0, count, 20_000):
-        chunk = []
-        for index in range(start, min(start + 20_000, count)):
-            source = np.unique(pairs.src.sentence(index)).astype(np.int64)
-            target = np.unique(pairs.tgt.sentence(index)).astype(np.int64)
-            source_counts[source] += 1
-            target_counts[target] += 1
-            chunk.append((source[:, None] * target_size + target[None, :]).ravel())
-        keys.append(_counted(np.concatenate(chunk) if chunk else np.zeros(0, np.int64)))
+    for start in range(0, count, COUNTED_AT_ONCE):
+        stop = min(start + COUNTED_AT_ONCE, count)
+        source_of, source_ids = _distinct_per_sentence(pairs.src, start, stop, source_size)
+        target_of, target_ids = _distinct_per_sentence(pairs.tgt, start, stop, target_size)
+        source_counts += np.bincount(source_ids, minlength=source_size)
+        target_counts += np.bincount(target_ids, minlength=target_size)
+        keys.append(_counted(_co_occurrences(source_of, source_ids, target_of, target_ids,
+                                             stop - start, target_size)))
     joined, together = _merged(keys)
     source_ids, target_ids = joined // target_size, joined % target_size
     expected = source_counts[source_ids] * target_counts[target_ids] / max(count, 1)
@@ -133,6 +133,28 @@ def build_table(pairs: EncodedSplit, vocab_sizes: tuple[int, int], fingerprint: 
     ranked[source_ids[kept], rank[kept]] = target_ids[kept]
     frequent = np.argsort(-target_counts, kind="stable")[:STORED_FREQUENT].astype(np.int32)
     return ShortlistTable(ranked, frequent, fingerprint)
+
+
+def _distinct_per_sentence(side: EncodedSide, start: int, stop: int, size: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids of sentences ``start`` to ``stop``: (sentence - start, id) pairs,
+    by sentence, then id."""
+    ids = np.asarray(side.ids[side.offsets[start]:side.offsets[stop]], dtype=np.int64)
+    sentence = np.repeat(np.arange(stop - start), np.diff(side.offsets[start:stop + 1]))
+    keys = np.unique(sentence * size + ids)
+    return keys // size, keys % size
+
+
+def _co_occurrences(source_of: np.ndarray, source_ids: np.ndarray, target_of: np.ndarray,
+                    target_ids: np.ndarray, sentences: int, target_size: int) -> np.ndarray:
+    """source id x target_size + target id for every distinct source id and distinct target
+    id of the same pair: each source entry repeated once per target of its pair."""
+    targets_per_pair = np.bincount(target_of, minlength=sentences)
+    first_target = np.cumsum(targets_per_pair) - targets_per_pair
+    repeats = targets_per_pair[source_of]
+    block_start = np.repeat(first_target[source_of], repeats)
+    within = np.arange(int(repeats.sum())) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    return np.repeat(source_ids, repeats) * target_size + target_ids[block_start + within]
 
 
 def _counted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

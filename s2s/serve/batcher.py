@@ -4,12 +4,18 @@ worker thread off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from s2s.errors import S2SError
 from s2s.translation.terms import NO_LINE_TERMS, LineTerms
 from s2s.translation.translator import TranslationResult, Translator
+
+
+# translators kept for the option sets clients sent last: a client that sends a fresh sampling
+# seed with every request must not grow the server (each costs a search model's buffers)
+TRANSLATORS_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,8 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2s-translate")
-        self._translators: dict[RequestOptions, Translator] = {}
+        self._translators: collections.OrderedDict[RequestOptions, Translator] = (
+            collections.OrderedDict())
         self.batches = 0  # how many batches ran (for /info and tests)
 
     async def translate(self, lines: list[str], options: RequestOptions,
@@ -115,8 +122,12 @@ class Batcher:
             lines, with_attention=options.alignment != "none", terms=terms)
 
     def translator_for(self, options: RequestOptions) -> Translator:
-        """The translator for ``options``: the same model, other decoding options."""
-        if options not in self._translators:
+        """The translator for ``options``: the same model, other decoding options. The
+        ``TRANSLATORS_KEPT`` most recently used are kept; an older one is made again when
+        asked for (the same translations: decoding depends on the options alone)."""
+        if options in self._translators:
+            self._translators.move_to_end(options)
+        else:
             decode = replace(self.translator.decode, beam_size=options.beam,
                              nbest=options.nbest, sampling=options.sampling is not None)
             if options.sampling is not None:
@@ -124,7 +135,14 @@ class Batcher:
                                  top_k=options.sampling.top_k, top_p=options.sampling.top_p,
                                  seed=options.sampling.seed)
             self._translators[options] = self.translator.with_decode(decode)
+            if len(self._translators) > TRANSLATORS_KEPT:
+                self._translators.popitem(last=False)
         return self._translators[options]
+
+    @property
+    def translators_kept(self) -> int:
+        """How many option sets have a translator kept now (at most TRANSLATORS_KEPT)."""
+        return len(self._translators)
 
     def close(self) -> None:
         self.worker.shutdown(wait=True)

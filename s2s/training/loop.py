@@ -25,10 +25,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from s2s.config import Config, DecodeConfig, TrainConfig
+from s2s.config import Config, DecodeConfig, TrainConfig, dump_config
 from s2s.data.batching import Batch, collate, epoch_sample, token_batches, training_lengths
 from s2s.data.resegment import Resegmentation, ResegmentedBatches
-from s2s.data.store import EncodedSplit, PreparedData
+from s2s.data.store import EncodedSplit, PreparedData, write_text
 from s2s.data.vocab import Tokenizer
 from s2s.device import check_precision, resolve_device, thread_scope, with_resolved_precision
 from s2s.errors import Interrupted
@@ -141,6 +141,8 @@ class _Session:
              should_stop: Callable[[TrainProgress], bool] | None) -> "_Session":
         vocabularies = prepared.vocabularies()
         run = RunDir(config.run_dir)
+        if learner.world.is_main:  # what this training ran with, --set overrides included
+            write_text(run.config_file, dump_config(config))
         checkpoints = TrainingCheckpoints(run, config, vocabularies, prepared.joint,
                                           prepared.config_hash)
         valid = EvaluationSet.of_run(config, "valid") if learner.world.is_main else None
