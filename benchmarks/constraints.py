@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, run_script  # noqa: E402
 from s2s.config import load_config  # noqa: E402
 from s2s.data.text import joiner  # noqa: E402
-from s2s.evaluation.scoring import bleu_tokenizer, score_corpus  # noqa: E402
+from s2s.evaluation.scoring import Scorer  # noqa: E402
 from s2s.evaluation.validation import EvaluationSet  # noqa: E402
 from s2s.translation.terms import LineTerms  # noqa: E402
 from s2s.translation.translator import load_translator  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     translator = load_translator(config.run_dir, args.checkpoint, decode=replace(
         config.decode, beam_size=args.beam), threads=args.threads, device="cpu")
     by_character = joiner(config.data.tgt_lang) == ""
-    tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
+    scorer = Scorer.of(config)
     print(f"machine: {machine()}; torch {torch.__version__}, {args.threads} threads; "
           f"{translator.description}; beam {args.beam}; seed {args.seed}")
     print(f"{'phrases':>7} {'given':>6} {'BLEU':>6} {'chrF':>6} {'all kept':>8} "
@@ -83,12 +83,12 @@ def main() -> None:
     for count in (int(c) for c in args.counts.split(",")):
         chance = random.Random(args.seed)
         terms = [LineTerms(constraints=oracle_phrases(reference, count, chance, by_character))
-                 for reference in test.references]
+                 for reference in test.references[0]]
         started = time.perf_counter()
         outputs = translator.translate(test.sources, terms=terms)
         seconds = time.perf_counter() - started
         hypotheses = [result.text for result in outputs]
-        scores = score_corpus(hypotheses, test.references, tokenize, False)
+        scores = scorer.score(hypotheses, test.references)
         kept = sum(all(phrase in text for phrase in of_line.constraints)
                    for text, of_line in zip(hypotheses, terms)) / len(terms)
         given = sum(len(of_line.constraints) for of_line in terms)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine, run_script  # noqa: E402
 from s2s.config import DecodeConfig  # noqa: E402
 from s2s.device import cpu_supports_bf16, thread_scope  # noqa: E402
-from s2s.evaluation.scoring import bleu_tokenizer, score_corpus  # noqa: E402
+from s2s.evaluation.scoring import Scorer  # noqa: E402
 from s2s.evaluation.validation import EvaluationSet  # noqa: E402
 from s2s.run.checkpoint import load_model, resolve_checkpoint  # noqa: E402
 from s2s.translation.translator import load_translator  # noqa: E402
@@ -72,16 +72,17 @@ def main() -> None:
     path = resolve_checkpoint(args.run_dir, args.checkpoint)
     config = load_model(path).config
     test = EvaluationSet.of_run(config, "test")
-    tokenize = bleu_tokenizer(config.data.tgt_lang, config.decode.bleu_tokenize)
+    scorer = Scorer.of(config)
     settings = [s for s in args.settings.split(",") if s != "bf16" or cpu_supports_bf16()]
     print(f"machine: {machine()}; torch {torch.__version__}; {args.threads} thread(s); "
           f"{len(test.sources)} sentences; {path}")
     with tempfile.TemporaryDirectory() as exports:
         folders = _exports(args.run_dir, str(path), Path(exports), settings)
         makers = {name: _maker(name, args, str(path), folders) for name in settings}
-        print(f"{'beam':>4} {'setting':<16} {'sent/s':>15} {'BLEU':>6} {'chrF':>6}")
+        tokenized = " BLEU (tok)" if scorer.tokenized_bleu else ""
+        print(f"{'beam':>4} {'setting':<16} {'sent/s':>15} {'BLEU':>6} {'chrF':>6}{tokenized}")
         for beam in (int(b) for b in args.beams.split(",")):
-            _compare(beam, settings, makers, test, tokenize, args)
+            _compare(beam, settings, makers, test, scorer, args)
 
 
 def _maker(setting: str, args: argparse.Namespace, checkpoint: str,
@@ -116,7 +117,7 @@ def _exports(run_dir: Path, checkpoint: str, directory: Path, settings: list[str
 
 
 def _compare(beam: int, settings: list[str], makers: dict[str, Callable[[int], Translate]],
-             test: EvaluationSet, tokenize: str, args: argparse.Namespace) -> None:
+             test: EvaluationSet, scorer: Scorer, args: argparse.Namespace) -> None:
     translators = {name: makers[name](beam) for name in settings}
     speeds: dict[str, list[float]] = {name: [] for name in settings}
     outputs: dict[str, list[str]] = {}
@@ -129,10 +130,11 @@ def _compare(beam: int, settings: list[str], makers: dict[str, Callable[[int], T
                 outputs[name] = translators[name](test.sources)
                 speeds[name].append(len(test.sources) / (time.perf_counter() - started))
     for name in settings:
-        scores = score_corpus(outputs[name], test.references, tokenize, False)
+        scores = scorer.score(outputs[name], test.references)
         low, high = min(speeds[name]), max(speeds[name])
+        tokenized = "" if scores.tokenized_bleu is None else f" {scores.tokenized_bleu:>10.2f}"
         print(f"{beam:>4} {name:<16} {low:>7.1f}–{high:<7.1f} {scores.bleu:>6.2f} "
-              f"{scores.chrf:>6.2f}", flush=True)
+              f"{scores.chrf:>6.2f}{tokenized}", flush=True)
 
 
 if __name__ == "__main__":

@@ -190,9 +190,9 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
     changes = list(overrides or []) + _decode_overrides(beam, None, None) + _sampling_overrides(
         sampling, beam, temperature, top_k, top_p, seed)
     run_evaluate(_load(config, changes), split=split, checkpoints=checkpoint.split(","),
-                 src_file=src, ref_files=ref or (), device=device, with_ter=ter, alignment=alignment,
-                 ensemble=_model_refs(model), weights=_weights(weights), baseline=baseline,
-                 significance=significance, reporter=_reporter())
+                 src_file=src, ref_files=ref or (), device=device, with_ter=ter,
+                 alignment=alignment, ensemble=_model_refs(model), weights=_weights(weights),
+                 baseline=baseline, significance=significance, reporter=_reporter())
 
 
 @app.command()

@@ -109,9 +109,3 @@ class Scorer:
         score = bleu.corpus_score(tokens, refs).score
         return score, f"moses-tokenized -a|{bleu.get_signature()}"
 
-
-def score_corpus(hypotheses: Sequence[str], references: Sequence[str], tokenize: str,
-                 with_ter: bool = False) -> Scores:
-    """BLEU and chrF (and TER on request) of detokenised hypotheses against one reference
-    with sacrebleu's ``tokenize``: a Scorer's score, for callers that have no config."""
-    return Scorer("", tokenize).score(hypotheses, [references], with_ter)

@@ -12,7 +12,6 @@ from s2s.errors import S2SError
 from s2s.translation.terms import NO_LINE_TERMS, LineTerms
 from s2s.translation.translator import TranslationResult, Translator
 
-
 # translators kept for the option sets clients sent last: a client that sends a fresh sampling
 # seed with every request must not grow the server (each costs a search model's buffers)
 TRANSLATORS_KEPT = 16
