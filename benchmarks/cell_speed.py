@@ -26,7 +26,7 @@ from s2s.data.store import PreparedData  # noqa: E402
 from s2s.evaluation.evaluate import evaluate  # noqa: E402
 from s2s.model.seq2seq import Seq2Seq  # noqa: E402
 from s2s.report import Reporter  # noqa: E402
-from s2s.run.directory import RunDir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 from s2s.training.loop import train  # noqa: E402
 
 

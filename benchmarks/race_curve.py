@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_script  # noqa: E402
 from s2s.errors import S2SError  # noqa: E402
-from s2s.run.directory import RunDir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_command, run_script, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.run.directory import RunDir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 
 
 def tokens_per_second(config: Path, run_dir: Path, nproc: int, accumulate: int,

@@ -27,8 +27,8 @@ from s2s.data.batching import Batch, collate, token_batches, training_lengths  #
 from s2s.data.store import PreparedData  # noqa: E402
 from s2s.data.vocab import PAD_ID  # noqa: E402
 from s2s.device import autocast, resolve_device, with_resolved_precision  # noqa: E402
+from s2s.model.loss import smoothed_loss  # noqa: E402
 from s2s.training.learner import Learner  # noqa: E402
-from s2s.training.loss import smoothed_loss  # noqa: E402
 
 PARTS = ("encoder", "decoder loop", "output layer + loss", "backward", "optimizer")
 

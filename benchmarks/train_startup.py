@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, run_script, s2s_command  # noqa: E402
 from s2s.config import load_config  # noqa: E402
-from s2s.run.directory import RunDir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 
 
 def memory_kb(pid: int) -> dict[str, int]:

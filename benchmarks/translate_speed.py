@@ -28,7 +28,7 @@ from s2s.config import load_config  # noqa: E402
 from s2s.data.store import text_path  # noqa: E402
 from s2s.evaluation.validation import EvaluationSet, validate  # noqa: E402
 from s2s.run.checkpoint import resolve_checkpoint  # noqa: E402
-from s2s.run.directory import RunDir  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 from s2s.translation.translator import load_translator  # noqa: E402
 
 

@@ -197,6 +197,41 @@ def evaluate(config: ConfigArg, overrides: SetOption = None,
 
 @app.command()
 @_handle_errors
+def distill(config: ConfigArg,
+            teacher: Annotated[list[str], typer.Option(
+                metavar="RUN[:CHECKPOINT]",
+                help="A teacher model (repeat it for an ensemble; CHECKPOINT: best, last, avg "
+                     "or a path, best when left out).")],
+            output: Annotated[Path, typer.Option(
+                metavar="DIR", help="Folder of the distilled corpus (resumed when it holds "
+                                    "this distillation).")],
+            overrides: SetOption = None,
+            corpus: Annotated[Optional[list[int]], typer.Option(
+                metavar="N", help="Only corpus N of data.train (0 first; repeatable); "
+                                  "default: every one.")] = None,
+            beam: BeamOption = None, device: DeviceOption = "auto",
+            weights: WeightsOption = None,
+            min_chrf: Annotated[float, typer.Option(
+                metavar="X", help="Drop pairs whose translation has a sentence chrF below X "
+                                  "against the original target (0: keep all).")] = 0.0,
+            max_ratio: Annotated[float, typer.Option(
+                metavar="R", help="Drop pairs whose translation is over R times longer or "
+                                  "shorter than the original target, in characters (0: keep "
+                                  "all).")] = 0.0) -> None:
+    """Translate the training corpus's source side with a teacher's beam search into a corpus
+    a smaller student trains on (sequence-level knowledge distillation)."""
+    from s2s.translation.distill import DistillFilters
+    from s2s.translation.distill import distill as run_distill
+    from s2s.translation.translator import ModelRef
+    changes = list(overrides or []) + _decode_overrides(beam, None, None)
+    run_distill(_load(config, changes),
+                [ModelRef.parse(text, "--teacher") for text in teacher], output,
+                corpora=corpus or (), filters=DistillFilters(min_chrf, max_ratio),
+                weights=_weights(weights), device=device, reporter=_reporter())
+
+
+@app.command()
+@_handle_errors
 def translate(config: RunConfigArg = None, run: RunOption = None,
               checkpoint: CheckpointOption = "best",
               input: Annotated[Optional[Path], typer.Option(

@@ -19,7 +19,7 @@ from matplotlib.font_manager import FontProperties
 
 from s2s.errors import DataError, UsageError
 from s2s.report import Reporter
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.translation.alignment import Alignment
 from s2s.translation.translator import load_translator
 

@@ -16,7 +16,7 @@ from s2s.config import Config
 from s2s.data.demo import write_demo_corpus
 from s2s.data.prepare import prepare
 from s2s.data.store import data_config_hash, inputs_hash
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 
 # Every test runs with this many CPU threads, whatever the machine (1 core or 16), so that its
 # numbers are the same everywhere; a test (or the library code it calls) must leave it so.

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from s2s.cli import app
 from s2s.config import load_config
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.translation.translator import load_translator
 from tests.conftest import TEST_THREADS, config_dict, write_config
 

@@ -14,7 +14,7 @@ import torch
 
 from s2s.config import load_config
 from s2s.run.checkpoint import load_checkpoint
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.training.loop import train
 from tests.conftest import config_dict, prepare_run, write_config
 

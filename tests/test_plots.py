@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from s2s.cli import app
 from s2s.config import load_config
 from s2s.plots import attention_figure, curves_of, font_for, heatmap_labels, save_figure
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.translation.alignment import Alignment
 from tests.conftest import config_dict, write_config
 

@@ -18,7 +18,7 @@ from s2s.data.store import load_split, spm_paths
 from s2s.data.text import normalize
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from s2s.errors import DataError
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from s2s.cli import app
 from s2s.config import Config, config_from_dict, load_config
 from s2s.errors import CheckpointError
 from s2s.run.checkpoint import load_checkpoint
-from s2s.run.directory import RunDir
 from s2s.run.lock import RunLock
+from s2s.rundir import RunDir
 from s2s.training.loop import train
 from tests.conftest import config_dict, prepare_run, write_config
 

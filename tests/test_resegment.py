@@ -24,7 +24,7 @@ from s2s.data.resegment import (
 from s2s.data.store import load_split, spm_paths
 from s2s.errors import ConfigError
 from s2s.run.checkpoint import load_checkpoint
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.training.loop import train
 from tests.conftest import config_dict, prepare_run
 

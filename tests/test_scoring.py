@@ -4,6 +4,7 @@ text; and test sets written the Moses way turned back into plain text."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,8 @@ def test_evaluate_with_moses_test_set_and_three_references(trained_run: Path,
     """A run whose test set is written the Moses way: its sources reach the model as plain
     text, and the three references are all scored."""
     config = load_config(trained_run)
+    run_dir = tmp_path / "run"  # a copy: the shared run stays as it is
+    shutil.copytree(config.run_dir, run_dir)
     corpus = tmp_path / "moses"
     corpus.mkdir()
     sources = Path(f"{config.data.test}.en").read_text(encoding="utf-8").splitlines()[:40]
@@ -105,16 +108,17 @@ def test_evaluate_with_moses_test_set_and_three_references(trained_run: Path,
         ref.write_text("".join(f"{line}\n" for line in (targets if index == 0 else sources)),
                        "utf-8")
         refs.append(str(ref))
-    overrides = ["--set", "data.moses_tokenized=[en]", "--set", f"data.test={corpus}/test",
+    overrides = ["--set", f"run_dir={run_dir}", "--set", "data.moses_tokenized=[en]",
+                 "--set", f"data.test={corpus}/test",
                  "--set", f"data.test_references=[{','.join(refs)}]"]
     result = runner.invoke(app, ["prepare", str(trained_run), *overrides])
     assert result.exit_code == 0, result.output
-    prepared = (config.run_dir / "data" / "test.src.txt").read_text("utf-8").splitlines()
+    prepared = (run_dir / "data" / "test.src.txt").read_text("utf-8").splitlines()
     assert prepared[0] == sources[0]  # detokenised and recased back to the original line
     result = runner.invoke(app, ["evaluate", str(trained_run), *overrides])
     assert result.exit_code == 0, result.output
-    record = json.loads((config.run_dir / "eval" / "test.best.json").read_text())
-    hypotheses = (config.run_dir / "eval" / "test.best.hyp").read_text("utf-8").splitlines()
+    record = json.loads((run_dir / "eval" / "test.best.json").read_text())
+    hypotheses = (run_dir / "eval" / "test.best.hyp").read_text("utf-8").splitlines()
     references = [Path(ref).read_text("utf-8").splitlines() for ref in refs]
     assert record["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, references).score)
     assert record["signatures"]["bleu"].startswith("nrefs:3")

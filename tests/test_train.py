@@ -11,10 +11,10 @@ import torch
 
 from s2s.config import TrainConfig, config_from_dict, load_config
 from s2s.errors import CheckpointError, ConfigError, DataError, DeviceError
+from s2s.model.loss import guided_attention_loss
 from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.training.loop import train
-from s2s.training.loss import guided_attention_loss
 from s2s.training.schedule import guidance, learning_rate, planned_steps
 from tests.conftest import config_dict, prepare_run, write_config
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from s2s.cli import app
 from s2s.config import load_config
 from s2s.run.checkpoint import load_checkpoint
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.translation.stream import translate_stream
 from s2s.translation.translator import Translator, load_translator
 

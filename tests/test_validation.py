@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from s2s.cli import app
 from s2s.config import load_config
 from s2s.data.store import text_path
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from tests.conftest import config_dict, write_config
 
 runner = CliRunner()

@@ -61,7 +61,7 @@ from s2s.data.text import (
 from s2s.data.vocab import Tokenizer, sample_indices, train_sentencepiece
 from s2s.errors import DataError
 from s2s.report import Reporter, make_table
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 
 FILTER_RULES = ("empty side", "too many characters", "wrong script", "control characters",
                 "duplicate pair", "too many tokens", "length ratio")

@@ -33,7 +33,7 @@ from s2s.config import Config, config_to_dict
 from s2s.data.text import check_readable, parallel_paths, side_normalization
 from s2s.data.vocab import UNK_ID
 from s2s.errors import DataError
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 
 SPLITS = ("train", "valid", "test")
 SIDES = ("src", "tgt")

@@ -26,7 +26,7 @@ from s2s.evaluation.scoring import Scorer
 from s2s.evaluation.significance import TESTS, Interval, Significance, paired_significance
 from s2s.evaluation.validation import EvaluationSet, Validation, validate
 from s2s.report import Reporter, make_table
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.translation.output import OutputFormat
 from s2s.translation.translator import ModelRef, Translator, load_translator
 

@@ -30,9 +30,9 @@ from s2s.data.text import (
 from s2s.device import thread_scope
 from s2s.errors import DataError, UsageError
 from s2s.evaluation.scoring import Scorer, Scores
+from s2s.model.loss import smoothed_loss, teacher_forced
 from s2s.model.seq2seq import evaluating
-from s2s.run.directory import RunDir
-from s2s.training.loss import smoothed_loss, teacher_forced
+from s2s.rundir import RunDir
 from s2s.translation.translator import TranslationResult, Translator
 
 

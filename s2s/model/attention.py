@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from s2s.model.seq2seq import Encoded
+
+class Memory(Protocol):
+    """What attention reads of an encoded source (s2s.model.seq2seq's ``Encoded``)."""
+
+    @property
+    def states(self) -> Tensor: ...  # (B, S, M) encoder states
+
+    @property
+    def keys(self) -> Tensor: ...  # (B, S, H) the states as ``Attention.keys`` projects them
+
+    @property
+    def mask(self) -> Tensor: ...  # (B, S) true at real tokens, false at padding
 
 
 class Attention(nn.Module):
@@ -26,7 +36,7 @@ class Attention(nn.Module):
     def keys(self, states: Tensor) -> Tensor:
         return states if self.kind == "dot" else self.key_projection(states)  # (B, S, H)
 
-    def forward(self, query: Tensor, encoded: Encoded) -> tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, encoded: Memory) -> tuple[Tensor, Tensor]:
         """query (B G, T, H) -> context (B G, T, M), weights (B G, T, S).
 
         G consecutive query rows may share one source sentence (the beams of beam search):

@@ -1,3 +1,3 @@
-"""A run on disk: where its files live (``directory``), the checkpoint format and the
-one way to read and write it (``checkpoint``), and the lock that keeps one job per run
-(``lock``)."""
+"""A run's checkpoints: the checkpoint format and the one way to read and write it
+(``checkpoint``), and the lock that keeps one job per run (``lock``). Where a run's files live
+is s2s.rundir's, a room below data so that prepared data and checkpoints can both ask it."""

@@ -5,7 +5,7 @@ the prepared data, model/optimizer/loss-scaler state, training progress and RNG 
 with ``torch.load(weights_only=True)``, so a crafted pickle cannot run code, and a model is
 rebuilt from the checkpoint alone. This module alone writes and reads that layout: training
 saves and resumes through ``TrainingCheckpoints``, everyone else loads a ``LoadedModel``.
-Where the files live is s2s.run.directory's business.
+Where the files live is s2s.rundir's business.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from s2s.data.vocab import Tokenizer
 from s2s.errors import CheckpointError, ConfigError
 from s2s.model.seq2seq import Seq2Seq
 from s2s.report import Reporter
-from s2s.run.directory import NAMED_CHECKPOINTS, RunDir
+from s2s.rundir import NAMED_CHECKPOINTS, RunDir
 
 FORMAT = "s2s-checkpoint-1"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import TracebackType
 
 from s2s.errors import RunLockedError, S2SError
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 
 
 class RunLock:

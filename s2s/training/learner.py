@@ -18,9 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s2s.config import Config
 from s2s.data.batching import Batch
+from s2s.model.loss import smoothed_loss, teacher_forced
 from s2s.model.seq2seq import Seq2Seq
 from s2s.training.distributed import World
-from s2s.training.loss import smoothed_loss, teacher_forced
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 update, log, validation, signals, limits) is visible in that loop, in order. The update itself
 is ``Learner.step`` (s2s.training.learner), validation is
 ``s2s.evaluation.validation.validate`` (the same numbers `s2s evaluate` reports), the checkpoint
-format is s2s.run.checkpoint's and the files are where s2s.run.directory says.
+format is s2s.run.checkpoint's and the files are where s2s.rundir says.
 
 Resuming reproduces an uninterrupted run: batches of an epoch come from a generator seeded by
 (seed, epoch), the checkpoint records how many of them were consumed, and RNG, optimizer and
@@ -44,8 +44,8 @@ from s2s.run.checkpoint import (
     remove_partial_writes,
     target_tag_ids,
 )
-from s2s.run.directory import RunDir
 from s2s.run.lock import RunLock
+from s2s.rundir import RunDir
 from s2s.training.board import Board
 from s2s.training.distributed import World
 from s2s.training.learner import Learner, StepResult

@@ -41,7 +41,7 @@ from s2s.model.shortlist import (
 )
 from s2s.report import Reporter
 from s2s.run.checkpoint import LoadedModel, check_vocabulary, load_model, resolve_checkpoint
-from s2s.run.directory import RunDir
+from s2s.rundir import RunDir
 from s2s.search.constraints import NO_TERMS, TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.hypothesis import Hypothesis

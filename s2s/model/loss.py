@@ -1,7 +1,8 @@
 """The training objective: label-smoothed cross-entropy of teacher-forced predictions.
 
 Training minimises it (s2s.training.learner); validation reports its unsmoothed part, the negative
-log-likelihood per target token, and the perplexity from it (s2s.evaluation.validation).
+log-likelihood per target token, and the perplexity from it (s2s.evaluation.validation). It
+lives with the model, below both, so that neither of them imports the other's room.
 """
 
 from __future__ import annotations
