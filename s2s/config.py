@@ -48,17 +48,17 @@ class TrainingCorpus:
 class DataConfig:
     """Where the parallel text is and how it is cleaned and filtered."""
 
-    src_lang: str
-    tgt_lang: str
+    src_lang: str  # source language code, its files' suffix: en reads <prefix>.en
+    tgt_lang: str  # target language code (zh and ja change normalisation and BLEU)
     # one corpus (a path prefix) or a list of them, each a path or {path, weight, tag}
     train: tuple[TrainingCorpus, ...]
-    valid: Path
-    test: Path
+    valid: Path  # path prefix of the validation split: <valid>.<src_lang>, <valid>.<tgt_lang>
+    test: Path  # path prefix of the test split, read the same way
     # Unicode normalisation of each side. auto: NFC for Chinese and Japanese, which keeps their
     # full-width punctuation (，。？！), NFKC (which also folds compatibility characters such
     # as full-width Latin letters and ligatures) for every other language.
     normalization: Literal["auto", "nfkc", "nfc", "none"] = "auto"
-    invalid_utf8: Literal["error", "replace"] = "error"
+    invalid_utf8: Literal["error", "replace"] = "error"  # replace: bad bytes become U+FFFD
     max_chars: int = _option(1000, minimum=1)  # training pairs with a longer side are dropped
     # training pairs with a longer side in subword tokens are dropped; translate splits longer
     # inputs at sentence boundaries (or into chunks) and joins the pieces' translations
@@ -76,7 +76,7 @@ class DataConfig:
     # several references per line (files aligned with the split's source), scored in place of
     # <valid>.<tgt_lang> and <test>.<tgt_lang>; empty = that one file
     valid_references: tuple[Path, ...] = ()
-    test_references: tuple[Path, ...] = ()
+    test_references: tuple[Path, ...] = ()  # the same for the test split
     # processes that clean and encode the training pairs in `s2s prepare`; 0 = one per core
     # this process may use. The prepared files are the same whatever the count.
     workers: int = _option(0, minimum=0, maximum=256)
@@ -96,10 +96,11 @@ class DataConfig:
 class VocabConfig:
     """The sentencepiece models: one per language, or one joint model."""
 
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    joint: bool = False
-    src_size: int = _option(8000, minimum=8)
-    tgt_size: int = _option(8000, minimum=8)
+    model_type: Literal["unigram", "bpe"] = "unigram"  # sentencepiece's algorithm
+    joint: bool = False  # one vocabulary for both languages (then src_size = tgt_size)
+    src_size: int = _option(8000, minimum=8)  # pieces in the source vocabulary
+    tgt_size: int = _option(8000, minimum=8)  # pieces in the target vocabulary
+    # share of the characters the vocabulary covers; the rare rest is spelled in bytes
     character_coverage: float = _option(0.9995, minimum=0.9, maximum=1.0)
     byte_fallback: bool = True  # unknown characters become bytes, so nothing is ever <unk>
     max_sentences: int = _option(2_000_000, minimum=100)  # sentences sampled to train the model
@@ -112,7 +113,7 @@ class VocabConfig:
     # to its likelihood to the power alpha (small: flatter; 0.1 to 0.5 are usual);
     # bpe: alpha is BPE-dropout's chance to skip each merge (0.1 is usual)
     sampling_alpha: float = _option(0.0, minimum=0.0, maximum=1.0)
-    sampling_nbest: int = _option(16, minimum=2, maximum=1000)
+    sampling_nbest: int = _option(16, minimum=2, maximum=1000)  # unigram: how many to draw from
 
 
 @dataclass(frozen=True)
@@ -121,16 +122,19 @@ class ModelConfig:
 
     # lstm; gru; rnn: the plain tanh recurrence h = tanh(W x + U h + b)
     cell: Literal["lstm", "gru", "rnn"] = "lstm"
-    embed_size: int = _option(256, minimum=1)
-    encoder_layers: int = _option(2, minimum=1)
+    embed_size: int = _option(256, minimum=1)  # width of the source and target embeddings
+    encoder_layers: int = _option(2, minimum=1)  # bidirectional recurrent layers
     encoder_hidden: int = _option(256, minimum=1)  # per direction
-    decoder_layers: int = _option(2, minimum=1)
-    decoder_hidden: int = _option(512, minimum=1)
+    decoder_layers: int = _option(2, minimum=1)  # recurrent layers of the decoder
+    decoder_hidden: int = _option(512, minimum=1)  # width of the decoder's layers
+    # how the decoder scores encoder states: Luong's general or dot, or Bahdanau's additive
     attention: Literal["general", "dot", "bahdanau"] = "general"
+    # feed the last attentional output into the next step (Luong); false lets the decoder run
+    # over the whole target in one fused call, which trains faster
     input_feeding: bool = True
     tie_embeddings: bool = True  # decoder input and output embeddings (and src too when joint)
     dropout: float = _option(0.3, minimum=0.0, maximum=0.95)  # between layers and before output
-    embed_dropout: float = _option(0.1, minimum=0.0, maximum=0.95)
+    embed_dropout: float = _option(0.1, minimum=0.0, maximum=0.95)  # on the embeddings
     # every weight but the embeddings starts uniform in [-init_range, init_range], as in
     # fairseq's and OpenNMT-py's LSTMs; 0 keeps PyTorch's defaults (±1/sqrt(fan-in)), which
     # learn slower at first: valid ppl 213 against 134 after 200 updates (BENCHMARKS.md)
@@ -141,7 +145,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, batching, validation and checkpointing."""
 
-    seed: int = 1
+    seed: int = 1  # weights, dropout, batch order and subword draws all follow it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto: bf16 where the device has bf16 kernels (recent GPUs; CPUs with AVX-512 BF16 or
     # AMX), else fp32; checkpoints record the precision it became
@@ -152,20 +156,22 @@ class TrainConfig:
     # a batch holds as many sentences as fit: count x (longer side of its longest pair + 1)
     batch_tokens: int = _option(2000, minimum=16)
     accumulate: int = _option(1, minimum=1)  # batches per optimizer step
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)
-    weight_decay: float = _option(0.0, minimum=0.0)
+    optimizer: Literal["adam", "adamw"] = "adam"  # adamw: weight decay decoupled from the rate
+    lr: float = _option(1e-3, minimum=0.0, exclusive_minimum=True)  # peak learning rate
+    weight_decay: float = _option(0.0, minimum=0.0)  # 0 = none
     # linear: from lr down to min_lr at the end of the run's budget, the first of max_steps,
     # max_epochs and max_minutes (whose steps are projected from the pace so far), falling over
     # the budget's last anneal_fraction (1: all of it after the warm-up)
     lr_schedule: Literal["constant", "inverse_sqrt", "plateau", "linear"] = "plateau"
-    warmup_steps: int = _option(0, minimum=0)
+    warmup_steps: int = _option(0, minimum=0)  # steps of linear warm-up from 0 to lr
+    # linear schedule: the share of the budget, at its end, over which the rate falls
     anneal_fraction: float = _option(1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    # plateau schedule: the rate is multiplied by this when validation stops improving
     plateau_factor: float = _option(0.5, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     plateau_patience: int = _option(1, minimum=0)  # validations without improvement
-    min_lr: float = _option(1e-5, minimum=0.0)
+    min_lr: float = _option(1e-5, minimum=0.0)  # the rate never falls below it
     clip_norm: float = _option(1.0, minimum=0.0)  # 0 disables clipping
-    label_smoothing: float = _option(0.1, minimum=0.0, maximum=0.99)
+    label_smoothing: float = _option(0.1, minimum=0.0, maximum=0.99)  # 0 = plain cross-entropy
     # a loss on attention's mass away from the diagonal, fading from weight 1 to 0 over this
     # many updates, so that no start locks onto a reversed alignment; 0 = none
     guided_attention_steps: int = _option(0, minimum=0)
@@ -173,9 +179,10 @@ class TrainConfig:
     max_epochs: int = _option(30, minimum=0)  # 0 = no limit
     # training-time budget of the whole run, counted across resumes; 0 = no limit
     max_minutes: float = _option(0.0, minimum=0.0)
-    log_every: int = _option(100, minimum=1)
-    valid_every: int = _option(1000, minimum=1)
-    valid_beam_size: int = _option(1, minimum=1)
+    log_every: int = _option(100, minimum=1)  # steps between progress lines
+    valid_every: int = _option(1000, minimum=1)  # steps between validations
+    valid_beam_size: int = _option(1, minimum=1)  # beam of validation's decoding; 1 = greedy
+    # the validation score that picks best.pt, lowers the rate (plateau) and stops early
     early_stopping_metric: Literal["bleu", "chrf", "loss"] = "bleu"
     patience: int = _option(0, minimum=0)  # validations without improvement; 0 = never stop early
     keep_last: int = _option(3, minimum=1)  # step checkpoints kept besides best and last
@@ -190,12 +197,14 @@ class TrainConfig:
 class DecodeConfig:
     """Search settings for evaluate and translate."""
 
-    beam_size: int = _option(5, minimum=1)
-    nbest: int = _option(1, minimum=1)
+    beam_size: int = _option(5, minimum=1)  # 1 = greedy search
+    nbest: int = _option(1, minimum=1)  # translations per line (at most beam_size)
+    # a hypothesis' log-probability is divided by ((5 + length) / 6) ** alpha (gnmt), by its
+    # length (average) or by nothing (none), so that finished ones of different lengths compare
     length_penalty: Literal["gnmt", "average", "none"] = "gnmt"
     alpha: float = _option(0.6, minimum=0.0)  # GNMT length-penalty exponent
     max_len_a: float = _option(1.5, minimum=0.0)  # output limit: a * source_length + b
-    max_len_b: int = _option(10, minimum=1)
+    max_len_b: int = _option(10, minimum=1)  # see max_len_a
     no_repeat_ngram: int = _option(0, minimum=0)  # block repeated n-grams of this size; 0 = off
     # sentences per decoding batch: count x (longest source + 1) x beam_size stays within it
     batch_tokens: int = _option(6000, minimum=16)
@@ -208,7 +217,7 @@ class DecodeConfig:
     # measured (1000: up to 0.55 below) for about 5% of the shortlist's speed, since a batch's
     # union of candidates grows little (BENCHMARKS.md, "The shortlist's normaliser")
     shortlist: int = _option(0, minimum=0, maximum=100)
-    shortlist_frequent: int = _option(2000, minimum=0, maximum=2000)
+    shortlist_frequent: int = _option(2000, minimum=0, maximum=2000)  # see shortlist
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto = zh for Chinese, 13a otherwise
     bleu_lowercase: bool = False  # case-insensitive BLEU and chrF (for lowercased references)
     # also report BLEU on Moses-tokenised text (tokenizer.perl -a, then multi-bleu.perl's
@@ -222,17 +231,17 @@ class DecodeConfig:
     # whose probability reaches top_p), nbest samples per line, reproducible from the seed and
     # the line alone; beam_size must be 1
     sampling: bool = False
-    temperature: float = _option(1.0, minimum=0.0, exclusive_minimum=True)
-    top_k: int = _option(0, minimum=0)
-    top_p: float = _option(1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    seed: int = _option(1, minimum=0)
+    temperature: float = _option(1.0, minimum=0.0, exclusive_minimum=True)  # see sampling
+    top_k: int = _option(0, minimum=0)  # see sampling
+    top_p: float = _option(1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)  # see sampling
+    seed: int = _option(1, minimum=0)  # sampling's seed
 
 
 @dataclass(frozen=True)
 class Config:
     """A whole s2s experiment, as read from one YAML file."""
 
-    run_dir: Path
+    run_dir: Path  # where prepared data, checkpoints, metrics and evaluations go
     data: DataConfig
     vocab: VocabConfig = field(default_factory=VocabConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -28,6 +28,10 @@ def test_every_shipped_config_loads_with_every_value_it_sets(path: Path) -> None
                     TrainingCorpus(Path(item).absolute()) if isinstance(item, str)
                     else TrainingCorpus(**{**item, "path": Path(item["path"]).absolute()})
                     for item in corpora)
+            elif isinstance(loaded, tuple):  # lists load as tuples, of paths where declared
+                items = value if isinstance(value, list) else [value]
+                expected = tuple(Path(item).absolute() if loaded and isinstance(loaded[0], Path)
+                                 else item for item in items)
             else:
                 expected = Path(value).absolute() if isinstance(loaded, Path) else value
             assert loaded == expected, f"{section}.{key}"
