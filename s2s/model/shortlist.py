@@ -141,7 +141,8 @@ def _distinct_per_sentence(side: EncodedSide, start: int, stop: int, size: int
     by sentence, then id."""
     ids = np.asarray(side.ids[side.offsets[start]:side.offsets[stop]], dtype=np.int64)
     sentence = np.repeat(np.arange(stop - start), np.diff(side.offsets[start:stop + 1]))
-    keys = np.unique(sentence * size + ids)
+    keys = np.sort(sentence * size + ids)  # runs by sentence already: a cheap sort
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
     return keys // size, keys % size
 
 
