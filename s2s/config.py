@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from s2s.errors import ConfigError
+from s2s.tokens import SPECIAL_PIECES  # never a corpus tag
 
 
 def _option(default: Any, *, minimum: float | None = None, maximum: float | None = None,
@@ -27,8 +28,6 @@ def _option(default: Any, *, minimum: float | None = None, maximum: float | None
                                             "exclusive_minimum": exclusive_minimum})
 
 
-# pieces sentencepiece already uses for its special tokens: never a corpus tag
-SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,10 @@ def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Pat
     assert progress.step == 13
     assert load_checkpoint(RunDir(resumed.run_dir).checkpoint("last"))["progress"]["step"] == 13
     train(resumed)
+    # the stop's checkpoint went once training passed it: the kept ones are the regular steps
+    steps = [path.name for path in RunDir(resumed.run_dir).step_checkpoints()]
+    assert steps == [path.name for path in RunDir(straight.run_dir).step_checkpoints()]
+    assert "step-00000013.pt" not in steps
     expected = _weights(RunDir(straight.run_dir).checkpoint("last"))
     actual = _weights(RunDir(resumed.run_dir).checkpoint("last"))
     for name in expected:

@@ -12,11 +12,7 @@ import sentencepiece as spm
 
 from s2s.config import VocabConfig
 from s2s.errors import DataError
-
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
+from s2s.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 
 class Tokenizer:

@@ -50,12 +50,13 @@ from s2s.errors import CheckpointError
 from s2s.model.int8 import Int8Linear
 from s2s.model.seq2seq import DecoderState, Encoded
 from s2s.model.step_layers import StepLayer
+from s2s.tokens import SPECIAL_PIECES
 
 STORED_PER_SOURCE = 100  # the table keeps this many per source piece; decoding uses fewer
 STORED_FREQUENT = 2000
 MAX_PAIRS = 2_000_000  # pairs counted (a sample of the rest adds little)
 COUNTED_AT_ONCE = 100_000  # pairs whose co-occurrences are counted in one vectorised step
-SPECIALS = 4  # pad, unk, bos, eos: ids 0..3, first in every candidate list
+SPECIALS = len(SPECIAL_PIECES)  # their ids come first in every candidate list
 OUTSIDE_GROUPS = 256  # groups of pieces whose mass outside a list is estimated
 
 

@@ -120,7 +120,9 @@ class TrainingCheckpoints:
     data_hash: str  # the prepared data's config hash: resuming on other data is refused
 
     def save(self, state: TrainingState, *, best: bool = False) -> Path:
-        """Write a step checkpoint, point ``last`` (and ``best``) at it, drop old ones."""
+        """Write a step checkpoint, point ``last`` (and ``best``) at it, drop old ones: those
+        beyond ``train.keep_last``, and any older one off the ``train.valid_every`` grid (a
+        stop's checkpoint, once training has gone past it)."""
         payload = {
             "format": FORMAT,
             "config": config_to_dict(self.config),
@@ -133,6 +135,12 @@ class TrainingCheckpoints:
         link_atomic(path, self.run.checkpoint("last"))
         if best:
             link_atomic(path, self.run.checkpoint("best"))
+        every = self.config.train.valid_every
+        # one a stop wrote off the validation grid is there to resume from: once a newer one
+        # exists it goes, so that keep_last and average_last count the run's regular steps
+        for old in self.run.step_checkpoints()[:-1]:
+            if _step_of(old) % every:
+                old.unlink(missing_ok=True)
         for old in self.run.step_checkpoints()[:-self.config.train.keep_last]:
             old.unlink(missing_ok=True)
         return path
@@ -262,6 +270,11 @@ def check_vocabulary(loaded: LoadedModel, run_dir: Path) -> None:
             raise CheckpointError(f"{loaded.name}: its {name} vocabulary is not the one of the "
                                   f"run in {run_dir} (another run's checkpoint?); use that "
                                   "run's --run directory or one of this run's checkpoints")
+
+
+def _step_of(path: Path) -> int:
+    """The step of a step checkpoint's file name (step-00001000.pt: 1000)."""
+    return int(path.stem.removeprefix("step-"))
 
 
 def average_checkpoints(run_dir: Path, last: int | None = None, *,
