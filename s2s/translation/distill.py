@@ -242,16 +242,17 @@ def _count_lines(path: Path) -> int:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line.replace("\n", " ") + "\n" for line in lines),
-                         encoding="utf-8")
-    os.replace(temporary, path)
+    _write_whole(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
+    _write_whole(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """``text`` into ``path`` whole or not at all: a temporary file renamed into place."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
 
