@@ -26,7 +26,7 @@ python3 - "$run" <<'PY'
 import sys, time
 from pathlib import Path
 from s2s.data.store import load_split
-from s2s.model.shortlist import build_table
+from s2s.data.shortlist_table import build_table
 pairs = load_split(Path(sys.argv[1]) / "data", "train")
 started = time.perf_counter()
 build_table(pairs, (8000, 8000), "timing")

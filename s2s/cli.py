@@ -106,9 +106,9 @@ def _reporter(quiet: bool = False):
     return Reporter() if quiet else Reporter.to_stderr()
 
 
-def _load(config: Path, overrides: Optional[list[str]]):
+def _load(config: Path, overrides: Optional[list]):
     from s2s.config import load_config
-    return load_config(config, overrides or [], option_names=DECODE_OPTIONS)
+    return load_config(config, overrides or [])
 
 
 @app.command()
@@ -375,7 +375,7 @@ def demo_data(directory: Annotated[Path, typer.Argument(
 
 
 def _translator(config: Optional[Path], run: Optional[Path], checkpoint: str,
-                overrides: list[str], device: str, models: Optional[list[str]] = None,
+                overrides: list, device: str, models: Optional[list[str]] = None,
                 weights: Optional[str] = None):
     """The translator of a run's checkpoint (with ``models``: of an ensemble), decoding as
     CONFIG (or, with --run, as stored in the checkpoint) and ``overrides`` say; and the run
@@ -385,8 +385,7 @@ def _translator(config: Optional[Path], run: Optional[Path], checkpoint: str,
     ensemble = {"ensemble": _model_refs(models), "weights": _weights(weights)}
     if experiment is None:
         assert run is not None
-        translator = load_translator(run, checkpoint, overrides=overrides,
-                                     option_names=DECODE_OPTIONS, device=device,
+        translator = load_translator(run, checkpoint, overrides=overrides, device=device,
                                      reporter=_reporter(), **ensemble)
         return translator, run
     translator = load_translator(experiment.run_dir, checkpoint, decode=experiment.decode,
@@ -426,31 +425,31 @@ def _translation_config(config: Optional[Path], run: Optional[Path], overrides: 
     return _load(config, overrides)
 
 
-# the options that stand for decode settings, so that errors name what the user typed
-DECODE_OPTIONS = {"decode.beam_size": "--beam", "decode.nbest": "--nbest",
-                  "decode.batch_tokens": "--batch-tokens", "decode.sampling": "--sampling",
-                  "decode.temperature": "--temperature", "decode.top_k": "--top-k",
-                  "decode.top_p": "--top-p", "decode.seed": "--seed"}
-
-
 def _decode_overrides(beam: Optional[int], nbest: Optional[int],
-                      batch_tokens: Optional[int]) -> list[str]:
-    values = {"decode.beam_size": beam, "decode.nbest": nbest,
-              "decode.batch_tokens": batch_tokens}
-    return [f"{key}={value}" for key, value in values.items() if value is not None]
+                      batch_tokens: Optional[int]) -> list:
+    """The decode options given, as typed overrides that errors name as the user typed them."""
+    from s2s.config import Override
+    options = (("decode.beam_size", beam, "--beam"), ("decode.nbest", nbest, "--nbest"),
+               ("decode.batch_tokens", batch_tokens, "--batch-tokens"))
+    return [Override.option(key, value, name) for key, value, name in options
+            if value is not None]
 
 
 def _sampling_overrides(sampling: bool, beam: Optional[int], temperature: Optional[float],
                         top_k: Optional[int], top_p: Optional[float], seed: Optional[int]
-                        ) -> list[str]:
-    """--sampling and its settings as decode overrides; --sampling without --beam sets the
-    beam to 1 (a --beam above 1 is then an error, from the config's check)."""
-    values = {"decode.temperature": temperature, "decode.top_k": top_k,
-              "decode.top_p": top_p, "decode.seed": seed}
-    changes = [f"{key}={value}" for key, value in values.items() if value is not None]
+                        ) -> list:
+    """--sampling and its settings as typed decode overrides; --sampling without --beam sets
+    the beam to 1 (a --beam above 1 is then an error, from the config's check)."""
+    from s2s.config import Override
+    options = (("decode.temperature", temperature, "--temperature"),
+               ("decode.top_k", top_k, "--top-k"), ("decode.top_p", top_p, "--top-p"),
+               ("decode.seed", seed, "--seed"))
+    changes = [Override.option(key, value, name) for key, value, name in options
+               if value is not None]
     if not sampling:
         return changes
-    return ["decode.sampling=true", *([] if beam is not None else ["decode.beam_size=1"]),
+    return [Override.option("decode.sampling", True, "--sampling"),
+            *([] if beam is not None else [Override.option("decode.beam_size", 1, "--sampling")]),
             *changes]
 
 

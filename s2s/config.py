@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import yaml
 
@@ -276,12 +276,42 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
-def load_config(path: Path | str, overrides: Sequence[str] = (),
-                option_names: Mapping[str, str] | None = None) -> Config:
+@dataclass(frozen=True)
+class Override:
+    """One setting changed from outside the config file: ``--set section.key=value`` (the
+    value is text, read as YAML), or a command-line option such as ``--beam 3`` (a typed
+    value). It is checked by the same rules as the file's value, and an error names
+    ``origin``, what the user typed."""
+
+    key: str  # dotted: section.key
+    value: Any
+    origin: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Override":
+        """``section.key=value`` as given to ``--set``."""
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {text!r}: expected section.key=value")
+        origin = f"--set {key}={value}"
+        return cls(key, parse_yaml(value, origin), origin)
+
+    @classmethod
+    def option(cls, key: str, value: Any, option: str) -> "Override":
+        """The value of command-line ``option`` for setting ``key``."""
+        shown = str(value).lower() if isinstance(value, bool) else value
+        return cls(key, value, f"{option} {shown}")
+
+
+Overrides = Sequence["str | Override"]  # --set text or typed options, applied in order
+
+
+def load_config(path: Path | str, overrides: Overrides = ()) -> Config:
     """Read, override and validate a config file; raise ConfigError listing every problem.
 
-    Each problem names where its value came from: the file, or the ``--set`` override (or the
-    command-line option that ``option_names`` maps its dotted key to).
+    Each problem names where its value came from: the file, or the override (``--set`` or
+    the command-line option) that set it.
     """
     path = Path(path)
     if not path.is_file():
@@ -297,15 +327,13 @@ def load_config(path: Path | str, overrides: Sequence[str] = (),
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, "
                           f"not a {_yaml_type_name(raw)}")
-    return config_from_dict(raw, source=str(path), overrides=overrides,
-                            option_names=option_names)
+    return config_from_dict(raw, source=str(path), overrides=overrides)
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
-                     overrides: Sequence[str] = (),
-                     option_names: Mapping[str, str] | None = None) -> Config:
+                     overrides: Overrides = ()) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a Config."""
-    raw, origins = _apply_overrides(raw, overrides, option_names or {})
+    raw, origins = _apply_overrides(raw, overrides)
     errors: list[str] = []
     config = _build(Config, raw, "", errors)
     if not errors:
@@ -314,6 +342,20 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
         raise ConfigError("\n".join(f"{_origin(message, origins, source)}: {message}"
                                      for message in errors))
     return config
+
+
+def changed_decode(decode: DecodeConfig, overrides: Overrides) -> DecodeConfig:
+    """``decode`` with ``overrides`` (of ``decode.*`` keys) applied, checked by the rules of
+    a config's decode section: a ConfigError names each bad value by its override's origin."""
+    raw, origins = _apply_overrides({"decode": config_to_dict(decode)}, overrides)
+    errors: list[str] = []
+    changed = _build(DecodeConfig, raw["decode"], "decode.", errors)
+    if not errors:
+        errors.extend(_decode_errors(changed))
+    if errors:
+        raise ConfigError("\n".join(f"{_origin(message, origins, 'decode')}: {message}"
+                                     for message in errors))
+    return changed
 
 
 def _origin(message: str, origins: dict[str, str], source: str) -> str:
@@ -359,29 +401,23 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
 
 
-def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str],
-                     option_names: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """A copy of ``raw`` with each ``section.key=value`` override set, and for each overridden
-    dotted key how the user wrote it (``--set key=value``, or ``--beam 3``)."""
+def _apply_overrides(raw: dict[str, Any], overrides: Overrides
+                     ) -> tuple[dict[str, Any], dict[str, str]]:
+    """A copy of ``raw`` with each override set, and for each overridden dotted key how the
+    user wrote it (``--set key=value``, or ``--beam 3``)."""
     result = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
     origins: dict[str, str] = {}
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {override!r}: expected section.key=value")
-        origin = (f"{option_names[key]} {text}" if key in option_names
-                  else f"--set {key}={text}")
-        origins[key] = origin
-        value = parse_yaml(text, origin)
-        *sections, leaf = key.split(".")
+    for item in overrides:
+        override = Override.parse(item) if isinstance(item, str) else item
+        origins[override.key] = override.origin
+        *sections, leaf = override.key.split(".")
         target = result
         for section in sections:
             child = target.setdefault(section, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{origin}: {section} is not a section")
+                raise ConfigError(f"{override.origin}: {section} is not a section")
             target = child
-        target[leaf] = value
+        target[leaf] = override.value
     return result, origins
 
 
@@ -485,6 +521,18 @@ def _check_range(value: float, limits: Any, dotted: str, errors: list[str]) -> N
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
+def _decode_errors(decode: DecodeConfig) -> list[str]:
+    """Decode settings that are each valid but contradict one another."""
+    if decode.sampling and decode.beam_size > 1:
+        return [f"decode.sampling: sampling draws one token at a time, not a beam; set "
+                f"decode.beam_size to 1 (it is {decode.beam_size}) and ask for several "
+                "samples with decode.nbest"]
+    if decode.nbest > decode.beam_size and not decode.sampling:
+        return [f"decode.nbest: {decode.nbest} is larger than decode.beam_size "
+                f"({decode.beam_size}); a beam cannot return more hypotheses than it keeps"]
+    return []
+
+
 def _consistency_errors(config: Config) -> list[str]:
     """Values that are each valid but contradict one another."""
     errors = []
@@ -495,14 +543,7 @@ def _consistency_errors(config: Config) -> list[str]:
         errors.append(f"data.tgt_lang: must differ from data.src_lang ({config.data.src_lang!r}), "
                       "or the source and target files would be the same")
     errors.extend(_tag_errors(config.data))
-    if config.decode.sampling and config.decode.beam_size > 1:
-        errors.append(f"decode.sampling: sampling draws one token at a time, not a beam; set "
-                      f"decode.beam_size to 1 (it is {config.decode.beam_size}) and ask for "
-                      "several samples with decode.nbest")
-    elif config.decode.nbest > config.decode.beam_size and not config.decode.sampling:
-        errors.append(f"decode.nbest: {config.decode.nbest} is larger than decode.beam_size "
-                      f"({config.decode.beam_size}); a beam cannot return more hypotheses "
-                      "than it keeps")
+    errors.extend(_decode_errors(config.decode))
     if config.vocab.joint and config.vocab.src_size != config.vocab.tgt_size:
         errors.append(f"vocab.tgt_size: a joint vocabulary has one size, but src_size is "
                       f"{config.vocab.src_size} and tgt_size is {config.vocab.tgt_size}")

@@ -1,4 +1,5 @@
-"""Choosing the torch device, the CPU thread count and the mixed-precision context.
+"""Choosing the torch device, the CPU thread count, the precision of training and of decoding
+(``decode_dtype``: bf16, fp32 or int8 weights) and the mixed-precision context.
 
 Thread counts are process-wide state in torch: they are set for the duration of a command
 (``thread_scope``) and restored afterwards, so a library call never changes what runs next.
@@ -7,13 +8,14 @@ Thread counts are process-wide state in torch: they are set for the duration of 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import replace
 from typing import ContextManager, Iterator
 
 import torch
 
-from s2s.config import Config
+from s2s.config import Config, DecodeConfig
 from s2s.errors import DeviceError
 
 
@@ -110,3 +112,54 @@ def thread_scope(threads: int) -> Iterator[int]:
         yield count
     finally:
         torch.set_num_threads(previous)
+
+
+@functools.cache
+def int8_runs() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``)."""
+    try:
+        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+# decoders this wide or wider search faster in int8 (beam 5 over random models with a 2,000-piece
+# vocabulary and embeddings half the decoder's width: 1.0x fp32's speed at 64 hidden units,
+# 1.15x at 128, 1.4x at 256, 2.3x at 512); below, quantising costs what the matmuls save
+INT8_MIN_DECODER_HIDDEN = 128
+
+
+def int8_pays(decoder_hidden: int) -> bool:
+    """Whether ``decode.precision: auto`` decodes a CPU model of this size in int8."""
+    return decoder_hidden >= INT8_MIN_DECODER_HIDDEN and int8_runs()
+
+
+def check_int8(device: torch.device, key: str = "decode.precision") -> None:
+    """Refuse int8 where it cannot run, naming the setting ``key`` to change."""
+    if device.type != "cpu":
+        raise DeviceError(f"{key}: int8 runs on the CPU only; use bf16 or fp32 on {device.type}")
+    if not int8_runs():
+        raise DeviceError(f"{key}: this torch ({torch.__version__}) has no int8 matrix "
+                          "multiplication on the CPU; use fp32 or a newer torch")
+
+
+def decode_dtype(config: DecodeConfig, train_precision: str, device: torch.device,
+                 decoder_hidden: int) -> torch.dtype:
+    """The weights' dtype for decoding; ``torch.qint8`` stands for int8 weights
+    (``s2s.model.int8``). ``auto`` is int8 on a CPU where torch multiplies int8 and the model
+    is large enough to gain from it (``int8_pays``: BENCHMARKS.md, "Fast translation on a
+    CPU"); elsewhere bf16 when the model trained in bf16 (``train_precision``, resolved) and
+    the device runs bf16, else fp32. An explicit precision the device cannot run is an error.
+    """
+    precision = config.precision
+    if precision == "auto" and device.type == "cpu" and int8_pays(decoder_hidden):
+        return torch.qint8
+    if precision == "auto":
+        precision = "bf16" if train_precision == "bf16" else "fp32"
+        if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+            precision = "fp32"
+    if precision == "int8":
+        return torch.qint8
+    check_precision(device, precision, "decode.precision")
+    return torch.bfloat16 if precision == "bf16" else torch.float32

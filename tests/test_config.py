@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from s2s.config import TrainingCorpus, config_from_dict, dump_config, load_config, parse_yaml
+from s2s.config import (
+    Override,
+    TrainingCorpus,
+    config_from_dict,
+    dump_config,
+    load_config,
+    parse_yaml,
+)
 from s2s.errors import ConfigError
 from tests.conftest import config_dict, write_config
 
@@ -112,18 +119,18 @@ def test_errors_name_the_override_or_option_a_value_came_from(tmp_path: Path) ->
     path = write_config(tmp_path / "c.yaml", config_dict(tmp_path, tmp_path / "run",
                                                          model={"dropout": 2.0}))
     with pytest.raises(ConfigError) as caught:
-        load_config(path, ["train.lrr=1", "train.lr=fast", "decode.nbest=3",
-                           "decode.beam_size=2"], option_names={"decode.nbest": "--nbest",
-                                                                "decode.beam_size": "--beam"})
+        load_config(path, ["train.lrr=1", "train.lr=fast",
+                           Override.option("decode.nbest", 3, "--nbest"),
+                           Override.option("decode.beam_size", 2, "--beam")])
     assert sorted(str(caught.value).splitlines()) == sorted([
         "--set train.lrr=1: train.lrr: unknown key — did you mean lr?",
         "--set train.lr=fast: train.lr: expected a number, got string 'fast'",
         f"{path}: model.dropout: must be at most 0.95, got 2.0",
     ])
     with pytest.raises(ConfigError) as caught:
-        load_config(tmp_path / "c.yaml", ["model.dropout=0", "decode.nbest=3",
-                                          "decode.beam_size=2"],
-                    option_names={"decode.nbest": "--nbest", "decode.beam_size": "--beam"})
+        load_config(tmp_path / "c.yaml", ["model.dropout=0",
+                                          Override.option("decode.nbest", 3, "--nbest"),
+                                          Override.option("decode.beam_size", 2, "--beam")])
     assert str(caught.value).startswith("--nbest 3: decode.nbest: 3 is larger than "
                                         "decode.beam_size (2)")
 

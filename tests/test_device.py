@@ -13,6 +13,7 @@ from s2s.config import DecodeConfig, load_config
 from s2s.device import (
     autocast,
     check_precision,
+    decode_dtype,
     resolve_precision,
     resolve_threads,
     thread_scope,
@@ -20,7 +21,6 @@ from s2s.device import (
 from s2s.errors import DeviceError
 from s2s.run.checkpoint import load_checkpoint
 from s2s.training.loop import train
-from s2s.translation.translator import decode_dtype
 from tests.conftest import TEST_THREADS, config_dict, prepare_run, write_config
 
 
@@ -64,7 +64,7 @@ def test_bf16_where_the_cpu_has_no_bf16_kernels(monkeypatch: pytest.MonkeyPatch)
     """On AVX2-only CPUs torch's bf16 LSTM fails inside oneDNN: refuse it in one line, and
     decode a bf16-trained model in fp32 when asked for auto (and int8 does not pay)."""
     monkeypatch.setattr(s2s.device, "cpu_supports_bf16", lambda: False)
-    monkeypatch.setattr("s2s.translation.translator.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("s2s.device.cpu_supports_bf16", lambda: False)
     cpu = torch.device("cpu")
     with pytest.raises(DeviceError, match="train.precision: bf16 needs a CPU with AVX-512 "
                                           "BF16 or AMX.*use --set train.precision=fp32"):
@@ -85,7 +85,7 @@ def test_auto_precision_is_bf16_only_where_the_device_has_bf16_kernels(
         assert resolve_precision(cpu, "auto") == expected
         assert resolve_precision(cpu, "fp32") == "fp32"
     # from here on, a CPU without bf16 kernels
-    monkeypatch.setattr("s2s.translation.translator.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("s2s.device.cpu_supports_bf16", lambda: False)
     with autocast(cpu, resolve_precision(cpu, "auto")):
         assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="resolve it first"):

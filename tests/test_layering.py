@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "s2s"
 
 # bottom first; rooms on one line may not import each other
 LAYERS = [
-    {"s2s.errors", "s2s.tokens"},
+    {"s2s.errors", "s2s.tokens", "s2s.files"},
     {"s2s.config"},
     {"s2s.device", "s2s.report", "s2s.allocator", "s2s.rundir"},
     {"s2s.data"},

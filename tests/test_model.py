@@ -10,6 +10,7 @@ from s2s.data.batching import pad
 from s2s.data.vocab import EOS_ID
 from s2s.model.seq2seq import DecoderState, Seq2Seq
 from s2s.search.greedy import greedy_search
+from s2s.search.options import SearchOptions
 from tests.tasks import fit
 
 VARIANTS = [
@@ -132,7 +133,8 @@ def test_learns_a_tiny_copy_or_reverse_task(task: str, cell: str) -> None:
     model = fit(Seq2Seq(config, 14, 14), examples, 400, clip_norm=1.0)
     sequences, targets = examples(200)
     src, src_lengths = pad(sequences, suffix=EOS_ID)
-    found = greedy_search(model, src, src_lengths, DecodeConfig(beam_size=1))
+    found = greedy_search(model, src, src_lengths, SearchOptions(DecodeConfig(beam_size=1),
+                                                               torch.device("cpu")))
     exact = sum(hypotheses[0].tokens == target for hypotheses, target in zip(found, targets))
     assert exact / len(targets) >= 0.9
 

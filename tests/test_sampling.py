@@ -14,7 +14,8 @@ from s2s.cli import app
 from s2s.config import DecodeConfig, ModelConfig
 from s2s.model.seq2seq import Seq2Seq
 from s2s.search.corpus import decode_corpus
-from s2s.search.sampling import draw, line_keys, restricted_log_probs
+from s2s.search.options import SearchOptions
+from s2s.search.sampling import draw, line_keys, restricted_log_probs, uniform
 from tests.tasks import fit
 
 runner = CliRunner()
@@ -48,9 +49,9 @@ def _sentences(count: int, seed: int) -> list[list[int]]:
 @pytest.mark.parametrize("setting", [{"top_k": 1}, {"temperature": 1e-6}])
 def test_top_k_one_or_a_cold_temperature_is_greedy(model: Seq2Seq, setting: dict) -> None:
     sentences = _sentences(30, 3)
-    greedy = decode_corpus(model, sentences, DecodeConfig(beam_size=1), CPU)
-    sampled = decode_corpus(model, sentences, DecodeConfig(
-        beam_size=1, sampling=True, nbest=2, **setting), CPU)
+    greedy = decode_corpus(model, sentences, SearchOptions(DecodeConfig(beam_size=1), CPU))
+    sampled = decode_corpus(model, sentences, SearchOptions(DecodeConfig(
+        beam_size=1, sampling=True, nbest=2, **setting), CPU))
     for mine, theirs in zip(sampled, greedy):
         assert [h.tokens for h in mine] == [theirs[0].tokens] * 2
         assert mine[0].score == pytest.approx(theirs[0].score, abs=1e-4)
@@ -59,10 +60,11 @@ def test_top_k_one_or_a_cold_temperature_is_greedy(model: Seq2Seq, setting: dict
 def test_a_lines_samples_depend_on_the_seed_and_the_line_alone(model: Seq2Seq) -> None:
     sentences = _sentences(40, 4)
     config = DecodeConfig(beam_size=1, sampling=True, nbest=3, batch_tokens=60)
-    together = decode_corpus(model, sentences, config, CPU)
-    alone = [decode_corpus(model, [sentence], config, CPU)[0] for sentence in sentences[:10]]
-    shuffled = decode_corpus(model, sentences[::-1], config, CPU)[::-1]
-    other_seed = decode_corpus(model, sentences, replace(config, seed=2), CPU)
+    together = decode_corpus(model, sentences, SearchOptions(config, CPU))
+    alone = [decode_corpus(model, [sentence], SearchOptions(config, CPU))[0]
+             for sentence in sentences[:10]]
+    shuffled = decode_corpus(model, sentences[::-1], SearchOptions(config, CPU))[::-1]
+    other_seed = decode_corpus(model, sentences, SearchOptions(replace(config, seed=2), CPU))
     for mine, its_own, reversed_order in zip(together, alone, shuffled):
         assert [h.tokens for h in mine] == [h.tokens for h in its_own]
         assert [h.tokens for h in mine] == [h.tokens for h in reversed_order]
@@ -90,6 +92,38 @@ def test_sample_frequencies_match_the_distribution(setting: dict) -> None:
     # the 0.999 quantile of chi-square with (kept - 1) degrees of freedom
     critical = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}[int(kept.sum()) - 1]
     assert chi_square < critical
+
+
+def _one_pass_draw(log_probs: torch.Tensor, keys: torch.Tensor, step: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The naive draw: the whole row's cumulative distribution in fp64, searched once; the
+    tokens, the cumulative distributions and the points drawn."""
+    running = log_probs.double().exp().cumsum(dim=1)
+    point = uniform(keys, step) * running[:, -1]
+    found = torch.searchsorted(running, point[:, None], right=True)[:, 0]
+    return found.clamp(max=running.size(1) - 1), running, point
+
+
+def test_the_chunked_draw_is_the_one_pass_draw_over_a_large_vocabulary() -> None:
+    """8,000 tokens are 63 chunks of 128 (the last one short): 3,000 rows of spread and of
+    peaked distributions drawn both ways, at two steps, pick the same tokens, except where
+    the point falls within rounding (1e-6) of the boundary between two tokens: the chunked
+    draw sums in chunks, the naive one along the row."""
+    generator = torch.Generator().manual_seed(3)
+    spread = torch.log_softmax(torch.randn(1500, 8000, generator=generator), dim=1)
+    peaked = torch.log_softmax(torch.randn(1500, 8000, generator=generator) * 6, dim=1)
+    config = DecodeConfig(beam_size=1, sampling=True)
+    for log_probs in (spread, peaked):
+        keys = line_keys([[n] for n in range(len(log_probs))], 1, seed=11)
+        for step in (0, 5):
+            chunked = draw(log_probs, keys, step, config)
+            expected, running, point = _one_pass_draw(log_probs, keys, step)
+            differ = (chunked != expected).nonzero()[:, 0]
+            assert len(differ) <= 3
+            for row in differ.tolist():
+                boundary = running[row, min(int(chunked[row]), int(expected[row]))]
+                assert abs(float(boundary - point[row])) < 1e-6
+            assert len(set((chunked // 128).tolist())) > 40  # the draws cross many chunks
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:

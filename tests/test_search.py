@@ -23,6 +23,7 @@ from s2s.search.constraints import TargetTerms
 from s2s.search.corpus import decode_corpus
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.options import SearchOptions
 from s2s.search.steps import (
     beam_topk,
     bucket_size,
@@ -31,6 +32,8 @@ from s2s.search.steps import (
     row_topk,
 )
 from tests.tasks import copy_model, random_sentences
+
+CPU = torch.device("cpu")
 
 
 def _peaked_model(seed: int = 0, input_feeding: bool = True) -> Seq2Seq:
@@ -50,13 +53,18 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor,
                 config: DecodeConfig) -> list[list[Hypothesis]]:
     """Beam search of one padded batch whose sentences all start at the first step."""
     sentences = [row[:length - 1] for row, length in zip(src.tolist(), src_lengths.tolist())]
-    batch = BeamBatch(model, config, src.device)
+    batch = BeamBatch(model, SearchOptions(config, src.device))
     batch.add(sentences, range(len(sentences)))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     while len(batch):
         for index, hypotheses in batch.step():
             results[index] = hypotheses
     return results
+
+
+def _greedy_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor,
+                   config: DecodeConfig) -> list[list[Hypothesis]]:
+    return greedy_search(model, src, src_lengths, SearchOptions(config, src.device))
 
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -82,7 +90,7 @@ def test_beam_size_one_equals_greedy(copy_models: dict[ModelKey, Seq2Seq], cell:
     model = copy_models[cell, input_feeding]
     src, lengths = pad(random_sentences(60), suffix=EOS_ID)
     settings = DecodeConfig(beam_size=1, nbest=1, length_penalty="none")  # comparable scores
-    greedy = greedy_search(model, src, lengths, settings)
+    greedy = greedy_search(model, src, lengths, SearchOptions(settings, CPU))
     beam = beam_search(model, src, lengths, settings)
     assert len({len(h[0].tokens) for h in greedy}) >= 5  # sentences end at many steps
     assert [h[0].tokens for h in greedy] == [h[0].tokens for h in beam]
@@ -104,10 +112,10 @@ def test_translation_is_the_same_alone_and_in_a_batch_of_longer_sentences(
     sentences = random_sentences(60)
     settings = DecodeConfig(beam_size=beam, nbest=1, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]
-    batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    batched = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     assert len({len(h[0].tokens) for h in batched}) >= 5
     for index in range(60):
-        alone = decode_corpus(model, [sentences[index]], settings, torch.device("cpu"))
+        alone = decode_corpus(model, [sentences[index]], SearchOptions(settings, CPU))
         assert alone[0][0].tokens == batched[index][0].tokens
         # other batch shapes take other BLAS kernels: fp32 sums of ~20 log-probabilities
         # differ by up to ~1e-5 (seen: 1.1e-5 on an AMD EPYC, 1e-5 on a 16-core Xeon)
@@ -119,7 +127,7 @@ def test_beam_search_finds_better_scoring_translations_than_greedy(
     model = copy_models["lstm", True]
     src, lengths = pad(random_sentences(60), suffix=EOS_ID)
     plain = DecodeConfig(beam_size=1, length_penalty="none")
-    greedy = greedy_search(model, src, lengths, plain)
+    greedy = greedy_search(model, src, lengths, SearchOptions(plain, CPU))
     beam = beam_search(model, src, lengths, replace(plain, beam_size=5))
     differences = [b[0].score - g[0].score for g, b in zip(greedy, beam)]
     # not a guarantee for each sentence (greedy's prefix can drop out of the beam), but
@@ -194,9 +202,9 @@ def test_output_length_limit_is_respected() -> None:
     src, lengths = pad(sentences, suffix=EOS_ID)
     settings = DecodeConfig(beam_size=3, max_len_a=0.5, max_len_b=2)
     limits = max_output_lengths(lengths, settings).tolist()
-    for search in (greedy_search, beam_search):
+    for search in (_greedy_search, beam_search):
         results = search(model, src, lengths, replace(settings, beam_size=1) if
-                         search is greedy_search else settings)
+                         search is _greedy_search else settings)
         assert [len(h[0].tokens) for h in results] == limits
 
 
@@ -206,7 +214,7 @@ def test_no_repeat_ngram_blocks_repeated_bigrams() -> None:
         model.decoder.output.bias[EOS_ID] -= 100.0
     src, lengths = pad(random_sentences(6), suffix=EOS_ID)
     settings = DecodeConfig(beam_size=3, no_repeat_ngram=2, max_len_a=3.0, max_len_b=10)
-    for search, beam in ((greedy_search, 1), (beam_search, 3)):
+    for search, beam in ((_greedy_search, 1), (beam_search, 3)):
         for hypotheses in search(model, src, lengths, replace(settings, beam_size=beam)):
             tokens = hypotheses[0].tokens
             bigrams = list(zip(tokens, tokens[1:]))
@@ -222,9 +230,9 @@ def test_no_repeat_ngram_holds_for_sentences_that_join_a_running_batch() -> None
     sentences = random_sentences(12)
     settings = DecodeConfig(beam_size=3, no_repeat_ngram=2, max_len_a=3.0, max_len_b=10,
                             batch_tokens=3 * 16)  # two or three sentences at a time
-    joined = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    joined = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     for sentence, hypotheses in zip(sentences, joined):
-        alone = decode_corpus(model, [sentence], settings, torch.device("cpu"))
+        alone = decode_corpus(model, [sentence], SearchOptions(settings, CPU))
         assert hypotheses[0].tokens == alone[0][0].tokens
         bigrams = list(zip(hypotheses[0].tokens, hypotheses[0].tokens[1:]))
         assert len(bigrams) == len(set(bigrams))
@@ -255,8 +263,8 @@ def _reference_search(model: Seq2Seq | Sequence[Seq2Seq], sentence: list[int],
         previous = torch.tensor([tokens[-1] if tokens else BOS_ID])
         member_log_probs, new_states = [], []
         for member, state, member_encoded in zip(models, states, encoded):
-            logits, state, _ = member.decode_step(previous, state, member_encoded)
-            member_log_probs.append(torch.log_softmax(logits[0].double(), dim=-1).tolist())
+            log_probs, state, _ = member.decode_step(previous, state, member_encoded)
+            member_log_probs.append(log_probs[0].double().tolist())
             new_states.append(state)
         combined = []
         for values in zip(*member_log_probs):
@@ -374,7 +382,7 @@ def test_batched_search_equals_the_naive_reference(copy_models: dict[ModelKey, S
     sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000,
                             length_penalty=length_penalty)  # type: ignore[arg-type]
-    batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    batched = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     with torch.no_grad():
         expected = [_reference_search(model, sentence, settings) for sentence in sentences]
     assert len({len(found[0][0]) for found in expected}) >= 4  # outputs of many lengths
@@ -401,11 +409,11 @@ def test_passengers_change_the_rows_computed_and_nothing_else(
         return step(prev, *state)
 
     monkeypatch.setattr(model, "decode_step", counted_step)
-    dropped = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    dropped = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     dropped_rows, rows = rows, []
     for module in (beam_module, greedy_module):
         monkeypatch.setattr(module, "keeps_passengers", lambda _: True)
-    kept = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    kept = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     def shrunk_to(counts: list[int]) -> list[int]:
         """The sentence counts the batch shrank to."""
         sentences = [count // beam for count in counts]
@@ -432,7 +440,7 @@ def test_batched_search_of_an_int8_model_equals_the_naive_reference(
     model = quantized_for_cpu(copy_models[cell, input_feeding])
     sentences = random_sentences(20, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=100_000)
-    batched = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    batched = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     with torch.no_grad():
         expected = [_reference_search(model, sentence, settings) for sentence in sentences]
     for ours, theirs in zip(batched, expected):
@@ -460,7 +468,7 @@ def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds
         real_add(batch, *args, **kwargs)
 
     monkeypatch.setattr(BeamBatch, "add", add)
-    joined = decode_corpus(model, sentences, settings, torch.device("cpu"), with_attention=True)
+    joined = decode_corpus(model, sentences, SearchOptions(settings, CPU, with_attention=True))
     assert sum(size > 0 for size in sizes_at_join) >= 5  # joined running batches
     with torch.no_grad():
         expected = [_reference_search(model, sentence, settings) for sentence in sentences]
@@ -468,8 +476,8 @@ def test_sentences_that_join_a_running_batch_find_what_the_naive_reference_finds
         assert [hypothesis.tokens for hypothesis in ours] == [tokens for tokens, _ in theirs]
         assert [hypothesis.score for hypothesis in ours] == pytest.approx(
             [score for _, score in theirs], abs=1e-4)
-    whole = decode_corpus(model, sentences, replace(settings, batch_tokens=100_000),
-                          torch.device("cpu"), with_attention=True)
+    whole = decode_corpus(model, sentences, SearchOptions(
+        replace(settings, batch_tokens=100_000), CPU, with_attention=True))
     for ours, theirs in zip(joined, whole):
         for mine, other in zip(ours, theirs):
             assert mine.attention.shape == other.attention.shape
@@ -483,9 +491,9 @@ def test_an_ensemble_of_a_model_with_itself_is_that_model(
     model = copy_models["lstm", True]
     sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, ensemble_combine=combine)  # type: ignore[arg-type]
-    alone = decode_corpus(model, sentences, settings, torch.device("cpu"), with_attention=True)
-    twice = decode_corpus(Ensemble([model, model], [2.0, 1.0], combine), sentences, settings,
-                          torch.device("cpu"), with_attention=True)
+    alone = decode_corpus(model, sentences, SearchOptions(settings, CPU, with_attention=True))
+    twice = decode_corpus(Ensemble([model, model], [2.0, 1.0], combine), sentences,
+                          SearchOptions(settings, CPU, with_attention=True))
     for ours, theirs in zip(twice, alone):
         assert [hypothesis.tokens for hypothesis in ours] == [h.tokens for h in theirs]
         assert [hypothesis.score for hypothesis in ours] == pytest.approx(
@@ -503,9 +511,9 @@ def test_batched_ensemble_search_equals_the_naive_reference(
     sentences = random_sentences(25, seed=4)
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=4 * 30,
                             ensemble_combine=combine)  # type: ignore[arg-type]
-    batched = decode_corpus(Ensemble(members, [3.0, 1.0], combine), sentences, settings,
-                            torch.device("cpu"))
-    single = decode_corpus(members[0], sentences, settings, torch.device("cpu"))
+    batched = decode_corpus(Ensemble(members, [3.0, 1.0], combine), sentences,
+                            SearchOptions(settings, CPU))
+    single = decode_corpus(members[0], sentences, SearchOptions(settings, CPU))
     assert sum(ours[0].tokens != theirs[0].tokens for ours, theirs in zip(batched, single)) >= 3
     with torch.no_grad():
         expected = [_reference_search(members, sentence, settings, [3.0, 1.0])
@@ -527,8 +535,8 @@ def test_every_output_starts_with_its_prefix_as_the_naive_reference_finds(
     prefixes = [tuple(torch.randint(4, 30, (int(n),), generator=generator).tolist())
                 for n in torch.randint(0, 4, (25,), generator=generator)]
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=4 * 40)
-    found = decode_corpus(model, sentences, settings, torch.device("cpu"),
-                          terms=[TargetTerms(prefix=prefix) for prefix in prefixes])
+    found = decode_corpus(model, sentences, SearchOptions(settings, CPU),
+                          [TargetTerms(prefix=prefix) for prefix in prefixes])
     with torch.no_grad():
         expected = [_reference_search(model, sentence, settings, prefix=prefix)
                     for sentence, prefix in zip(sentences, prefixes)]
@@ -560,8 +568,8 @@ def test_every_hypothesis_contains_every_constraint_whole(
             tuple(torch.randint(4, 12, (int(torch.randint(1, 4, (1,), generator=generator)),),
                                 generator=generator).tolist()) for _ in range(count))))
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=beam * 60, max_len_b=12)
-    found = decode_corpus(model, sentences, settings, torch.device("cpu"), terms=terms)
-    plain = decode_corpus(model, sentences, settings, torch.device("cpu"))
+    found = decode_corpus(model, sentences, SearchOptions(settings, CPU), terms)
+    plain = decode_corpus(model, sentences, SearchOptions(settings, CPU))
     assert sum(bool(t.constraints) for t in terms) >= 15
     for ours, theirs, of_sentence in zip(found, plain, terms):
         assert len(ours) >= 1
@@ -585,8 +593,8 @@ def test_constrained_search_equals_the_naive_reference(
                      for length in torch.randint(1, 4, (int(count),), generator=generator))
                for count in torch.randint(0, beam + 1, (25,), generator=generator)]
     settings = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=beam * 50, max_len_b=12)
-    found = decode_corpus(model, sentences, settings, torch.device("cpu"),
-                          terms=[TargetTerms(constraints=of) for of in phrases])
+    found = decode_corpus(model, sentences, SearchOptions(settings, CPU),
+                          [TargetTerms(constraints=of) for of in phrases])
     with torch.no_grad():
         expected = [_reference_search(model, sentence, settings, constraints=of)
                     for sentence, of in zip(sentences, phrases)]
@@ -601,8 +609,8 @@ def test_constraints_and_a_prefix_together(copy_models: dict[ModelKey, Seq2Seq])
     model = copy_models["lstm", True]
     sentences = random_sentences(10, seed=6)
     terms = [TargetTerms(prefix=(5, 6), constraints=((7, 8, 9), (10,))) for _ in sentences]
-    found = decode_corpus(model, sentences, DecodeConfig(beam_size=4, nbest=2),
-                          torch.device("cpu"), terms=terms)
+    found = decode_corpus(model, sentences, SearchOptions(DecodeConfig(beam_size=4, nbest=2), CPU),
+                          terms)
     for hypotheses in found:
         for hypothesis in hypotheses:
             assert hypothesis.tokens[:2] == [5, 6]

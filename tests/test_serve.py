@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from s2s.config import load_config
 from s2s.serve.app import Limits, create_app
-from s2s.serve.batcher import Batcher, RequestOptions, Sampling
+from s2s.serve.batcher import Batcher, RequestOptions
 from s2s.translation.translator import Translator, load_translator
 
 LINES = ["The old dog sees a small cat.", "", "A happy woman buys the new car.", "The dog."]
@@ -40,7 +41,6 @@ def client(translator: Translator):
 
 
 def _expected(translator: Translator, lines: list[str], beam: int, nbest: int = 1):
-    from dataclasses import replace
     return translator.with_decode(replace(translator.decode, beam_size=beam, nbest=nbest)
                                   ).translate(lines)
 
@@ -231,7 +231,7 @@ def test_requests_already_waiting_share_a_batch_without_any_wait(
         return [line.upper() for line in lines]
 
     batcher.translate_lines = record  # type: ignore[method-assign]
-    options = RequestOptions(beam=1, nbest=1, alignment="none")
+    options = RequestOptions(replace(translator.decode, beam_size=1, nbest=1))
 
     async def main() -> list[list[str]]:
         requests = [asyncio.create_task(batcher.translate([f"line {n}", f"more {n}"], options))
@@ -398,7 +398,6 @@ def test_prefix_and_constraints_as_translate_keeps_them(client: TestClient,
 
 
 def _translator_with(translator: Translator, beam: int, nbest: int) -> Translator:
-    from dataclasses import replace
     return translator.with_decode(replace(translator.decode, beam_size=beam, nbest=nbest))
 
 
@@ -421,7 +420,8 @@ def test_sampling_requests_agree_with_translate(client: TestClient, trained_run:
 @pytest.mark.parametrize("body,message", [
     ({"text": "a", "sampling": True, "beam": 4}, "beam: sampling draws one token at a time"),
     ({"text": "a", "sampling": True, "temperature": -1}, "temperature: must be greater than 0"),
-    ({"text": "a", "sampling": True, "top_p": 1.5}, "top_p: must be in (0, 1]"),
+    ({"text": "a", "sampling": True, "top_p": 1.5}, "top_p: must be at most 1.0, got 1.5"),
+    ({"text": "a", "sampling": True, "seed": -1}, "seed: must be at least 0, got -1"),
     ({"text": "a", "sampling": True, "top_k": 0}, "top_k: must be at least 1"),
     ({"text": "a", "top_k": 5}, "top_k: applies to sampling only"),
     ({"text": "a", "sampling": True, "constraints": ["b"]}, "constraints: they need beam search"),
@@ -454,8 +454,8 @@ def test_a_fresh_seed_per_request_does_not_grow_the_server(client: TestClient,
     first = client.post("/translate", json=body).json()["translations"]
     batcher = Batcher(translator)
     for seed in range(2000):
-        options = RequestOptions(beam=1, nbest=1, alignment="none",
-                                 sampling=Sampling(seed=seed))
+        options = RequestOptions(replace(translator.decode, beam_size=1, nbest=1,
+                                         sampling=True, seed=seed))
         batcher.translator_for(options)
         assert batcher.translators_kept <= TRANSLATORS_KEPT
     for seed in range(1, 3 * TRANSLATORS_KEPT):  # through the app: seed 0's translator goes

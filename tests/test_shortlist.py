@@ -14,13 +14,15 @@ from typer.testing import CliRunner
 from s2s.cli import app
 from s2s.config import DecodeConfig, load_config
 from s2s.data.batching import pad
+from s2s.data.shortlist_table import ShortlistTable, build_table
 from s2s.data.store import EncodedSide, EncodedSplit
 from s2s.data.vocab import BOS_ID, EOS_ID
 from s2s.errors import CheckpointError
 from s2s.model.int8 import quantized_for_cpu
 from s2s.model.seq2seq import Seq2Seq
-from s2s.model.shortlist import OutsideMass, Shortlist, ShortlistTable, build_table
+from s2s.model.shortlist import OutsideMass, Shortlist
 from s2s.search.corpus import decode_corpus
+from s2s.search.options import SearchOptions
 from tests.tasks import copy_model, random_sentences
 
 CPU = torch.device("cpu")
@@ -45,8 +47,8 @@ def test_a_shortlist_of_every_piece_is_exactly_the_full_search(model: Seq2Seq,
     config = DecodeConfig(beam_size=beam, nbest=nbest, batch_tokens=200)
     everything = Shortlist(_copy_table(), per_source=1, frequent=30)
     with torch.no_grad():
-        full = decode_corpus(model, sentences, config, CPU)
-        listed = decode_corpus(model, sentences, config, CPU, shortlist=everything)
+        full = decode_corpus(model, sentences, SearchOptions(config, CPU))
+        listed = decode_corpus(model, sentences, SearchOptions(config, CPU, shortlist=everything))
     for ours, theirs in zip(listed, full):
         assert [h.tokens for h in ours] == [h.tokens for h in theirs]
         assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
@@ -62,8 +64,8 @@ def test_each_sentence_decodes_over_its_own_candidates_whatever_its_batch(
     shortlist = Shortlist(_copy_table(), per_source=1, frequent=3)
     config = DecodeConfig(beam_size=3, nbest=3)
     with torch.no_grad():
-        together = decode_corpus(model, sentences, config, CPU, shortlist=shortlist)
-        alone = [decode_corpus(model, [s], config, CPU, shortlist=shortlist)[0]
+        together = decode_corpus(model, sentences, SearchOptions(config, CPU, shortlist=shortlist))
+        alone = [decode_corpus(model, [s], SearchOptions(config, CPU, shortlist=shortlist))[0]
                  for s in sentences[:6]]
     for sentence, hypotheses in zip(sentences, together):
         allowed = set(sentence) | {27, 28, 29}
@@ -84,7 +86,7 @@ def test_what_a_list_leaves_out_counts_in_its_normaliser(model: Seq2Seq, int8: b
     src, lengths = pad([np.array(s) for s in sentences], suffix=EOS_ID)
     with torch.no_grad():
         full, state = model.encode(src, lengths, for_search=True)
-        whole = model.decode_step(torch.full((8,), BOS_ID), state, full)[0].log_softmax(-1)
+        whole = model.decode_step(torch.full((8,), BOS_ID), state, full).log_probs
         encoded, state = listed.encode(src, lengths, for_search=True)
         ours = listed.decode_step(torch.full((8,), BOS_ID), state, encoded)[0]
     for row, sentence in enumerate(sentences):
@@ -137,7 +139,7 @@ def _table_one_pair_at_a_time(pairs: EncodedSplit, vocab_sizes: tuple[int, int]
 
 
 def test_the_vectorised_count_equals_counting_pair_by_pair() -> None:
-    from s2s.model.shortlist import _co_occurrences, _counted, _distinct_per_sentence
+    from s2s.data.shortlist_table import _co_occurrences, _counted, _distinct_per_sentence
     random = np.random.default_rng(3)
     sources = [list(random.integers(4, 40, random.integers(0, 9))) for _ in range(300)]
     targets = [list(random.integers(4, 30, random.integers(1, 12))) for _ in range(300)]
@@ -161,13 +163,20 @@ def test_a_table_of_other_vocabularies_is_refused(tmp_path: Path) -> None:
 
 
 def test_translate_with_a_shortlist_from_the_command_line(trained_run: Path) -> None:
-    run_dir = load_config(trained_run).run_dir
-    lines = "The dog sees a cat.\n\nA man.\n"
+    """The command builds the run's table and translates with it: what the library's
+    shortlisted translator gives, line for line."""
+    from s2s.translation.translator import load_translator
+    config = load_config(trained_run)
+    lines = ["The dog sees a cat.", "", "A man.", "Two women are walking down the street."]
     result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
-                                      "decode.shortlist=10"], input=lines)
+                                      "decode.shortlist=10"], input="\n".join(lines) + "\n")
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.split("\n")[:-1]) == 3
-    assert (run_dir / "data" / "shortlist.npz").exists()
+    assert (config.run_dir / "data" / "shortlist.npz").exists()
+    listed = load_translator(config.run_dir, decode=DecodeConfig(
+        **{**config.decode.__dict__, "shortlist": 10}), device="cpu")
+    expected = [r.text for r in listed.translate(lines)]
+    assert result.stdout.split("\n")[:-1] == expected
+    assert expected[1] == "" and all(expected[i] for i in (0, 2, 3))
     result = CliRunner().invoke(app, ["translate", str(trained_run), "--set",
-                                      "decode.shortlist=101"], input=lines)
+                                      "decode.shortlist=101"], input="A man.\n")
     assert result.exit_code == 2 and "decode.shortlist" in result.output

@@ -104,10 +104,10 @@ class _StepGraph(nn.Module):
         encoded = Encoded(states, keys, mask, decoder.search_layers())
         state = DecoderState(hidden, cell if self.has_cell else None,
                              feed if self.feeds else feed[:, :0])
-        logits, state, attention = self.model.decode_step(prev_tokens, state, encoded)
+        log_probs, state, attention = self.model.decode_step(prev_tokens, state, encoded)
         new_cell = state.cell if state.cell is not None else cell
         new_feed = state.feed if self.feeds else feed
-        return torch.log_softmax(logits, dim=-1), state.hidden, new_cell, new_feed, attention
+        return log_probs, state.hidden, new_cell, new_feed, attention
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", *, output: Path | None = None,

@@ -16,11 +16,12 @@ lengths and attention columns line up.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from s2s.model.decodable import Step
 from s2s.model.seq2seq import DecoderState, Encoded, Seq2Seq
 from s2s.model.step_layers import StepLayer
 
@@ -67,10 +68,10 @@ class EnsembleState(NamedTuple):
 
 
 class Ensemble(nn.Module):
-    """Models decoding together; ``encode`` and ``decode_step`` as ``Seq2Seq``'s, but
-    ``decode_step`` gives normalised log-probabilities."""
+    """Models decoding together; ``encode`` and ``decode_step`` as ``Seq2Seq``'s
+    (``s2s.model.decodable``)."""
 
-    gives_log_probs = True
+    output_ids = None
 
     def __init__(self, models: Sequence[Seq2Seq], weights: Sequence[float] | None = None,
                  combine: str = "prob") -> None:
@@ -94,20 +95,20 @@ class Ensemble(nn.Module):
                 EnsembleState(tuple(state for _, state in pairs)))
 
     def decode_step(self, prev_tokens: Tensor, state: EnsembleState, encoded: EnsembleEncoded
-                    ) -> tuple[Tensor, EnsembleState, Tensor]:
+                    ) -> Step:
         """The combined log-probabilities (B G, V) in fp32, normalised, the members' new
         states and their weighted mean attention (B G, S)."""
         logits, states, attention = [], [], None
         for member, weight, own_state, own_encoded in zip(self.members, self.weights,
                                                           state.members, encoded.members):
-            member_logits, new_state, weights = member.decode_step(prev_tokens, own_state,
-                                                                   own_encoded)
-            logits.append(member_logits.float())
+            vectors, new_state, weights = member.step_vectors(prev_tokens, own_state,
+                                                              own_encoded)
+            logits.append(member.decoder.output(vectors).float())
             states.append(new_state)
             weighted = weights.float() * weight
             attention = weighted if attention is None else attention + weighted
         assert attention is not None
-        return self._combined(logits), EnsembleState(tuple(states)), attention
+        return Step(self._combined(logits), EnsembleState(tuple(states)), attention)
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
                 positions: Tensor | None = None) -> Tensor:
@@ -137,9 +138,3 @@ class Ensemble(nn.Module):
         assert combined is not None
         # the weighted mean of log-probabilities is no distribution until renormalised
         return torch.log_softmax(combined, dim=-1)
-
-
-# what search decodes: one model or several, and the per-sentence and per-row state it keeps
-Decodable = Union[Seq2Seq, Ensemble]
-AnyEncoded = Union[Encoded, EnsembleEncoded]
-AnyState = Union[DecoderState, EnsembleState]

@@ -20,47 +20,15 @@ tensor types, which torch has deprecated, and no process-wide quantisation engin
 from __future__ import annotations
 
 import copy
-import functools
 import itertools
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from s2s.errors import DeviceError
 from s2s.model.cells import CELLS, Cell
 
 _LEVELS = 127  # symmetric int8: -127..127
-
-
-@functools.cache
-def int8_runs() -> bool:
-    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm``)."""
-    try:
-        torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return True
-
-
-# decoders this wide or wider search faster in int8 (beam 5 over random models with a 2,000-piece
-# vocabulary and embeddings half the decoder's width: 1.0x fp32's speed at 64 hidden units,
-# 1.15x at 128, 1.4x at 256, 2.3x at 512); below, quantising costs what the matmuls save
-INT8_MIN_DECODER_HIDDEN = 128
-
-
-def int8_pays(decoder_hidden: int) -> bool:
-    """Whether ``decode.precision: auto`` decodes a CPU model of this size in int8."""
-    return decoder_hidden >= INT8_MIN_DECODER_HIDDEN and int8_runs()
-
-
-def check_int8(device: torch.device, key: str = "decode.precision") -> None:
-    """Refuse int8 where it cannot run, naming the setting ``key`` to change."""
-    if device.type != "cpu":
-        raise DeviceError(f"{key}: int8 runs on the CPU only; use bf16 or fp32 on {device.type}")
-    if not int8_runs():
-        raise DeviceError(f"{key}: this torch ({torch.__version__}) has no int8 matrix "
-                          "multiplication on the CPU; use fp32 or a newer torch")
 
 
 # rows of the output layer made and normalised together by ``Int8Linear.log_softmax``: 64 rows
@@ -298,5 +266,4 @@ def quantized_for_cpu(model: nn.Module) -> nn.Module:
         if isinstance(getattr(attention, name, None), nn.Linear):
             setattr(attention, name, Int8Linear.of(getattr(attention, name)))
     decoder.frozen_search_layers = search_layers
-    quantized.gives_log_probs = True  # normalised in the output layer (Int8Linear.log_softmax)
     return quantized

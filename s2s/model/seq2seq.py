@@ -6,8 +6,8 @@ vector size (E when embeddings are tied, else H), V target vocabulary, G the cel
 pre-activation width per hidden unit (4 for LSTM and GRU, 1 for RNN).
 
 Search needs only ``encode`` (asking ``for_search=True`` for the joined step layers) and
-``decode_step``; training and the validation loss use ``forward``. Nothing here depends on
-torch's global grad mode.
+``decode_step`` (``s2s.model.decodable``); training and the validation loss use ``forward``.
+Nothing here depends on torch's global grad mode.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from s2s.config import ModelConfig
 from s2s.data.vocab import PAD_ID
 from s2s.model.attention import Attention
 from s2s.model.cells import CELLS
+from s2s.model.decodable import Step
 from s2s.model.step_layers import (
     JoinedLayer,
     SplitStepLayer,
@@ -124,6 +125,18 @@ class Encoder(nn.Module):
         return states, hidden, cell
 
 
+class OutputLayer(nn.Linear):
+    """The decoder's output layer: logits, or normalised log-probabilities for search (an int8
+    copy, ``s2s.model.int8.Int8Linear``, has the same two calls)."""
+
+    def log_softmax(self, inputs: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """Log-probabilities (N, out) of inputs (N, in), in the weights' dtype; with
+        ``offsets`` (N, out) added to the logits first, in fp32 (a shortlist's)."""
+        if offsets is None:
+            return torch.log_softmax(self(inputs), dim=-1)
+        return torch.log_softmax(self(inputs).float() + offsets, dim=-1)
+
+
 class Decoder(nn.Module):
     """Recurrent decoder with attention; input feeding runs step by step, otherwise one fused
     call."""
@@ -149,7 +162,7 @@ class Decoder(nn.Module):
                                         dropout=config.dropout if layers > 1 else 0.0)
         self.attention = Attention(config.attention, size, memory_size)
         self.combine = nn.Linear(memory_size + size, self.out_size, bias=False)
-        self.output = nn.Linear(self.out_size, vocab_size)
+        self.output = OutputLayer(self.out_size, vocab_size)
         # search's layers when they must not be rebuilt from the weights (int8: packed once)
         self.frozen_search_layers: list[StepLayer] | None = None
         if config.tie_embeddings:
@@ -289,9 +302,7 @@ def _stacked(cells: list[Tensor | None]) -> Tensor | None:
 class Seq2Seq(nn.Module):
     """Embeddings, encoder and decoder; rebuilt from (config, vocabulary sizes) alone."""
 
-    # decode_step returns logits; an int8 copy (``s2s.model.int8``) sets this and returns
-    # log-probabilities, normalised block by block in its output layer, as ensembles do
-    gives_log_probs = False
+    output_ids = None  # its output positions are the target vocabulary's ids
 
     def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                  joint_vocab: bool = False) -> None:
@@ -327,19 +338,22 @@ class Seq2Seq(nn.Module):
         encoded = Encoded(states, self.decoder.attention.keys(states), mask, step_layers)
         return encoded, DecoderState(hidden, cell, self.decoder.initial_feed(len(src_ids), states))
 
-    def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
-                    ) -> tuple[Tensor, DecoderState, Tensor]:
-        """prev_tokens (B G,) -> logits (B G, V) for the next token (log-probabilities where
-        ``gives_log_probs``), the new state, and the attention weights (B G, S) over the source
-        that chose them.
+    def decode_step(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded) -> Step:
+        """prev_tokens (B G,) -> log-probabilities (B G, V) of the next token, in the weights'
+        dtype (fp32 for int8), the new state, and the attention weights (B G, S) over the
+        source that chose them.
 
         ``encoded`` holds B sentences; G consecutive rows of tokens and state (beams) share each.
         """
+        vectors, state, weights = self.step_vectors(prev_tokens, state, encoded)
+        return Step(self.decoder.output.log_softmax(vectors), state, weights)
+
+    def step_vectors(self, prev_tokens: Tensor, state: DecoderState, encoded: Encoded
+                     ) -> tuple[Tensor, DecoderState, Tensor]:
+        """``decode_step`` up to the output layer: the attentional vectors (B G, O) that it
+        turns into log-probabilities (an ensemble mixes its members' logits instead)."""
         vectors, state, weights = self.decoder(prev_tokens[:, None], state, encoded)
-        output = self.decoder.output
-        scores = output.log_softmax(vectors[:, 0]) if self.gives_log_probs else output(
-            vectors[:, 0])
-        return scores, state, weights[:, 0]
+        return vectors[:, 0], state, weights[:, 0]
 
     def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor,
                 positions: Tensor | None = None, *, with_attention: bool = False

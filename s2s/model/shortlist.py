@@ -1,14 +1,10 @@
 """A vocabulary shortlist: each sentence decodes over the target pieces likely to appear in
 its translation, not the whole vocabulary.
 
-The table (built once from a run's prepared training pairs, stored in the run as
-``data/shortlist.npz``) lists, for every source piece, the target pieces that co-occur with it
-most strongly, and the target pieces by frequency. Association is c(s, t) log(N c(s, t) /
-(c(s) c(t))) over the N sentence pairs: pointwise mutual information weighted by the count,
-which covered the fp32 translations' pieces better than the Dice coefficient or p(t | s) at the
-same size (BENCHMARKS.md, "Shortlist"). A sentence's candidates are the special
-pieces, the ``frequent`` most frequent pieces and the ``per_source`` best of each of its
-source pieces.
+The table (``s2s.data.shortlist_table``, counted once from a run's prepared training pairs)
+lists, for every source piece, the target pieces that co-occur with it most strongly, and the
+target pieces by frequency. A sentence's candidates are the special pieces, the ``frequent``
+most frequent pieces and the ``per_source`` best of each of its source pieces.
 
 ``Shortlist.for_batch`` wraps a model for one batch of sentences: its output layer becomes the
 rows of the union of their candidates (gathered once per batch), so the output matmul, the
@@ -32,143 +28,22 @@ first); ``decode_corpus`` maps the results back to vocabulary ids.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from s2s.data.store import EncodedSide, EncodedSplit
-from s2s.errors import CheckpointError
+from s2s.data.shortlist_table import SPECIALS, ShortlistTable
+from s2s.model.decodable import Step
 from s2s.model.int8 import Int8Linear
-from s2s.model.seq2seq import DecoderState, Encoded
+from s2s.model.seq2seq import DecoderState, Encoded, OutputLayer
 from s2s.model.step_layers import StepLayer
-from s2s.tokens import SPECIAL_PIECES
 
-STORED_PER_SOURCE = 100  # the table keeps this many per source piece; decoding uses fewer
-STORED_FREQUENT = 2000
-MAX_PAIRS = 2_000_000  # pairs counted (a sample of the rest adds little)
-COUNTED_AT_ONCE = 100_000  # pairs whose co-occurrences are counted in one vectorised step
-SPECIALS = len(SPECIAL_PIECES)  # their ids come first in every candidate list
 OUTSIDE_GROUPS = 256  # groups of pieces whose mass outside a list is estimated
-
-
-def vocabulary_fingerprint(src_model: bytes, tgt_model: bytes) -> str:
-    """What ties a table to the vocabularies it was counted in."""
-    return hashlib.sha256(src_model + b"\0" + tgt_model).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class ShortlistTable:
-    """Per source piece, its associated target pieces, best first (-1: none); and target
-    pieces by frequency."""
-
-    ranked: np.ndarray  # (source vocabulary, STORED_PER_SOURCE) int32
-    frequent: np.ndarray  # (STORED_FREQUENT,) int32
-    fingerprint: str
-
-    def candidates(self, sentence: Sequence[int] | np.ndarray, per_source: int,
-                   frequent: int) -> np.ndarray:
-        """A sentence's candidate target ids, ascending (so the specials, 0..3, come first)."""
-        rows = self.ranked[np.asarray(sentence, dtype=np.int64), :per_source].ravel()
-        found = np.concatenate([np.arange(SPECIALS), self.frequent[:frequent], rows])
-        return np.unique(found[found >= 0]).astype(np.int64)
-
-    def save(self, path: Path) -> None:
-        """Written whole or not at all."""
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                             dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, ranked=self.ranked, frequent=self.frequent,
-                         fingerprint=np.array(self.fingerprint))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: Path, fingerprint: str) -> "ShortlistTable":
-        """The table at ``path``; refused unless it was counted in these vocabularies."""
-        with np.load(path) as stored:
-            table = cls(stored["ranked"], stored["frequent"], str(stored["fingerprint"]))
-        if table.fingerprint != fingerprint:
-            raise CheckpointError(f"{path}: this shortlist was built for other vocabularies "
-                                  "than the model's; delete it to build it again")
-        return table
-
-
-def build_table(pairs: EncodedSplit, vocab_sizes: tuple[int, int], fingerprint: str
-                ) -> ShortlistTable:
-    """Count which target pieces co-occur with each source piece in ``pairs`` (up to
-    MAX_PAIRS) and rank them by association (module docstring)."""
-    source_size, target_size = vocab_sizes
-    count = min(len(pairs), MAX_PAIRS)
-    keys, source_counts = [], np.zeros(source_size, dtype=np.int64)
-    target_counts = np.zeros(target_size, dtype=np.int64)
-    for start in range(0, count, COUNTED_AT_ONCE):
-        stop = min(start + COUNTED_AT_ONCE, count)
-        source_of, source_ids = _distinct_per_sentence(pairs.src, start, stop, source_size)
-        target_of, target_ids = _distinct_per_sentence(pairs.tgt, start, stop, target_size)
-        source_counts += np.bincount(source_ids, minlength=source_size)
-        target_counts += np.bincount(target_ids, minlength=target_size)
-        keys.append(_counted(_co_occurrences(source_of, source_ids, target_of, target_ids,
-                                             stop - start, target_size)))
-    joined, together = _merged(keys)
-    source_ids, target_ids = joined // target_size, joined % target_size
-    expected = source_counts[source_ids] * target_counts[target_ids] / max(count, 1)
-    association = together * np.log(together / expected)
-    order = np.lexsort((target_ids, -association, source_ids))  # by source, best first
-    source_ids, target_ids = source_ids[order], target_ids[order]
-    starts = np.searchsorted(source_ids, np.arange(source_size))
-    rank = np.arange(len(source_ids)) - starts[source_ids]
-    kept = rank < STORED_PER_SOURCE
-    ranked = np.full((source_size, STORED_PER_SOURCE), -1, dtype=np.int32)
-    ranked[source_ids[kept], rank[kept]] = target_ids[kept]
-    frequent = np.argsort(-target_counts, kind="stable")[:STORED_FREQUENT].astype(np.int32)
-    return ShortlistTable(ranked, frequent, fingerprint)
-
-
-def _distinct_per_sentence(side: EncodedSide, start: int, stop: int, size: int
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct ids of sentences ``start`` to ``stop``: (sentence - start, id) pairs,
-    by sentence, then id."""
-    ids = np.asarray(side.ids[side.offsets[start]:side.offsets[stop]], dtype=np.int64)
-    sentence = np.repeat(np.arange(stop - start), np.diff(side.offsets[start:stop + 1]))
-    keys = np.sort(sentence * size + ids)  # runs by sentence already: a cheap sort
-    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
-    return keys // size, keys % size
-
-
-def _co_occurrences(source_of: np.ndarray, source_ids: np.ndarray, target_of: np.ndarray,
-                    target_ids: np.ndarray, sentences: int, target_size: int) -> np.ndarray:
-    """source id x target_size + target id for every distinct source id and distinct target
-    id of the same pair: each source entry repeated once per target of its pair."""
-    targets_per_pair = np.bincount(target_of, minlength=sentences)
-    first_target = np.cumsum(targets_per_pair) - targets_per_pair
-    repeats = targets_per_pair[source_of]
-    block_start = np.repeat(first_target[source_of], repeats)
-    within = np.arange(int(repeats.sum())) - np.repeat(np.cumsum(repeats) - repeats, repeats)
-    return np.repeat(source_ids, repeats) * target_size + target_ids[block_start + within]
-
-
-def _counted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.unique(keys, return_counts=True)
-
-
-def _merged(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Sum the counts of equal keys across chunks."""
-    keys = np.concatenate([k for k, _ in parts]) if parts else np.zeros(0, np.int64)
-    counts = np.concatenate([c for _, c in parts]) if parts else np.zeros(0, np.int64)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    return unique, np.bincount(inverse, weights=counts, minlength=len(unique))
 
 
 class OutsideMass:
@@ -295,8 +170,6 @@ class ShortlistedModel(nn.Module):
     log-probabilities are normalised over its candidates and the estimated mass of what it
     left out."""
 
-    gives_log_probs = True
-
     def __init__(self, model: nn.Module, candidates: dict[tuple[int, ...], np.ndarray],
                  union: np.ndarray, mass: OutsideMass) -> None:
         """``candidates``: each sentence's (token ids, no EOS) candidate ids; ``union``: all
@@ -305,9 +178,9 @@ class ShortlistedModel(nn.Module):
         if not np.array_equal(union[:SPECIALS], np.arange(SPECIALS)):
             raise ValueError("a shortlist union must start with the special pieces")
         self.model, self.candidates, self.union, self.mass = model, candidates, union, mass
-        self.register_buffer("union_ids", torch.from_numpy(union), persistent=False)
+        self.register_buffer("output_ids", torch.from_numpy(union), persistent=False)
         # one matmul gives the union's logits and the groups' (``OutsideMass``)
-        self.output = _output_columns(model.decoder.output, self.union_ids, mass.rows)
+        self.output = _output_columns(model.decoder.output, self.output_ids, mass.rows)
 
     def forward(self, *inputs: Tensor, **options: Tensor | None) -> Tensor:
         """The teacher-forced logits of the whole vocabulary (a perplexity stays comparable)."""
@@ -326,17 +199,15 @@ class ShortlistedModel(nn.Module):
         return ShortlistedEncoded(encoded, offsets.to(src_ids.device)), state
 
     def decode_step(self, prev_tokens: Tensor, state: DecoderState,
-                    encoded: ShortlistedEncoded) -> tuple[Tensor, DecoderState, Tensor]:
-        """Log-probabilities (B G, U) over the union; ``prev_tokens`` are positions in it."""
+                    encoded: ShortlistedEncoded) -> Step:
+        """Log-probabilities (B G, U) in fp32 over the union's positions (``output_ids``);
+        ``prev_tokens`` are positions in it."""
         beams = prev_tokens.size(0) // encoded.offsets.size(0)
-        real = self.union_ids.to(prev_tokens.device)[prev_tokens]
-        vectors, state, weights = self.model.decoder(real[:, None], state, encoded.inner)
+        real = self.output_ids.to(prev_tokens.device)[prev_tokens]
+        vectors, state, weights = self.model.step_vectors(real, state, encoded.inner)
         offsets = encoded.offsets.repeat_interleave(beams, dim=0)
-        if isinstance(self.output, Int8Linear):
-            scores = self.output.log_softmax(vectors[:, 0], offsets)
-        else:
-            scores = torch.log_softmax(self.output(vectors[:, 0]).float() + offsets, dim=1)
-        return scores[:, :len(self.union)], state, weights[:, 0]
+        scores = self.output.log_softmax(vectors, offsets)
+        return Step(scores[:, :len(self.union)], state, weights)
 
 
 def _output_rows(output: nn.Module) -> tuple[Tensor, Tensor]:
@@ -352,7 +223,7 @@ def _layer_like(output: nn.Module, weight: Tensor, bias: Tensor) -> nn.Module:
     if isinstance(output, Int8Linear):
         return Int8Linear(weight, bias).to(output.weight_t.device)
     # skip_init: no draw from the process's RNG
-    layer = skip_init(nn.Linear, weight.size(1), len(weight), device=output.weight.device,
+    layer = skip_init(OutputLayer, weight.size(1), len(weight), device=output.weight.device,
                       dtype=output.weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)
@@ -372,19 +243,3 @@ def _output_columns(output: nn.Module, ids: Tensor, extra: nn.Module | None) -> 
     if extra is not None:
         weight, bias = torch.cat([weight, extra.weight]), torch.cat([bias, extra.bias])
     return _layer_like(output, weight, bias)
-
-
-def shortlist_path(data_directory: Path) -> Path:
-    return data_directory / "shortlist.npz"
-
-
-def load_or_build_table(data_directory: Path, fingerprint: str, vocab_sizes: tuple[int, int],
-                        pairs: Callable[[], EncodedSplit]) -> tuple[ShortlistTable, bool]:
-    """The run's table, built from ``pairs()`` and stored when it has none yet; and whether it
-    was built now."""
-    path = shortlist_path(data_directory)
-    if path.exists():
-        return ShortlistTable.load(path, fingerprint), False
-    table = build_table(pairs(), vocab_sizes, fingerprint)
-    table.save(path)
-    return table, True

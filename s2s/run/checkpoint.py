@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from s2s.config import Config, ModelConfig, config_from_dict, config_to_dict
+from s2s.config import Config, ModelConfig, Overrides, config_from_dict, config_to_dict
 from s2s.data.store import prepared_vocabularies
 from s2s.data.vocab import Tokenizer
 from s2s.errors import CheckpointError, ConfigError
+from s2s.files import sync_directory, written_whole
 from s2s.model.seq2seq import Seq2Seq
 from s2s.report import Reporter
 from s2s.rundir import NAMED_CHECKPOINTS, RunDir
@@ -37,20 +37,12 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
     half-written one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with written_whole(path, durable=True) as stream:
             torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointError(f"{path}: cannot write checkpoint: {error.strerror or error}"
-                                  ) from None
-        raise
-    _fsync_directory(path.parent)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot write checkpoint: {error.strerror or error}"
+                              ) from None
 
 
 def link_atomic(source: Path, target: Path) -> None:
@@ -64,7 +56,7 @@ def link_atomic(source: Path, target: Path) -> None:
         save_atomic(payload, target)
         return
     os.replace(temporary, target)
-    _fsync_directory(target.parent)
+    sync_directory(target.parent)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -187,14 +179,13 @@ class LoadedModel:
     best_score: float | None = None  # of train.early_stopping_metric (negated for loss)
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], path: Path, overrides: Sequence[str] = (),
-                     option_names: Mapping[str, str] | None = None) -> "LoadedModel":
+    def from_payload(cls, payload: dict[str, Any], path: Path, overrides: Overrides = ()
+                     ) -> "LoadedModel":
         try:
             config_from_dict(payload["config"], source=str(path))
         except ConfigError as error:
             raise CheckpointError(f"{path}: its stored config is invalid: {error}") from None
-        config = config_from_dict(payload["config"], source=str(path), overrides=overrides,
-                                  option_names=option_names)
+        config = config_from_dict(payload["config"], source=str(path), overrides=overrides)
         src_tokenizer = Tokenizer(payload["vocab"]["src"])
         tgt_tokenizer = Tokenizer(payload["vocab"]["tgt"])
         model = Seq2Seq(config.model, len(src_tokenizer), len(tgt_tokenizer),
@@ -232,11 +223,9 @@ def save_model(loaded: LoadedModel, path: Path) -> None:
                  "progress": {"step": loaded.step, "best_score": loaded.best_score}}, path)
 
 
-def load_model(path: Path, overrides: Sequence[str] = (),
-               option_names: Mapping[str, str] | None = None) -> LoadedModel:
-    """Rebuild a model from a checkpoint; ``overrides`` change decode settings and the like
-    (``option_names``: the command-line options some of them came from, for errors)."""
-    return LoadedModel.from_payload(load_checkpoint(path), path, overrides, option_names)
+def load_model(path: Path, overrides: Overrides = ()) -> LoadedModel:
+    """Rebuild a model from a checkpoint; ``overrides`` change decode settings and the like."""
+    return LoadedModel.from_payload(load_checkpoint(path), path, overrides)
 
 
 def resolve_checkpoint(run_dir: Path, checkpoint: str, *,
@@ -310,16 +299,3 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
     steps = ", ".join(str(payload["progress"]["step"]) for payload in payloads)
     reporter.info(f"averaged {len(paths)} checkpoints (steps {steps}) into {output}")
     return output
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from s2s.data.vocab import EOS_ID, PAD_ID
-from s2s.search.steps import row_topk
+from s2s.search.steps import joined, row_topk
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,92 @@ class PackedTerms:
                    torch.tensor([t.prefix_ends_word for t in terms], dtype=torch.bool,
                                 device=device),
                    constraints.to(device), lengths.to(device))
+
+    def select(self, rows: Tensor) -> "PackedTerms":
+        """The terms of the sentences at ``rows`` (kept or repeated)."""
+        return PackedTerms(self.prefix[rows], self.prefix_lengths[rows],
+                           self.prefix_ends_word[rows], self.constraints[rows],
+                           self.constraint_lengths[rows])
+
+    def joined(self, other: "PackedTerms") -> "PackedTerms":
+        """These sentences' terms followed by ``other``'s, padded to the longer of each."""
+        return PackedTerms(joined(self.prefix, other.prefix, end_dims=(1,), end_fill=PAD_ID),
+                           torch.cat([self.prefix_lengths, other.prefix_lengths]),
+                           torch.cat([self.prefix_ends_word, other.prefix_ends_word]),
+                           joined(self.constraints, other.constraints, end_dims=(1, 2),
+                                  end_fill=PAD_ID),
+                           joined(self.constraint_lengths, other.constraint_lengths,
+                                  end_dims=(1,)))
+
+
+@dataclass
+class BeamTerms:
+    """The terms of the n sentences of a beam search (K beams each), and each beam's progress
+    through its sentence's constraints: all that beam search keeps for terms, and nothing
+    that beam search without them carries (``s2s.search.beam``)."""
+
+    terms: PackedTerms  # per sentence
+    met: Tensor  # (n K, M) bool: the constraints each beam has met (True for missing phrases)
+    progress: Tensor  # (n K,) the phrase it is inside, -1: none
+    position: Tensor  # (n K,) tokens of that phrase produced
+    just_met: Tensor  # (n K,) bool: its last token completed a phrase
+
+    @classmethod
+    def start(cls, terms: PackedTerms, beam: int) -> "BeamTerms":
+        rows, device = len(terms.prefix_lengths) * beam, terms.prefix.device
+        return cls(terms, (terms.constraint_lengths == 0).repeat_interleave(beam, dim=0),
+                   torch.full((rows,), -1, dtype=torch.long, device=device),
+                   torch.zeros(rows, dtype=torch.long, device=device),
+                   torch.zeros(rows, dtype=torch.bool, device=device))
+
+    @property
+    def constrained(self) -> bool:
+        """Whether any sentence has constraints (else beam search takes plain top-k)."""
+        return bool(self.terms.constraints.size(1))
+
+    def force_prefix(self, log_probs: Tensor, lengths: Tensor, beam: int,
+                     word_starts: Tensor | None) -> None:
+        """``force_prefix`` on the (n K, V) log-probabilities of beams that have chosen
+        ``lengths`` (n,) tokens."""
+        terms = self.terms
+        if terms.prefix.size(1):
+            force_prefix(log_probs, *(tensor.repeat_interleave(beam, dim=0) for tensor in (
+                terms.prefix, terms.prefix_lengths, terms.prefix_ends_word, lengths)),
+                word_starts)
+
+    def candidates(self, log_probs: Tensor, beam_scores: Tensor, width: int,
+                   word_starts: Tensor | None) -> Candidates:
+        """The 2K first candidates of a constrained step (``constrained_candidates`` over each
+        beam's ``width`` best tokens, after ``bar_unfinished_ends``)."""
+        bar_unfinished_ends(log_probs, self.met, self.just_met, word_starts)
+        found = constrained_candidates(
+            log_probs, beam_scores, width, constraints=self.terms.constraints,
+            constraint_lengths=self.terms.constraint_lengths, met=self.met,
+            progress=self.progress, position=self.position)
+        first = 2 * beam_scores.size(1)
+        return Candidates(*(tensor[:, :first] for tensor in (
+            found.scores, found.tokens, found.origins, found.met, found.progress,
+            found.position, found.just_met)))
+
+    def advance(self, candidates: Candidates, keep: Tensor) -> None:
+        """The beams go on as the candidates ``keep`` (n, K) of ``candidates``."""
+        self.met = candidates.met.gather(1, keep[:, :, None].expand(
+            -1, -1, candidates.met.size(2))).flatten(0, 1)
+        self.progress, self.position, self.just_met = (
+            tensor.gather(1, keep).view(-1) for tensor in (
+                candidates.progress, candidates.position, candidates.just_met))
+
+    def selected(self, sentences: Tensor, beam_rows: Tensor) -> "BeamTerms":
+        return BeamTerms(self.terms.select(sentences), self.met[beam_rows],
+                         self.progress[beam_rows], self.position[beam_rows],
+                         self.just_met[beam_rows])
+
+    def joined(self, other: "BeamTerms") -> "BeamTerms":
+        return BeamTerms(self.terms.joined(other.terms),
+                         joined(self.met, other.met, end_dims=(1,), end_fill=True),
+                         *(torch.cat([mine, theirs]) for mine, theirs in (
+                             (self.progress, other.progress), (self.position, other.position),
+                             (self.just_met, other.just_met))))
 
 
 def force_prefix(log_probs: Tensor, prefix: Tensor, prefix_lengths: Tensor,

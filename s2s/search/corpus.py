@@ -10,17 +10,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from s2s.config import DecodeConfig
 from s2s.data.batching import pad, token_batches
 from s2s.data.vocab import EOS_ID
-from s2s.model.ensemble import Decodable
-from s2s.model.shortlist import Shortlist
+from s2s.model.decodable import Decodable
 from s2s.search.beam import BeamBatch
 from s2s.search.constraints import NO_TERMS, PackedTerms, TargetTerms
 from s2s.search.greedy import greedy_search
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.options import SearchOptions
 from s2s.search.sampling import line_keys, sample_search
 
 
@@ -37,26 +35,28 @@ def top_up_below(device: torch.device) -> float:
 
 
 def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
-                  config: DecodeConfig, device: torch.device, *, with_attention: bool = False,
-                  terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None,
-                  shortlist: Shortlist | None = None) -> list[list[Hypothesis]]:
+                  options: SearchOptions, terms: Sequence[TargetTerms] | None = None
+                  ) -> list[list[Hypothesis]]:
     """Translate id sequences in length order; results come back in input order (``_search``).
+    ``terms``: each sentence's prefix and constraints (``s2s.search.constraints``).
 
-    With a ``shortlist`` (``s2s.model.shortlist``), fixed length-sorted batches each decode
-    over the union of their sentences' candidates, and the hypotheses' tokens are mapped back
-    to vocabulary ids.
+    With ``options.shortlist`` (``s2s.model.shortlist``), fixed length-sorted batches each
+    decode over the union of their sentences' candidates, and the hypotheses' tokens are
+    mapped back to vocabulary ids.
     """
-    if shortlist is None:
-        return _search(model, sentences, config, device, with_attention=with_attention,
-                       terms=terms, word_starts=word_starts)
+    if options.shortlist is None:
+        return _search(model, sentences, options, terms)
+    config = options.config
     lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     budget = max(config.batch_tokens // max(config.beam_size, config.nbest), 1)
+    # the union's positions stand for vocabulary ids: word starts are not known there
+    within = replace(options, word_starts=None)
     for indices in token_batches(lengths, budget):
         group = [sentences[i] for i in indices]
-        batch_model = shortlist.for_batch(model, group)
-        found = _search(batch_model, group, config, device, with_attention=with_attention,
-                        terms=[terms[i] for i in indices] if terms is not None else None)
+        batch_model = options.shortlist.for_batch(model, group)
+        found = _search(batch_model, group, within,
+                        [terms[i] for i in indices] if terms is not None else None)
         for index, hypotheses in zip(indices, found):
             results[index] = [replace(hypothesis,
                                       tokens=batch_model.union[hypothesis.tokens].tolist())
@@ -65,18 +65,16 @@ def decode_corpus(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
 
 
 def _search(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
-            config: DecodeConfig, device: torch.device, *, with_attention: bool = False,
-            terms: Sequence[TargetTerms] | None = None, word_starts: Tensor | None = None
+            options: SearchOptions, terms: Sequence[TargetTerms] | None = None
             ) -> list[list[Hypothesis]]:
     """Search id sequences in length order; results come back in input order.
 
     Sampling search when ``config.sampling`` (``s2s.search.sampling``; it keeps prefixes,
     not constraints). Greedy search when ``config`` asks for one hypothesis of one beam and
     no sentence has constraints, else beam search. ``config.batch_tokens`` bounds the source
-    tokens (padding included) times the beam size (or samples) decoded at once. ``terms``:
-    each sentence's prefix and constraints (``s2s.search.constraints``); ``word_starts``
-    (V,): the pieces that may follow a whole word (``BeamBatch``).
+    tokens (padding included) times the beam size (or samples) decoded at once.
     """
+    config, device = options.config, options.device
     lengths = np.fromiter((len(s) + 1 for s in sentences), dtype=np.int64, count=len(sentences))
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     budget = max(config.batch_tokens // config.beam_size, 1)
@@ -87,26 +85,20 @@ def _search(model: Decodable, sentences: Sequence[np.ndarray | list[int]],
             src, src_lengths = pad(group, suffix=EOS_ID)
             batch_results = sample_search(
                 model, src.to(device), src_lengths.to(device),
-                line_keys(group, config.nbest, config.seed), config,
-                with_attention=with_attention,
-                terms=PackedTerms.of([terms[i] for i in indices], device),
-                word_starts=word_starts)
+                line_keys(group, config.nbest, config.seed), options,
+                PackedTerms.of([terms[i] for i in indices], device))
             for index, hypotheses in zip(indices, batch_results):
                 results[index] = hypotheses
         return results
     if config.beam_size == 1 and config.nbest == 1 and not any(t.constraints for t in terms):
         for indices in token_batches(lengths, budget):
             src, src_lengths = pad([sentences[i] for i in indices], suffix=EOS_ID)
-            batch_results = greedy_search(model, src.to(device), src_lengths.to(device), config,
-                                          with_attention=with_attention,
-                                          terms=PackedTerms.of([terms[i] for i in indices],
-                                                               device),
-                                          word_starts=word_starts)
+            batch_results = greedy_search(model, src.to(device), src_lengths.to(device), options,
+                                          PackedTerms.of([terms[i] for i in indices], device))
             for index, hypotheses in zip(indices, batch_results):
                 results[index] = hypotheses
         return results
-    batch = BeamBatch(model, config, device, with_attention=with_attention,
-                      word_starts=word_starts)
+    batch = BeamBatch(model, options)
     waiting = np.argsort(lengths, kind="stable")[::-1].tolist()  # the shortest at the end
     refill = top_up_below(device) * budget
     while waiting or len(batch):

@@ -7,21 +7,21 @@ as they finish, or in steps of a few bucket sizes where that pays (``rows_to_kee
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from s2s.config import DecodeConfig
 from s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from s2s.model.ensemble import AnyEncoded, AnyState, Decodable
+from s2s.model.decodable import Decodable, SearchEncoded
 from s2s.search.constraints import PackedTerms, force_prefix
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.options import SearchOptions
 from s2s.search.steps import (
     attention_of,
     keeps_passengers,
     max_output_lengths,
-    next_token_log_probs,
+    restrict,
     row_topk,
     rows_to_keep,
     strip,
@@ -32,26 +32,23 @@ Choose = Callable[[Tensor, Tensor, int], Tensor]
 
 
 @torch.inference_mode()
-def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, config: DecodeConfig, *,
-                  with_attention: bool = False, terms: PackedTerms | None = None,
-                  word_starts: Tensor | None = None) -> list[list[Hypothesis]]:
+def greedy_search(model: Decodable, src: Tensor, src_lengths: Tensor, options: SearchOptions,
+                  terms: PackedTerms | None = None) -> list[list[Hypothesis]]:
     """The most probable next token at every step; one hypothesis per sentence. ``terms``:
     prefixes to start with (greedy search takes no constraints)."""
     encoded, state = model.encode(src, src_lengths, for_search=True)
     return [[hypothesis] for hypothesis in token_by_token(
-        model, encoded, state, src_lengths, config,
-        lambda log_probs, rows, step: row_topk(log_probs, 1)[1][:, 0],
-        with_attention=with_attention, terms=terms, word_starts=word_starts)]
+        model, encoded, state, src_lengths, options,
+        lambda log_probs, rows, step: row_topk(log_probs, 1)[1][:, 0], terms)]
 
 
-def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_lengths: Tensor,
-                   config: DecodeConfig, choose: Choose, *, with_attention: bool = False,
-                   terms: PackedTerms | None = None, word_starts: Tensor | None = None
+def token_by_token(model: Decodable, encoded: SearchEncoded, state: Any, src_lengths: Tensor,
+                   options: SearchOptions, choose: Choose, terms: PackedTerms | None = None
                    ) -> list[Hypothesis]:
     """One hypothesis per row, each token the one ``choose`` picks from the restricted
     log-probabilities (a prefix forced first); scores add up those log-probabilities."""
     device = src_lengths.device
-    limits = max_output_lengths(src_lengths, config).to(device)
+    limits = max_output_lengths(src_lengths, options.config).to(device)
     batch = len(src_lengths)
     steps = int(limits.max()) + 1
     outputs = torch.full((batch, steps), PAD_ID, dtype=torch.long, device=device)
@@ -60,19 +57,17 @@ def token_by_token(model: Decodable, encoded: AnyEncoded, state: AnyState, src_l
     ended = torch.zeros(batch, dtype=torch.bool, device=device)  # rows that are passengers
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     attention = torch.zeros((batch, steps, encoded.states.size(1)), device=device) if (
-        with_attention) else None
+        options.with_attention) else None
     passengers = keeps_passengers(model)
     for step in range(steps):
-        logits, state, weights = model.decode_step(prev, state, encoded)
+        log_probs, state, weights = model.decode_step(prev, state, encoded)
         if attention is not None:
             attention[active, step] = weights.float()
-        log_probs = next_token_log_probs(logits, outputs[active, :step],
-                                          step >= limits[active], config,
-                                          normalised=model.gives_log_probs)  # (n, V)
+        restrict(log_probs, outputs[active, :step], step >= limits[active], options.config)
         if terms is not None and terms.prefix.size(1):
             force_prefix(log_probs, terms.prefix[active], terms.prefix_lengths[active],
                          terms.prefix_ends_word[active], torch.full_like(active, step),
-                         word_starts)
+                         options.word_starts)
         tokens = choose(log_probs, active, step)  # (n,)
         best = log_probs.gather(1, tokens[:, None])[:, 0].float()
         tokens, best = tokens.masked_fill(ended, PAD_ID), best.masked_fill(ended, 0.0)

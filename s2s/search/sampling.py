@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 from s2s.config import DecodeConfig
-from s2s.model.ensemble import Decodable
+from s2s.model.decodable import Decodable
 from s2s.search.constraints import PackedTerms
 from s2s.search.greedy import token_by_token
 from s2s.search.hypothesis import Hypothesis
+from s2s.search.options import SearchOptions
+from s2s.search.steps import row_topk
 
 _MASK_64 = (1 << 64) - 1
 
@@ -69,7 +71,7 @@ def restricted_log_probs(log_probs: Tensor, config: DecodeConfig) -> Tensor:
     top-k and to the top-p nucleus (-inf outside)."""
     scores = torch.log_softmax(log_probs.float() / config.temperature, dim=-1)
     if config.top_k and config.top_k < scores.size(1):
-        kth = scores.topk(config.top_k, dim=1).values[:, -1:]
+        kth = row_topk(scores, config.top_k)[0][:, -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if config.top_p < 1.0:
         sorted_scores, order = scores.sort(dim=1, descending=True)
@@ -89,8 +91,9 @@ def draw(log_probs: Tensor, keys: Tensor, step: int, config: DecodeConfig,
     """(rows,) one token per row from ``log_probs`` (restricted as the config says): where
     the row's uniform falls in the cumulative distribution.
 
-    In two passes, as ``row_topk`` does: the point is found among chunk totals, then within
-    its chunk, so only a row's chunk totals and one chunk are summed cumulatively.
+    In two passes, as the chunked top-k (``s2s.search.steps.beam_topk``): the point is found
+    among chunk totals, then within its chunk, so only a row's chunk totals and one chunk are
+    summed cumulatively.
     """
     plain = config.temperature == 1.0 and not config.top_k and config.top_p == 1.0
     probs = (log_probs.float() if plain else restricted_log_probs(log_probs, config)).exp()
@@ -113,21 +116,17 @@ def draw(log_probs: Tensor, keys: Tensor, step: int, config: DecodeConfig,
 
 @torch.inference_mode()
 def sample_search(model: Decodable, src: Tensor, src_lengths: Tensor, keys: Tensor,
-                  config: DecodeConfig, *, with_attention: bool = False,
-                  terms: PackedTerms | None = None, word_starts: Tensor | None = None
+                  options: SearchOptions, terms: PackedTerms | None = None
                   ) -> list[list[Hypothesis]]:
     """``config.nbest`` samples of each sentence of a padded batch, best-scoring first;
     ``keys`` (n nbest,) from ``line_keys``; ``terms``: prefixes to start with."""
+    config = options.config
     samples, batch = config.nbest, len(src)
     rows_of = torch.arange(batch, device=src.device).repeat_interleave(samples)
     encoded, state = model.encode(src, src_lengths, for_search=True)
-    if terms is not None:
-        terms = PackedTerms(terms.prefix[rows_of], terms.prefix_lengths[rows_of],
-                            terms.prefix_ends_word[rows_of], terms.constraints[rows_of],
-                            terms.constraint_lengths[rows_of])
     hypotheses = token_by_token(
-        model, encoded.select(rows_of), state.select(rows_of), src_lengths[rows_of], config,
+        model, encoded.select(rows_of), state.select(rows_of), src_lengths[rows_of], options,
         lambda log_probs, rows, step: draw(log_probs, keys[rows.cpu()], step, config),
-        with_attention=with_attention, terms=terms, word_starts=word_starts)
+        terms.select(rows_of) if terms is not None else None)
     return [sorted(hypotheses[i * samples:(i + 1) * samples], key=lambda h: -h.score)
             for i in range(batch)]

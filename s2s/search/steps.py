@@ -53,43 +53,33 @@ def bucket_size(count: int) -> int:
     return -(-count // step) * step
 
 
-def next_token_log_probs(logits: Tensor, history: Tensor, at_limit: Tensor,
-                          config: DecodeConfig, *, normalised: bool = False) -> Tensor:
-    """Log-probabilities (N, V) of the next token, with the search's restrictions applied
-    (``normalised``: ``logits`` are log-probabilities already, as an ensemble's are).
+def restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig
+             ) -> Tensor:
+    """In place on a step's log-probabilities (N, V), and returned: the search's restrictions.
+    EOS is forced at the length limit (at its probability under the model: the distribution
+    was normalised before), repeated n-grams are blocked, PAD and BOS are never chosen.
 
-    They keep the logits' dtype: for a bf16 model one fused log-softmax (fp32 inside) rounds
-    them to bf16, an error of at most 0.4% of each value, smaller than the bf16 logits' own;
-    hypothesis scores add them up in fp32. The distribution is normalised before the
-    restrictions, so a forced EOS keeps its probability under the model.
+    A bf16 model's log-probabilities stay in bf16 (rounded from its fp32 log-softmax, an
+    error of at most 0.4% of each value, smaller than the bf16 logits' own); hypothesis scores
+    add them up in fp32.
     """
-    log_probs = logits if normalised else torch.log_softmax(logits, dim=-1)
-    _restrict(log_probs, history, at_limit, config)
+    if config.no_repeat_ngram:
+        _block_repeats(log_probs, history, config.no_repeat_ngram)
+    if bool(at_limit.any()):
+        eos_scores = log_probs[:, EOS_ID].clone()
+        log_probs[at_limit] = float("-inf")
+        log_probs[:, EOS_ID] = torch.where(at_limit, eos_scores, log_probs[:, EOS_ID])
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
     return log_probs
 
 
-def row_topk(scores: Tensor, k: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
-    """``scores.topk(k, dim=1)`` in two passes, each cheaper than a top-k over a whole row.
-
-    The k best entries of a row lie in the k chunks with the largest maxima, so only those
-    k * chunk entries are searched: a row's top-k then costs a max per chunk plus a small
-    top-k, instead of a selection over the whole vocabulary at every decoding step.
-    """
-    rows, width = scores.shape
-    if width <= k * chunk:
-        return scores.topk(k, dim=1)
-    whole = width // chunk * chunk
-    chunk_max = scores[:, :whole].view(rows, -1, chunk).amax(dim=2)  # (N, width // chunk)
-    if whole < width:
-        chunk_max = torch.cat([chunk_max, scores[:, whole:].amax(dim=1, keepdim=True)], dim=1)
-    best_chunks = chunk_max.topk(k, dim=1).indices  # (N, k)
-    offsets = torch.arange(chunk, device=scores.device)
-    columns = (best_chunks[:, :, None] * chunk + offsets).view(rows, -1)  # (N, k chunk)
-    outside = columns >= width  # the last chunk may be short
-    candidates = scores.gather(1, columns.clamp(max=width - 1)).masked_fill_(
-        outside, float("-inf"))
-    values, positions = candidates.topk(k, dim=1)
-    return values, columns.gather(1, positions)
+def row_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best entries of each row of ``scores`` (N, V), best first, as fp32 values and
+    their columns (N, k): ``beam_topk`` with one beam of score 0 per row."""
+    values, columns, _ = beam_topk(scores, scores.new_zeros((len(scores), 1),
+                                                            dtype=torch.float32), k)
+    return values, columns
 
 
 def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
@@ -98,10 +88,10 @@ def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
     over all its beams and tokens, best first, as scores, tokens and origin rows (n, k).
 
     ``log_probs`` (n K, V) hold K consecutive beam rows per sentence, ``beam_scores`` (n, K)
-    their scores. In two passes, as ``row_topk``, but over each sentence's K V entries at once:
-    a chunk of 64 tokens ranks by its best entry (its maximum plus its beam's score), the k best
-    entries lie in the k best chunks, and only those k * chunk entries are searched. Per
-    sentence rather than per beam, the two selections run over n rows instead of n K.
+    their scores. In two passes, each cheaper than a top-k over whole rows: a chunk of 64
+    tokens ranks by its best entry (its maximum plus its beam's score), the k best entries lie
+    in the k best chunks, and only those k * chunk entries are searched. Per sentence rather
+    than per beam, the two selections run over n rows instead of n K.
     """
     rows, width = log_probs.shape
     count, beam = beam_scores.shape
@@ -126,18 +116,6 @@ def beam_topk(log_probs: Tensor, beam_scores: Tensor, k: int, chunk: int = 64
     return scores, tokens, origins.gather(1, positions // chunk)
 
 
-def _restrict(log_probs: Tensor, history: Tensor, at_limit: Tensor, config: DecodeConfig) -> None:
-    """In place on log-probabilities: force EOS at the length limit; block repeated n-grams."""
-    if config.no_repeat_ngram:
-        _block_repeats(log_probs, history, config.no_repeat_ngram)
-    if bool(at_limit.any()):
-        eos_scores = log_probs[:, EOS_ID].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[:, EOS_ID] = torch.where(at_limit, eos_scores, log_probs[:, EOS_ID])
-    log_probs[:, PAD_ID] = float("-inf")
-    log_probs[:, BOS_ID] = float("-inf")
-
-
 def _block_repeats(log_probs: Tensor, history: Tensor, size: int) -> None:
     """Forbid any token that would repeat an n-gram of ``size`` already in the history."""
     length = history.size(1)
@@ -152,6 +130,33 @@ def _block_repeats(log_probs: Tensor, history: Tensor, size: int) -> None:
     banned = torch.zeros_like(log_probs)
     banned.scatter_add_(1, windows[:, :, -1], matches.to(log_probs.dtype))
     log_probs.masked_fill_(banned > 0, float("-inf"))
+
+
+def padded(tensor: Tensor, dim: int, size: int, fill: float | int | bool, *,
+           left: bool = False) -> Tensor:
+    """``tensor`` padded with ``fill`` to ``size`` along ``dim`` (at the end, or the start)."""
+    dim = dim % tensor.dim()
+    missing = size - tensor.size(dim)
+    if missing <= 0:
+        return tensor
+    widths = [0] * (2 * (tensor.dim() - dim))  # pad() lists the last dim first, ``dim`` last
+    widths[-2 if left else -1] = missing
+    return nn.functional.pad(tensor, widths, value=fill)
+
+
+def joined(mine: Tensor, theirs: Tensor, *, end_dims: tuple[int, ...] = (),
+           end_fill: float | int | bool = 0, time_dim: int | None = None,
+           time_fill: float | int = 0) -> Tensor:
+    """Two batches' rows of one tensor, one after the other: each of ``end_dims`` (a source,
+    constraint phrases) padded at its end to the longer of the two, and a right-aligned
+    ``time_dim`` padded at its start."""
+    for dim in end_dims:
+        size = max(mine.size(dim), theirs.size(dim))
+        mine, theirs = (padded(t, dim, size, end_fill) for t in (mine, theirs))
+    if time_dim is not None:
+        size = max(mine.size(time_dim), theirs.size(time_dim))
+        mine, theirs = (padded(t, time_dim, size, time_fill, left=True) for t in (mine, theirs))
+    return torch.cat([mine, theirs])
 
 
 def strip(row: list[int]) -> list[int]:

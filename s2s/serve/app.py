@@ -25,9 +25,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from s2s.config import config_to_dict
-from s2s.errors import S2SError
-from s2s.serve.batcher import Batcher, RequestOptions, Sampling
+from s2s.config import DecodeConfig, Override, changed_decode, config_to_dict
+from s2s.errors import ConfigError, S2SError
+from s2s.serve.batcher import Batcher, RequestOptions
 from s2s.translation.output import alignment_value
 from s2s.translation.terms import LineTerms
 from s2s.translation.translator import TranslationResult, Translator
@@ -125,7 +125,7 @@ def create_app(translator: Translator, *, max_batch_sentences: int = 64,
 
     @app.post("/translator/translate")
     async def opennmt(items: list[OpenNMTItem]) -> list[list[dict[str, Any]]]:
-        options = _options(None, None, False, defaults, limits)
+        options = _options(TranslateRequest(text=""), defaults, limits)
         results = await batcher.translate(_checked_lines([i.src for i in items], limits),
                                           options)
         return [[{"src": item.src, "tgt": result.text, "n_best": 1,
@@ -200,15 +200,14 @@ def _model_info(translator: Translator) -> dict[str, Any]:
     }
 
 
-def _checked_request(request: TranslateRequest, batcher: Batcher, defaults: Any,
+def _checked_request(request: TranslateRequest, batcher: Batcher, defaults: DecodeConfig,
                      limits: Limits) -> tuple[list[str], RequestOptions, list[LineTerms]]:
     """A /translate request's lines, options and terms, each checked (a 4xx otherwise)."""
     lines = [request.text] if isinstance(request.text, str) else request.text
-    options = _options(request.beam, request.nbest, request.alignment, defaults, limits,
-                       _sampling(request, defaults))
+    options = _options(request, defaults, limits)
     lines = _checked_lines(lines, limits)
     terms = _terms(request, len(lines))
-    if options.sampling is not None and any(t.constraints for t in terms):
+    if options.decode.sampling and any(t.constraints for t in terms):
         raise BadRequest("constraints: they need beam search; sampling cannot keep them")
     checker = batcher.translator_for(options)
     for number, (line, line_terms) in enumerate(zip(lines, terms), 1):
@@ -216,45 +215,43 @@ def _checked_request(request: TranslateRequest, batcher: Batcher, defaults: Any,
     return lines, options, terms
 
 
-def _options(beam: int | None, nbest: int | None, alignment: bool | str,
-             defaults: Any, limits: Limits, sampling: Sampling | None = None) -> RequestOptions:
-    if sampling is not None and beam not in (None, 1):
-        raise BadRequest(f"beam: sampling draws one token at a time, not a beam of {beam}; "
-                         "leave beam out and ask for several samples with nbest")
-    beam = 1 if sampling is not None else defaults.beam_size if beam is None else beam
-    if not 1 <= beam <= limits.max_beam:
-        raise BadRequest(f"beam: {beam} is out of range; choose 1 to {limits.max_beam}")
-    nbest = 1 if nbest is None else nbest
-    most = limits.max_beam if sampling is not None else beam
-    if not 1 <= nbest <= most:
-        raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to "
-                         + (f"{most} samples" if sampling is not None
-                            else f"the beam size ({beam})"))
-    mode = "hard" if alignment is True else "none" if alignment is False else alignment
-    return RequestOptions(beam, nbest, mode, sampling)
-
-
-def _sampling(request: TranslateRequest, defaults: Any) -> Sampling | None:
-    """The request's sampling settings (the server's decode settings where it gives none),
-    checked as the config checks them; None without ``sampling``."""
-    given = {"temperature": request.temperature, "top_k": request.top_k,
-             "top_p": request.top_p, "seed": request.seed}
+def _options(request: TranslateRequest, defaults: DecodeConfig, limits: Limits
+             ) -> RequestOptions:
+    """The request's decode settings: the server's, changed by the request's fields and
+    checked by the config's rules (``s2s.config.changed_decode``), within the server's
+    limits."""
+    sampling = {"temperature": request.temperature, "top_k": request.top_k,
+                "top_p": request.top_p, "seed": request.seed}
     if not request.sampling:
-        named = [name for name, value in given.items() if value is not None]
+        named = [name for name, value in sampling.items() if value is not None]
         if named:
             raise BadRequest(f"{named[0]}: applies to sampling only; add \"sampling\": true")
-        return None
-    chosen = {name: getattr(defaults, name) if value is None else value
-              for name, value in given.items()}
-    if not chosen["temperature"] > 0:
-        raise BadRequest(f"temperature: must be greater than 0, got {chosen['temperature']}")
-    if not 0 < chosen["top_p"] <= 1:
-        raise BadRequest(f"top_p: must be in (0, 1], got {chosen['top_p']}")
-    if chosen["top_k"] < 0 or (request.top_k is not None and request.top_k < 1):
-        raise BadRequest(f"top_k: must be at least 1, got {chosen['top_k']}")
-    if chosen["seed"] < 0:
-        raise BadRequest(f"seed: must be at least 0, got {chosen['seed']}")
-    return Sampling(**chosen)
+    elif request.beam not in (None, 1):
+        raise BadRequest(f"beam: sampling draws one token at a time, not a beam of "
+                         f"{request.beam}; leave beam out and ask for several samples with "
+                         "nbest")
+    if request.top_k is not None and request.top_k < 1:  # 0, "no cut", is the server's to set
+        raise BadRequest(f"top_k: must be at least 1, got {request.top_k}")
+    beam = 1 if request.sampling else defaults.beam_size if request.beam is None else request.beam
+    if not 1 <= beam <= limits.max_beam:
+        raise BadRequest(f"beam: {beam} is out of range; choose 1 to {limits.max_beam}")
+    nbest = 1 if request.nbest is None else request.nbest
+    most = limits.max_beam if request.sampling else beam
+    if not 1 <= nbest <= most:
+        raise BadRequest(f"nbest: {nbest} is out of range; choose 1 to "
+                         + (f"{most} samples" if request.sampling else f"the beam size ({most})"))
+    given = {"beam_size": beam, "nbest": nbest, "sampling": request.sampling, **sampling}
+    names = {"beam_size": "beam"}
+    try:
+        decode = changed_decode(defaults, [
+            Override(f"decode.{key}", value, names.get(key, key))
+            for key, value in given.items() if value is not None])
+    except ConfigError as error:
+        field, _, problem = str(error).splitlines()[0].partition(": ")
+        raise BadRequest(f"{field}: {problem.partition(': ')[2]}") from None
+    alignment = request.alignment
+    mode = "hard" if alignment is True else "none" if alignment is False else alignment
+    return RequestOptions(decode, mode)
 
 
 def _terms(request: TranslateRequest, count: int) -> list[LineTerms]:
@@ -294,10 +291,10 @@ def _response(results: list[TranslationResult], options: RequestOptions, *, sing
               ) -> dict[str, Any]:
     """N lines in, N translations out; with n-best, a list of hypotheses per line."""
     def per_line(values: list[Any], empty: Any = "") -> Any:
-        return values if options.nbest > 1 else (values[0] if values else empty)
+        return values if options.decode.nbest > 1 else (values[0] if values else empty)
 
     translations = [per_line(r.texts) for r in results]
-    scores = [per_line(r.scores) if r.scores else (0.0 if options.nbest == 1 else [])
+    scores = [per_line(r.scores) if r.scores else (0.0 if options.decode.nbest == 1 else [])
               for r in results]
     body: dict[str, Any] = {"translations": translations, "scores": scores}
     if options.alignment != "none":

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import collections
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from s2s.config import DecodeConfig
 from s2s.errors import S2SError
 from s2s.translation.terms import NO_LINE_TERMS, LineTerms
 from s2s.translation.translator import TranslationResult, Translator
@@ -18,24 +19,12 @@ TRANSLATORS_KEPT = 16
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """A request's sampling settings (``s2s.search.sampling``)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 1
-
-
-@dataclass(frozen=True)
 class RequestOptions:
     """What a request asks its lines to be translated with; requests with the same options
     are translated as one group."""
 
-    beam: int
-    nbest: int
-    alignment: str  # none, hard or soft
-    sampling: Sampling | None = None  # sampling search instead of beam search
+    decode: DecodeConfig  # the server's decode settings with the request's changes
+    alignment: str = "none"  # none, hard or soft
 
 
 @dataclass
@@ -127,13 +116,7 @@ class Batcher:
         if options in self._translators:
             self._translators.move_to_end(options)
         else:
-            decode = replace(self.translator.decode, beam_size=options.beam,
-                             nbest=options.nbest, sampling=options.sampling is not None)
-            if options.sampling is not None:
-                decode = replace(decode, temperature=options.sampling.temperature,
-                                 top_k=options.sampling.top_k, top_p=options.sampling.top_p,
-                                 seed=options.sampling.seed)
-            self._translators[options] = self.translator.with_decode(decode)
+            self._translators[options] = self.translator.with_decode(options.decode)
             if len(self._translators) > TRANSLATORS_KEPT:
                 self._translators.popitem(last=False)
         return self._translators[options]

@@ -30,9 +30,21 @@ from s2s.data.batching import Batch, collate, epoch_sample, token_batches, train
 from s2s.data.resegment import Resegmentation, ResegmentedBatches
 from s2s.data.store import EncodedSplit, PreparedData, write_text
 from s2s.data.vocab import Tokenizer
-from s2s.device import check_precision, resolve_device, thread_scope, with_resolved_precision
+from s2s.device import (
+    check_precision,
+    decode_dtype,
+    resolve_device,
+    thread_scope,
+    with_resolved_precision,
+)
 from s2s.errors import Interrupted
-from s2s.evaluation.validation import EvaluationSet, Validation, validate
+from s2s.evaluation.validation import (
+    BACKWARDS,
+    EvaluationSet,
+    Validation,
+    attention_direction,
+    validate,
+)
 from s2s.report import Reporter
 from s2s.run.checkpoint import (
     LoadedModel,
@@ -51,7 +63,7 @@ from s2s.training.distributed import World
 from s2s.training.learner import Learner, StepResult
 from s2s.training.schedule import guidance, learning_rate, planned_steps
 from s2s.training.signals import StopSignals
-from s2s.translation.translator import Translator, decode_dtype
+from s2s.translation.translator import Translator
 
 HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "loss": False}
 
@@ -331,12 +343,14 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
         return session.world.share(None)
     validation = _validate(session, progress.step)
     metrics = _metrics(validation)
+    direction = _attention_direction(session)
     improved = _track_best(session, progress, metrics)
     progress.validated_step = progress.step
     _save(session, progress, best=improved)
     session.world.share(progress)
     record = {"kind": "valid", "step": progress.step,
               "elapsed": round(session.clock.elapsed(), 2), **metrics,
+              "attention_direction": direction,
               "bleu_signature": validation.scores.signatures["bleu"],
               "seconds": validation.seconds, "best": improved}
     session.run.append_metrics(record)
@@ -348,8 +362,24 @@ def _validate_and_save(session: _Session, progress: TrainProgress) -> TrainProgr
         f"validation at step {progress.step}: loss {validation.loss:.3f}, "
         f"ppl {validation.ppl:.2f}, BLEU {validation.scores.bleu:.2f}, "
         f"chrF {validation.scores.chrf:.2f}"
-        + (f", BLEU (tok) {tokenized:.2f}" if tokenized is not None else "") + mark)
+        + (f", BLEU (tok) {tokenized:.2f}" if tokenized is not None else "")
+        + (f", attention {direction:+.2f}" if direction is not None else "") + mark)
+    if direction is not None and direction < BACKWARDS:
+        session.reporter.warn(
+            f"step {progress.step}: the attention runs backwards (direction {direction:+.2f}; "
+            "forwards is about +1): this run started badly and may stay far below its "
+            "seed's usual BLEU; train again with another train.seed, or with "
+            "train.guided_attention_steps (BENCHMARKS.md, \"Attention that runs backwards\")")
     return progress
+
+
+def _attention_direction(session: _Session) -> float | None:
+    """Which way the model's attention runs on the validation pairs (``attention_direction``)."""
+    assert session.valid_data is not None
+    if session.valid_data.encoded is None:
+        return None
+    return attention_direction(session.learner.model, session.valid_data.encoded,
+                               session.device)
 
 
 def _metrics(validation: Validation) -> dict[str, float]:

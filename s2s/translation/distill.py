@@ -30,6 +30,7 @@ from s2s.config import Config
 from s2s.data.chunks import read_chunks
 from s2s.data.text import COMPRESSION, decode_line, parallel_paths
 from s2s.errors import UsageError
+from s2s.files import write_text_whole
 from s2s.report import Reporter, make_table
 from s2s.translation.translator import ModelRef, Translator, load_translator
 
@@ -242,18 +243,11 @@ def _count_lines(path: Path) -> int:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    _write_whole(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
+    write_text_whole(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    _write_whole(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """``text`` into ``path`` whole or not at all: a temporary file renamed into place."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_whole(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def _report(result: DistillResult, config: Config, reporter: Reporter) -> None:

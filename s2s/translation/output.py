@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from s2s.errors import UsageError
 from s2s.translation.alignment import Alignment
-from s2s.translation.translator import TranslationResult
+from s2s.translation.result import TranslationResult
 
 ALIGNMENTS = ("none", "hard", "soft")
 
