@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import yaml
 
@@ -334,28 +334,28 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>",
                      overrides: Overrides = ()) -> Config:
     """Validate a plain mapping (as parsed from YAML) into a Config."""
     raw, origins = _apply_overrides(raw, overrides)
-    errors: list[str] = []
-    config = _build(Config, raw, "", errors)
-    if not errors:
-        errors.extend(_consistency_errors(config))
-    if errors:
-        raise ConfigError("\n".join(f"{_origin(message, origins, source)}: {message}"
-                                     for message in errors))
-    return config
+    return _checked(Config, raw, "", _consistency_errors, origins, source)
 
 
 def changed_decode(decode: DecodeConfig, overrides: Overrides) -> DecodeConfig:
     """``decode`` with ``overrides`` (of ``decode.*`` keys) applied, checked by the rules of
     a config's decode section: a ConfigError names each bad value by its override's origin."""
     raw, origins = _apply_overrides({"decode": config_to_dict(decode)}, overrides)
+    return _checked(DecodeConfig, raw["decode"], "decode.", _decode_errors, origins, "decode")
+
+
+def _checked(cls: type, raw: Any, prefix: str, consistency: Callable[[Any], list[str]],
+             origins: dict[str, str], source: str) -> Any:
+    """``raw`` built into ``cls`` and checked, key by key and then for ``consistency``; a
+    ConfigError lists every problem, each named by where its value came from."""
     errors: list[str] = []
-    changed = _build(DecodeConfig, raw["decode"], "decode.", errors)
+    built = _build(cls, raw, prefix, errors)
     if not errors:
-        errors.extend(_decode_errors(changed))
+        errors.extend(consistency(built))
     if errors:
-        raise ConfigError("\n".join(f"{_origin(message, origins, 'decode')}: {message}"
+        raise ConfigError("\n".join(f"{_origin(message, origins, source)}: {message}"
                                      for message in errors))
-    return changed
+    return built
 
 
 def _origin(message: str, origins: dict[str, str], source: str) -> str:
