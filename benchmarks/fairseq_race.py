@@ -160,7 +160,10 @@ def score(config_path: str, out: Path, venv: Path, marks: list[float]) -> None:
             if line.startswith("D-"):
                 index, _, text = line[2:].split("\t", 2)
                 hypotheses[int(index)] = text
-        ordered = [hypotheses[i] for i in range(len(hypotheses))]
+        # fairseq-generate leaves out a few lines (2 of TVsub's 1,154, not yet known why):
+        # they count as empty translations, and the count is printed
+        missing = [i for i in range(len(references[0])) if i not in hypotheses]
+        ordered = [hypotheses.get(i, "") for i in range(len(references[0]))]
         hyp_path = out / "hyp" / f"{updates}.hyp"
         hyp_path.write_text("".join(h + "\n" for h in ordered), encoding="utf-8")
         scores = scorer.score(ordered, references)
@@ -168,7 +171,7 @@ def score(config_path: str, out: Path, venv: Path, marks: list[float]) -> None:
         rows.append(f"{m}\t{updates}\t{scores.bleu:.2f}\t{scores.chrf:.2f}\t{tokenized}")
         print(f"{m:6.1f} min  {updates:6,} updates  BLEU {scores.bleu:5.2f}  chrF "
               f"{scores.chrf:5.2f}  BLEU (tok) {tokenized}  ({time.perf_counter() - started:.0f} s"
-              f" to decode)  {hyp_path}")
+              f" to decode; {len(missing)} lines missing)  {hyp_path}")
     (out / "curve.tsv").write_text("minutes\tupdates\tbleu\tchrf\tbleu_tok\n"
                                    + "".join(row + "\n" for row in rows), encoding="utf-8")
 
