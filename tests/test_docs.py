@@ -238,7 +238,8 @@ def test_the_python_page_calls_the_real_functions() -> None:
 
 def test_the_readme_is_a_landing_page_and_the_results_page_is_short() -> None:
     assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
-    assert len(RESULTS.read_text(encoding="utf-8").splitlines()) <= 400
+    # about 400 lines, and the forty TVsub test lines a reader judges by eye
+    assert len(RESULTS.read_text(encoding="utf-8").splitlines()) <= 450
     assert "## Chinese↔English at scale (TVsub)" in RESULTS.read_text(encoding="utf-8")
     recipes = (REPO / "docs" / "recipes.md").read_text(encoding="utf-8")
     assert "## English↔Chinese with your own millions of pairs" in recipes
