@@ -122,3 +122,12 @@ def copy_translator(tmp_path_factory: pytest.TempPathFactory):
     from tests.tasks import copy, word_task_translator
     with torch.random.fork_rng():
         return word_task_translator(tmp_path_factory.mktemp("copy"), copy)
+
+
+@pytest.fixture(scope="session")
+def reversal_translator(tmp_path_factory: pytest.TempPathFactory):
+    """A model trained to write sentences' words in reverse order, without full stops."""
+    from tests.tasks import reverse, word_task_translator
+    with torch.random.fork_rng():
+        return word_task_translator(tmp_path_factory.mktemp("reverse"), reverse,
+                                    full_stops=False, steps=400)

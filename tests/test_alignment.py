@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from s2s.cli import app
@@ -20,16 +19,9 @@ from s2s.translation.alignment import (
 )
 from s2s.translation.output import OutputFormat
 from s2s.translation.translator import Translator
-from tests.tasks import LIMIT, reverse, sentence, word_task_translator
+from tests.tasks import LIMIT, reverse, sentence
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def reversal_translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
-    with torch.random.fork_rng():
-        return word_task_translator(tmp_path_factory.mktemp("reverse"), reverse,
-                                    full_stops=False, steps=400)
 
 
 def _links(translator: Translator, lines: list[str]) -> list[tuple[list[tuple[int, int]], int,

@@ -12,7 +12,6 @@ them exactly as the main process does when there is one worker.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import itertools
 import multiprocessing
@@ -24,7 +23,6 @@ from typing import Any, BinaryIO, Callable, Iterator
 import numpy as np
 
 from s2s.data.text import (
-    COMPRESSION,
     DAMAGED,
     Normalization,
     damaged_error,
@@ -32,6 +30,7 @@ from s2s.data.text import (
     has_control_characters,
     in_wrong_script,
     normalize,
+    open_stream,
 )
 from s2s.data.vocab import Tokenizer
 from s2s.errors import DataError
@@ -77,7 +76,7 @@ def read_chunks(paths: tuple[Path, Path], start: int = 0) -> Iterator[Chunk]:
     """The pairs of a parallel corpus in chunks, the first at position ``start``; a side that
     ends before the other, or compressed data that breaks off, is a DataError naming the file
     and line."""
-    with _open(paths[0]) as sources, _open(paths[1]) as targets:
+    with open_stream(paths[0]) as sources, open_stream(paths[1]) as targets:
         line = 1
         while True:
             chunk_src = _read_lines(sources, paths[0], line)
@@ -224,17 +223,6 @@ def _decoded(raw: bytes, rules: TextRules, side: int, line: int) -> tuple[str, i
     raw = raw.rstrip(b"\n").rstrip(b"\r") if raw.endswith(b"\n") else raw
     text, bad = decode_line(raw, rules.paths[side], line, rules.invalid_utf8)
     return text, int(bad)
-
-
-@contextlib.contextmanager
-def _open(path: Path) -> Iterator[BinaryIO]:
-    opener = COMPRESSION.get(path.suffix)
-    try:
-        stream = opener.open(path, "rb") if opener is not None else open(path, "rb")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
-    with stream:
-        yield stream
 
 
 def _read_lines(stream: BinaryIO, path: Path, first_line: int) -> list[bytes]:

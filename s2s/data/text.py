@@ -7,6 +7,7 @@ always stays aligned with line N of its target file.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import lzma
 import os
@@ -14,7 +15,7 @@ import re
 import unicodedata
 import zlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Iterator, Literal
 
 from s2s.errors import DataError
 
@@ -176,6 +177,25 @@ def read_bytes(path: Path) -> bytes:
         return opener.decompress(data)
     except DAMAGED as error:
         raise damaged_error(path, _lines_before_damage(path), error) from None
+
+
+@contextlib.contextmanager
+def open_stream(path: Path) -> Iterator[BinaryIO]:
+    """A data file opened for reading bytes, decompressed as it is read when its name ends in
+    .gz or .xz; an unreadable one is a DataError naming it."""
+    opener = COMPRESSION.get(path.suffix)
+    try:
+        stream = opener.open(path, "rb") if opener is not None else open(path, "rb")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror or error}") from None
+    with stream:
+        yield stream
+
+
+def count_lines(path: Path) -> int:
+    """How many lines a data file has, decompressed, read a megabyte at a time."""
+    with open_stream(path) as stream:
+        return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
 
 
 def check_readable(path: Path) -> None:

@@ -38,6 +38,7 @@ from s2s.device import (
     with_resolved_precision,
 )
 from s2s.errors import Interrupted
+from s2s.evaluation.scoring import Scorer
 from s2s.evaluation.validation import (
     BACKWARDS,
     EvaluationSet,
@@ -448,9 +449,10 @@ def _validate(session: _Session, step: int) -> Validation:
         if result.alignments:
             session.board.attention(result.alignments[0], step,
                                     f"step {step}: {result.text[:60]}")
+    # the references as scored: plain text where they are written the Moses way
+    shown = Scorer.of(config).detokenized([session.valid_data.references[0][:3]])[0]
     for index in range(min(3, len(validation.hypotheses))):
-        session.reporter.info(f"  ref: {session.valid_data.references[0][index]}\n"
-                              f"  hyp: {validation.hypotheses[index]}")
+        session.reporter.info(f"  ref: {shown[index]}\n  hyp: {validation.hypotheses[index]}")
     return validation
 
 

@@ -28,7 +28,7 @@ from sacrebleu.metrics import CHRF
 
 from s2s.config import Config
 from s2s.data.chunks import read_chunks
-from s2s.data.text import COMPRESSION, decode_line, parallel_paths
+from s2s.data.text import count_lines, decode_line, parallel_paths
 from s2s.errors import UsageError
 from s2s.files import write_text_whole
 from s2s.report import Reporter, make_table
@@ -71,8 +71,8 @@ def distill(config: Config, teachers: Sequence[ModelRef], output: Path, *,
     parts = output / "parts"
     _claim(output, identity)
     parts.mkdir(exist_ok=True)
-    total = sum(_count_lines(parallel_paths(config.data.train[index].path,
-                                            config.data.src_lang, config.data.tgt_lang)[0])
+    total = sum(count_lines(parallel_paths(config.data.train[index].path,
+                                           config.data.src_lang, config.data.tgt_lang)[0])
                 for index in selected)
     dropped, lines, resumed, names = dict.fromkeys(DROP_RULES, 0), 0, 0, []
     with reporter.progress("distill", total=total, unit="lines") as bar:
@@ -234,12 +234,6 @@ def _join(output: Path, names: list[str], src_lang: str, tgt_lang: str) -> int:
     for name in names:
         pairs += json.loads((output / "parts" / f"{name}.json").read_text("utf-8"))["pairs"]
     return pairs
-
-
-def _count_lines(path: Path) -> int:
-    opener = COMPRESSION.get(path.suffix)
-    with (opener.open(path, "rb") if opener else open(path, "rb")) as stream:
-        return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

@@ -133,14 +133,14 @@ class TermsCompiler:
         return {line: self.compile(terms[line], count, first_line + line, decode)
                 for line, count in source_tokens.items() if terms[line]}
 
-    def respelled_prefix(self, text: str, prefix_ids: Sequence[int], prefix: str) -> str:
-        """A translation ``text`` that starts with the prefix's tokens, that start written
-        exactly as the user's ``prefix``."""
+    def respelled_prefix(self, texts: Sequence[str], prefix_ids: Sequence[int], prefix: str
+                         ) -> list[str]:
+        """Translations ``texts`` that start with the prefix's tokens, that start written
+        exactly as the user's ``prefix`` (the prefix is decoded once for all of them)."""
         decoded = " ".join(self.tokenizer.decode([list(prefix_ids)])[0].split())
-        if not text.startswith(decoded):
-            return text
-        rest = text[len(decoded):]
-        return prefix + (rest.lstrip() if prefix[-1:].isspace() else rest)
+        keeps_space = prefix[-1:].isspace()
+        return [prefix + (text[len(decoded):].lstrip() if keeps_space else text[len(decoded):])
+                if text.startswith(decoded) else text for text in texts]
 
 
 def for_pieces(targets: Mapping[int, TargetTerms], line_of_piece: Sequence[int]

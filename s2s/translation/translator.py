@@ -191,8 +191,8 @@ class Translator:
             texts_of_piece = [" ".join(next(piece_texts).split()) for _ in of_piece]
             prefix = piece_terms[index].prefix
             if prefix:  # the prefix as the user wrote it, then what the model continued
-                texts_of_piece = [self.terms.respelled_prefix(text, prefix, terms[line].prefix)
-                                  for text in texts_of_piece]
+                texts_of_piece = self.terms.respelled_prefix(texts_of_piece, prefix,
+                                                             terms[line].prefix)
             parts_of_line.setdefault(line, []).append(TranslationResult(
                 texts_of_piece, [h.score for h in of_piece],
                 [self._alignment(source, h) for h in of_piece] if with_attention else None))
