@@ -136,6 +136,9 @@ def test_average_checkpoints(trained_run: Path) -> None:
     averaged = load_checkpoint(directory / "avg.pt")["model"]
     for name, tensor in averaged.items():
         assert torch.allclose(tensor, (inputs[0][name] + inputs[1][name]) / 2, atol=1e-6), name
+    for weights in (inputs[1], averaged):  # tied weights: one tensor, so stored once
+        assert (weights["decoder.output.weight"].data_ptr()
+                == weights["decoder.embedding.weight"].data_ptr())
     result = runner.invoke(app, ["average", str(run_dir)])  # --last 3, but 2 are kept
     assert result.exit_code == 0, result.output
     assert "asked to average the last 3 checkpoints, but" in result.stderr

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,10 @@ class TrainingCheckpoints:
             "config": config_to_dict(self.config),
             "vocab": {**self.vocabularies, "joint": self.joint},
             "data_hash": self.data_hash,
-            **asdict(state),
+            # the fields as they are: asdict would deep-copy every tensor (the whole
+            # optimizer state, once more in memory) and untie tied weights, which the file
+            # would then hold twice
+            **{field.name: getattr(state, field.name) for field in fields(state)},
         }
         path = self.run.step_checkpoint(state.progress["step"])
         save_atomic(payload, path)
@@ -286,13 +289,18 @@ def average_checkpoints(run_dir: Path, last: int | None = None, *,
                 != _model_identity(newest["config"].get("model", {}))):
             raise CheckpointError(f"{path}: another model than {paths[-1].name} (its model "
                                   "settings differ); average checkpoints of one model only")
-    averaged = {}
+    averaged: dict[str, torch.Tensor] = {}
+    shared: dict[tuple[Any, ...], torch.Tensor] = {}  # tied weights (one storage) stay one
     for name, tensor in newest["model"].items():
-        if tensor.is_floating_point():
+        storage = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else (name,)
+        if storage in shared:
+            averaged[name] = shared[storage]
+        elif tensor.is_floating_point():
             total = sum(payload["model"][name].double() for payload in payloads)
             averaged[name] = (total / len(payloads)).to(tensor.dtype)
         else:
             averaged[name] = tensor
+        shared.setdefault(storage, averaged[name])
     output = run.checkpoint("avg")
     save_atomic({**newest, "model": averaged, "optimizer": {}, "averaged_from":
                  [path.name for path in paths]}, output)
