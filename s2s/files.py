@@ -22,6 +22,8 @@ def written_whole(path: Path, *, binary: bool = True, durable: bool = False
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                          dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp's 0600 would hide checkpoints from the group
+            os.fchmod(handle, _new_file_mode())
         with os.fdopen(handle, "wb" if binary else "w",
                        **({} if binary else {"encoding": "utf-8"})) as stream:
             yield stream
@@ -34,6 +36,19 @@ def written_whole(path: Path, *, binary: bool = True, durable: bool = False
         raise
     if durable:
         sync_directory(path.parent)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask, read from /proc
+    where the system has it (``os.umask`` reads it only by changing it, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
 
 
 def write_text_whole(path: Path, text: str) -> None:

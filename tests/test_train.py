@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from s2s.config import TrainConfig, config_from_dict, load_config
 from s2s.errors import CheckpointError, ConfigError, DataError, DeviceError
+from s2s.files import write_text_whole
 from s2s.model.loss import guided_attention_loss
 from s2s.run.checkpoint import average_checkpoints, load_checkpoint, load_model, save_atomic
 from s2s.rundir import RunDir
@@ -152,6 +154,19 @@ def test_resume_and_average_go_on_whatever_init_range_says(demo_corpus: Path,
     save_atomic(payload, first)
     with pytest.raises(CheckpointError, match="another model than step-00000004.pt"):
         average_checkpoints(config.run_dir)
+
+
+def test_checkpoints_get_the_mode_a_plain_open_gives(trained_run: Path, tmp_path: Path
+                                                     ) -> None:
+    """Written under a temporary name and renamed, files must not keep mkstemp's 0600: a
+    group that shares a run directory, or a server under another user, reads them."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x", encoding="utf-8")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    write_text_whole(tmp_path / "whole.txt", "x")
+    assert stat.S_IMODE((tmp_path / "whole.txt").stat().st_mode) == expected
+    last = RunDir(load_config(trained_run).run_dir).checkpoint("last")
+    assert stat.S_IMODE(last.stat().st_mode) == expected
 
 
 def test_checkpoints_from_before_the_cell_setting_are_lstms(demo_corpus: Path,
