@@ -127,6 +127,7 @@ def test_the_command_line_distils_and_names_bad_input_in_one_line(
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cli" / "distill.json").read_text())["search"][
         "beam_size"] == 2
+    assert "dropped: low chrF" in result.stderr and "source lines" in result.stderr
     result = runner.invoke(app, ["distill", str(config_path), "--teacher",
                                  str(tmp_path / "nothing"), "--output", str(tmp_path / "x")])
     assert result.exit_code == 2

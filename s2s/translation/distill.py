@@ -245,10 +245,10 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _report(result: DistillResult, config: Config, reporter: Reporter) -> None:
-    rows = [[rule, count] for rule, count in result.dropped.items()]
+    rows = [["source lines", result.lines]]
+    rows += [[f"dropped: {rule}", count] for rule, count in result.dropped.items()]
     rows.append(["kept", result.pairs])
-    reporter.table(make_table(f"distilled pairs ({result.lines:,} source lines)",
-                              ["rule", "pairs"], rows))
+    reporter.table(make_table("distilled pairs", ["", "pairs"], rows))
     if result.parts_resumed:
         reporter.info(f"{result.parts_resumed} parts were already done and kept")
     reporter.info(f"wrote {result.directory}/train.{config.data.src_lang} and "
