@@ -33,7 +33,9 @@ def test_training_validation_scores_equal_evaluate_where_normalisation_changes_r
                         encoding="utf-8")
     config_path = write_config(tmp_path / "config.yaml", config_dict(
         corpus, tmp_path / "run", data={"normalization": "nfkc"},
-        train={"max_steps": 60, "valid_every": 30, "valid_beam_size": 2}))
+        train={"max_steps": 60, "valid_every": 30, "valid_beam_size": 2},
+        # rules of the config's search that validation must keep, as translate keeps them
+        decode={"length_penalty": "average", "max_len_a": 1.2, "no_repeat_ngram": 3}))
     for command in (["prepare"], ["train"]):
         result = runner.invoke(app, [*command, str(config_path)])
         assert result.exit_code == 0, result.output
