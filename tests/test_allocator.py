@@ -52,6 +52,7 @@ def test_kept_memory_holds_a_freed_step_tensor_for_the_next_step() -> None:
     assert kept >= tensor  # ...which keeps it, free, for the next step
 
 
+@pytest.mark.slow
 def test_the_s2s_command_keeps_freed_memory_and_the_library_does_not() -> None:
     check = ("import s2s.cli, sys; from unittest import mock; "
              "p = mock.patch('s2s.allocator.keep_freed_memory'); f = p.start(); "

@@ -158,6 +158,7 @@ def test_bpe_dropout_splits_more_as_the_rate_grows(demo_corpus: Path, tmp_path: 
             processor.encode(line, out_type=int))
 
 
+@pytest.mark.slow
 def test_regularised_training_is_deterministic_and_resumes_exactly(demo_corpus: Path,
                                                                     tmp_path: Path) -> None:
     sections = {"train": {"max_steps": 16, "valid_every": 8, "batch_tokens": 300}}
@@ -175,6 +176,7 @@ def test_regularised_training_is_deterministic_and_resumes_exactly(demo_corpus: 
     assert not torch.equal(weights[0]["decoder.output.bias"], weights[2]["decoder.output.bias"])
 
 
+@pytest.mark.slow
 def test_training_uses_the_worker_only_with_sampling(demo_corpus: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     started = []

@@ -56,7 +56,9 @@ def test_run_directory_has_best_last_metrics_and_resolved_config(trained_run: Pa
     assert (run_dir / "config.yaml").exists()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+# the LSTM in the quick loop; the other cells in the full suite
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=pytest.mark.slow),
+                                  pytest.param("rnn", marks=pytest.mark.slow)])
 def test_resumed_run_ends_with_the_same_weights(demo_corpus: Path, tmp_path: Path,
                                                 cell: str) -> None:
     sections = {"train": {"max_steps": 24, "valid_every": 8, "batch_tokens": 300},
