@@ -21,6 +21,8 @@ SIX="--set vocab.src_size=6000 --set vocab.tgt_size=6000"
 MID="$SIX --set model.embed_size=192 --set model.encoder_hidden=192 --set model.decoder_hidden=384"
 TINY="$SIX --set model.embed_size=64 --set model.encoder_hidden=64 --set model.decoder_hidden=128"
 
+# each student's run directory is runs/NAME; the one on the original pairs, the baseline, first
+STUDENTS=(student-original student-distilled multi30k-en-de-student student-mid student-tiny)
 # name, then the --set list that makes it from the student config (empty: the config as shipped)
 declare -A SETS=(
     [student-original]="$ORIGINAL --set run_dir=runs/student-original"
@@ -65,7 +67,7 @@ scores() {
     cp runs/multi30k-en-de-cpu60/eval/test.best.hyp runs/teacher.beam5.hyp
     s2s evaluate $TEACHER --model runs/multi30k-en-de-cpu60-s2
     local name
-    for name in student-original student-distilled multi30k-en-de-student student-mid student-tiny; do
+    for name in "${STUDENTS[@]}"; do
         s2s evaluate $STUDENT ${SETS[$name]} --set decode.beam_size=5 --checkpoint best,last \
             --baseline runs/teacher.beam5.hyp
         cp "runs/$name/eval/test.best.hyp" "runs/$name.beam5.hyp"
@@ -82,16 +84,16 @@ scores() {
 
 speed() {
     taskset -c 1 python benchmarks/cpu_translation.py runs/multi30k-en-de-cpu60 \
-        runs/multi30k-en-de-cpu60,runs/multi30k-en-de-cpu60-s2 runs/student-original \
-        runs/student-distilled runs/multi30k-en-de-student runs/student-tiny runs/student-mid \
+        runs/multi30k-en-de-cpu60,runs/multi30k-en-de-cpu60-s2 "${STUDENTS[@]/#/runs/}" \
         --beams 1,5 --settings fp32,int8,int8+shortlist --rounds 2 --threads 1
 }
 
 sizes() {  # a tied output layer counts once (checkpoints saved before 2026-12-07 hold it twice)
-    python - <<'EOF'
+    python - multi30k-en-de-cpu60 "${STUDENTS[@]}" <<'EOF'
 import os
+import sys
 import torch
-for run in ("multi30k-en-de-cpu60", "student-tiny", "multi30k-en-de-student", "student-mid"):
+for run in sys.argv[1:]:
     path = f"runs/{run}/checkpoints/best.pt"
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     tied = checkpoint["config"]["model"]["tie_embeddings"]
@@ -102,4 +104,8 @@ for run in ("multi30k-en-de-cpu60", "student-tiny", "multi30k-en-de-student", "s
 EOF
 }
 
-"${1:?say which step: teachers, distill, students, scores, speed or sizes}"
+case "${1:-}" in
+    teachers | distill | students | scores | speed | sizes) "$1" ;;
+    *) echo "error: say which step: teachers, distill, students, scores, speed or sizes" >&2
+       exit 2 ;;
+esac
