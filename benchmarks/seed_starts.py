@@ -6,7 +6,7 @@ Usage: python benchmarks/seed_starts.py RUN_DIR... [--early STEPS]
 Reads each run's ``metrics.jsonl`` and ``config.yaml`` only (nothing is decoded again) and
 prints a Markdown table and one summary line: how many runs started backwards (a direction
 below ``BACKWARDS`` at a validation within the first ``--early`` steps) and the spread of the
-last validation BLEU. A run that ends below its direction's threshold counts too.
+last and of the best validation BLEU. A run whose attention ends backwards counts too.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class RunStart:
     directions: list[tuple[int, float]]  # (step, direction) of every validation that had one
     steps: int
     bleu: float  # the last validation's
+    best_bleu: float  # the best validation's (what chose best.pt, averages aside)
 
     def started_backwards(self, early: int) -> bool:
         early_directions = [d for step, d in self.directions if step <= early]
@@ -56,7 +57,8 @@ def read_run(run: Path) -> RunStart:
                   if record.get("attention_direction") is not None]
     train = config.get("train", {})
     return RunStart(run, int(train.get("seed", 1)), int(train.get("guided_attention_steps", 0)),
-                    directions, valid[-1]["step"], valid[-1]["bleu"])
+                    directions, valid[-1]["step"], valid[-1]["bleu"],
+                    max(record["bleu"] for record in valid))
 
 
 def main() -> None:
@@ -69,20 +71,25 @@ def main() -> None:
     shown = sorted({step for start in starts for step, _ in start.directions
                     if step <= args.early})
     print("| run | seed | guided steps | " + " | ".join(f"attention at {s}" for s in shown)
-          + " | attention at the end | steps | valid BLEU |")
-    print("|---|---:|---:|" + "---:|" * (len(shown) + 3))
+          + " | attention at the end | steps | valid BLEU, last | best |")
+    print("|---|---:|---:|" + "---:|" * (len(shown) + 4))
     for start in starts:
         by_step = dict(start.directions)
         cells = [f"{by_step[s]:+.2f}" if s in by_step else "" for s in shown]
         end = f"{start.directions[-1][1]:+.2f}" if start.directions else ""
         print(f"| {start.run.name} | {start.seed} | {start.guided_steps} | "
-              + " | ".join(cells) + f" | {end} | {start.steps:,} | {start.bleu:.2f} |")
+              + " | ".join(cells) + f" | {end} | {start.steps:,} | {start.bleu:.2f} | "
+              f"{start.best_bleu:.2f} |")
     backwards = [start.run.name for start in starts if start.started_backwards(args.early)]
-    scores = [start.bleu for start in starts]
     print(f"\nbackwards starts: {len(backwards)} of {len(starts)}"
           + (f" ({', '.join(backwards)})" if backwards else "")
-          + f"; valid BLEU {min(scores):.2f}-{max(scores):.2f} "
-          f"(spread {max(scores) - min(scores):.2f})")
+          + "; valid BLEU, last: " + _spread([start.bleu for start in starts])
+          + "; best: " + _spread([start.best_bleu for start in starts]))
+
+
+def _spread(scores: list[float]) -> str:
+    """Lowest-highest (spread) of the runs' scores."""
+    return f"{min(scores):.2f}-{max(scores):.2f} (spread {max(scores) - min(scores):.2f})"
 
 
 if __name__ == "__main__":
