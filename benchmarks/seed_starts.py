@@ -12,7 +12,6 @@ last and of the best validation BLEU. A run whose attention ends backwards count
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_script  # noqa: E402
 from s2s.evaluation.validation import BACKWARDS  # noqa: E402
+from s2s.rundir import RunDir  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ class RunStart:
 
 def read_run(run: Path) -> RunStart:
     """One run's start and end from its logs; a run without validations is an error."""
-    if not (run / "metrics.jsonl").is_file() or not (run / "config.yaml").is_file():
+    files = RunDir(run)
+    if not files.metrics.is_file() or not files.config_file.is_file():
         raise SystemExit(f"error: {run}: not a run directory (no metrics.jsonl and config.yaml)")
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    records = [json.loads(line) for line in
-               (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    config = yaml.safe_load(files.config_file.read_text(encoding="utf-8"))
+    records = files.read_metrics()
     valid = [record for record in records if record.get("kind") == "valid"]
     if not valid:
         raise SystemExit(f"error: {run}: no validation in metrics.jsonl")
