@@ -16,11 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_script  # noqa: E402
+from s2s.config import load_config  # noqa: E402
 from s2s.evaluation.validation import BACKWARDS  # noqa: E402
 from s2s.rundir import RunDir  # noqa: E402
 
@@ -48,17 +47,15 @@ def read_run(run: Path) -> RunStart:
     files = RunDir(run)
     if not files.metrics.is_file() or not files.config_file.is_file():
         raise SystemExit(f"error: {run}: not a run directory (no metrics.jsonl and config.yaml)")
-    config = yaml.safe_load(files.config_file.read_text(encoding="utf-8"))
+    train = load_config(files.config_file).train  # what the run trained with
     records = files.read_metrics()
     valid = [record for record in records if record.get("kind") == "valid"]
     if not valid:
         raise SystemExit(f"error: {run}: no validation in metrics.jsonl")
     directions = [(record["step"], record["attention_direction"]) for record in valid
                   if record.get("attention_direction") is not None]
-    train = config.get("train", {})
-    return RunStart(run, int(train.get("seed", 1)), int(train.get("guided_attention_steps", 0)),
-                    directions, valid[-1]["step"], valid[-1]["bleu"],
-                    max(record["bleu"] for record in valid))
+    return RunStart(run, train.seed, train.guided_attention_steps, directions,
+                    valid[-1]["step"], valid[-1]["bleu"], max(record["bleu"] for record in valid))
 
 
 def main() -> None:
