@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_script  # noqa: E402
 from s2s.config import load_config  # noqa: E402
+from s2s.errors import UsageError  # noqa: E402
 from s2s.evaluation.validation import BACKWARDS  # noqa: E402
 from s2s.rundir import RunDir  # noqa: E402
 
@@ -46,12 +47,12 @@ def read_run(run: Path) -> RunStart:
     """One run's start and end from its logs; a run without validations is an error."""
     files = RunDir(run)
     if not files.metrics.is_file() or not files.config_file.is_file():
-        raise SystemExit(f"error: {run}: not a run directory (no metrics.jsonl and config.yaml)")
+        raise UsageError(f"{run}: not a run directory (no metrics.jsonl and config.yaml)")
     train = load_config(files.config_file).train  # what the run trained with
     records = files.read_metrics()
     valid = [record for record in records if record.get("kind") == "valid"]
     if not valid:
-        raise SystemExit(f"error: {run}: no validation in metrics.jsonl")
+        raise UsageError(f"{run}: no validation in metrics.jsonl")
     directions = [(record["step"], record["attention_direction"]) for record in valid
                   if record.get("attention_direction") is not None]
     return RunStart(run, train.seed, train.guided_attention_steps, directions,
